@@ -1,0 +1,1 @@
+"""cancelwatch: a streaming monitor of Amazon sellers cancellation rate."""

@@ -1,0 +1,201 @@
+"""Every name the outside world sees, spelled once.
+
+Topic names, metric names, alert names, label and annotation keys live here.
+Rule files, dashboards, docs and tests import or are checked against this
+module, so a rename cannot leave a dangling query behind.
+"""
+
+from __future__ import annotations
+
+# --- Kafka topics (defaults; the names themselves are settings) -------------
+ORDERS_TOPIC = "orders"
+CANCELLATIONS_TOPIC = "cancellations"
+DEAD_LETTER_TOPIC = "cancelwatch-dlq"
+# Internal: events whose Kafka key/partition does not match their seller are
+# forwarded here, keyed by seller_id, so one seller's state is never split.
+REROUTE_TOPIC = "cancelwatch-reroute"
+APP_ID = "cancelwatch"
+DEFAULT_PARTITIONS = 4
+
+# --- Event vocabulary (contract sections 2 and 3) ----------------------------
+MARKETPLACES = (
+    "US", "CA", "MX", "BR", "UK", "DE", "FR", "IT", "ES", "NL", "SE", "PL",
+    "BE", "TR", "AE", "SA", "EG", "IN", "JP", "AU", "SG",
+)
+FULFILLMENT_CHANNELS = ("MFN", "AFN")
+INITIATORS = ("seller", "buyer", "amazon")
+SELLER_REASONS = (
+    "NoInventory", "ShippingAddressUndeliverable", "CustomerExchange",
+    "BuyerCanceled", "GeneralAdjustment", "CarrierCreditDecision",
+    "RiskAssessmentInformationNotValid", "CarrierCoverageFailure",
+    "CustomerReturn", "MerchandiseNotReceived",
+)
+AMAZON_REASONS = ("ShipmentNotConfirmed", "PaymentNotCompleted", "PolicyViolation")
+REASONS = SELLER_REASONS + AMAZON_REASONS + ("Other",)
+
+# Reason groups (domain.md) and the action an alert suggests for each.
+REASON_GROUPS = {
+    "inventory": ("NoInventory",),
+    "order_error": (
+        "ShippingAddressUndeliverable", "GeneralAdjustment", "CustomerExchange",
+        "CarrierCoverageFailure", "CarrierCreditDecision",
+    ),
+    "payment": ("RiskAssessmentInformationNotValid", "PaymentNotCompleted"),
+    "policy": ("PolicyViolation",),
+    "buyer": ("BuyerCanceled", "CustomerReturn", "MerchandiseNotReceived"),
+    "amazon": ("ShipmentNotConfirmed",),
+    "other": ("Other",),
+}
+REASON_GROUP_OF = {reason: group for group, reasons in REASON_GROUPS.items() for reason in reasons}
+GROUP_ACTIONS = {
+    "inventory": "Monitor stock in real time and replenish; forecast demand from history; "
+                 "raise handling time or pause offers that are low on stock.",
+    "order_error": "Check each order's address and product data before processing; "
+                   "contact the buyer to confirm.",
+    "payment": "Offer several payment methods; tighten payment security against fraud.",
+    "policy": "Learn the policy; stop selling counterfeit or infringing products.",
+    "buyer": "Have buyers use Amazon's request-cancellation flow; never use BuyerCanceled "
+             "without a buyer request.",
+    "amazon": "Confirm shipment on time; fix the ship-confirmation integration.",
+    "other": "Review the seller's recent cancellations and their reasons.",
+}
+
+# Causes under which a cancellation is excluded from the rate (API "excluded").
+EXCLUDED_CAUSES = ("buyer_requested", "buyer_initiated", "pending", "amazon_other")
+
+# --- Alerts (contract section 9) ---------------------------------------------
+ALERT_WARNING = "SellerCancelRateWarning"
+ALERT_HEADROOM_LOW = "SellerCancelRateHeadroomLow"
+ALERT_FORECAST_BREACH = "SellerCancelRateForecastBreach"
+ALERT_BREACHED = "SellerCancelRateBreached"
+ALERT_LISTING = "ListingConsecutiveSellerCancellations"
+SELLER_ALERTS = (ALERT_WARNING, ALERT_HEADROOM_LOW, ALERT_FORECAST_BREACH, ALERT_BREACHED)
+WARNING_FAMILY = (ALERT_WARNING, ALERT_HEADROOM_LOW, ALERT_FORECAST_BREACH)
+ALERT_SEVERITY = {
+    ALERT_WARNING: "warning",
+    ALERT_HEADROOM_LOW: "warning",
+    ALERT_FORECAST_BREACH: "warning",
+    ALERT_BREACHED: "critical",
+    ALERT_LISTING: "warning",
+}
+LABEL_ALERTNAME = "alertname"
+LABEL_SELLER = "seller_id"
+LABEL_MARKETPLACE = "marketplace"
+LABEL_SEVERITY = "severity"
+LABEL_WINDOW_DAYS = "window_days"
+LABEL_SKU = "sku"
+ANNOTATION_KEYS = (
+    "summary", "description", "rate", "headroom", "dominant_reason", "action", "dashboard",
+)
+
+STATUS_OK = "ok"
+STATUS_WARNING = "warning"
+STATUS_BREACH = "breach"
+STATUSES = (STATUS_OK, STATUS_WARNING, STATUS_BREACH)
+
+# --- Prometheus metrics exported by the worker -------------------------------
+# name -> (type, labels, help). docs/reference.md is checked against this.
+METRIC_PREFIX = "cancelwatch_"
+METRICS = {
+    "cancelwatch_events_total": (
+        "counter", ("topic", "outcome"),
+        "Events consumed, by source topic and outcome "
+        "(applied, unchanged, late, afn, rerouted, dead_letter).",
+    ),
+    "cancelwatch_dead_letters_total": (
+        "counter", ("topic", "kind"),
+        "Messages sent to the dead-letter topic, by source topic and kind "
+        "(invalid_json, invalid_event, wrong_topic, future).",
+    ),
+    "cancelwatch_orders_total": (
+        "counter", ("marketplace",),
+        "Seller-fulfilled orders that entered a seller's rate denominator.",
+    ),
+    "cancelwatch_seller_fault_cancellations_total": (
+        "counter", ("marketplace", "reason_group"),
+        "Orders that became seller-fault cancelled (rate numerator), by reason group.",
+    ),
+    "cancelwatch_excluded_cancellations_total": (
+        "counter", ("marketplace", "cause"),
+        "Cancelled orders excluded from the rate, by cause "
+        "(buyer_requested, buyer_initiated, pending, amazon_other).",
+    ),
+    "cancelwatch_processing_latency_seconds": (
+        "histogram", ("topic",),
+        "Time from an event's occurred_at to the worker having applied it.",
+    ),
+    "cancelwatch_consumer_lag_messages": (
+        "gauge", ("topic", "partition"),
+        "Messages in a source partition not yet processed by this worker.",
+    ),
+    "cancelwatch_sellers": (
+        "gauge", ("marketplace", "status"),
+        "Seller-marketplaces owned by this worker, by status (ok, warning, breach).",
+    ),
+    "cancelwatch_seller_rate_band": (
+        "gauge", ("marketplace", "band"),
+        "Seller-marketplaces by the band their 7-day rate falls in "
+        "(0-1%, 1-2%, 2-2.5%, 2.5%+).",
+    ),
+    "cancelwatch_fleet_window_orders": (
+        "gauge", ("marketplace", "window_days"),
+        "Orders in the window summed over this worker's sellers.",
+    ),
+    "cancelwatch_fleet_window_cancelled": (
+        "gauge", ("marketplace", "window_days"),
+        "Seller-fault cancelled orders in the window summed over this worker's sellers.",
+    ),
+    "cancelwatch_seller_rate": (
+        "gauge", ("seller_id", "marketplace", "window_days"),
+        "Cancellation rate of the top-K sellers at risk only (bounded).",
+    ),
+    "cancelwatch_seller_headroom": (
+        "gauge", ("seller_id", "marketplace", "window_days"),
+        "Headroom (more seller-fault cancels absorbable) of the top-K sellers at risk only.",
+    ),
+    "cancelwatch_seller_window_orders": (
+        "gauge", ("seller_id", "marketplace", "window_days"),
+        "Orders in the window of the top-K sellers at risk only.",
+    ),
+    "cancelwatch_seller_window_cancelled": (
+        "gauge", ("seller_id", "marketplace", "window_days"),
+        "Seller-fault cancelled orders in the window of the top-K sellers at risk only.",
+    ),
+    "cancelwatch_table_keys": (
+        "gauge", ("table",),
+        "Keys held in each state table on this worker.",
+    ),
+    "cancelwatch_alerts_active": (
+        "gauge", ("alertname", "severity"),
+        "Alerts currently firing from this worker.",
+    ),
+    "cancelwatch_alert_deliveries_total": (
+        "counter", ("outcome",),
+        "Alert batches posted to Alertmanager, by outcome (sent, failed).",
+    ),
+    "cancelwatch_alert_queue_alerts": (
+        "gauge", (),
+        "Alert updates waiting for delivery to Alertmanager.",
+    ),
+    "cancelwatch_clock_seconds": (
+        "gauge", (),
+        "The worker's notion of now (wall clock, or largest occurred_at in event-clock mode).",
+    ),
+    "cancelwatch_build_info": (
+        "gauge", ("version", "clock"),
+        "Always 1; labels carry the version and clock mode.",
+    ),
+}
+RATE_BANDS = ("0-1%", "1-2%", "2-2.5%", "2.5%+")
+EVENT_OUTCOMES = ("applied", "unchanged", "late", "afn", "rerouted", "dead_letter")
+DEAD_LETTER_KINDS = ("invalid_json", "invalid_event", "wrong_topic", "future")
+
+# --- Prometheus job and dashboard uids ---------------------------------------
+PROMETHEUS_JOB = "cancelwatch"
+DASHBOARD_UIDS = {
+    "overview": "cancelwatch-overview",
+    "seller": "cancelwatch-seller",
+    "pipeline": "cancelwatch-pipeline",
+}
+PROMETHEUS_DATASOURCE_UID = "cancelwatch-prometheus"
+ALERTMANAGER_DATASOURCE_UID = "cancelwatch-alertmanager"

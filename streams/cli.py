@@ -16,6 +16,7 @@ from streams.settings import SettingError
 COMMANDS: dict[str, tuple[str, str]] = {
     "worker": ("streams.worker", "Run the worker in the foreground (faust agents, tables, HTTP API)."),
     "settings": ("streams.settings_cli", "Print the settings reference, or check the current environment."),
+    "oncall": ("streams.oncall", "Receive Alertmanager webhooks: log each notification and print one line per alert."),
 }
 
 

@@ -199,3 +199,7 @@ DASHBOARD_UIDS = {
 }
 PROMETHEUS_DATASOURCE_UID = "cancelwatch-prometheus"
 ALERTMANAGER_DATASOURCE_UID = "cancelwatch-alertmanager"
+
+# --- On-call webhook receiver (cancelwatch oncall) ---------------------------
+ONCALL_ALERTS_PATH = "/alerts"
+ONCALL_NOTIFICATIONS_PATH = "/notifications"

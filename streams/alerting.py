@@ -1,0 +1,140 @@
+"""Which alerts a seller should have firing now, with their labels and annotations.
+
+Contract section 9. `desired(state, policy, now, dashboard_url)` returns the
+alerts that should be firing for one seller in one marketplace, keyed by
+their label set; the worker diffs that against what it has sent and fires or
+resolves the difference. Pure: no clock, no HTTP.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Mapping
+
+from streams import names, window
+from streams.policy import Policy
+from streams.state import SellerState
+
+AlertKey = frozenset  # frozenset of (label, value) pairs
+
+
+@dataclasses.dataclass(frozen=True)
+class Wanted:
+    labels: Mapping[str, str]
+    annotations: Mapping[str, str]
+
+    @property
+    def key(self) -> AlertKey:
+        return frozenset(self.labels.items())
+
+
+def _percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{value * 100:.2f}%"
+
+
+def _labels(alertname: str, state: SellerState, days: int, **extra: str) -> dict[str, str]:
+    labels = {
+        names.LABEL_ALERTNAME: alertname,
+        names.LABEL_SELLER: state.seller_id,
+        names.LABEL_MARKETPLACE: state.marketplace,
+        names.LABEL_SEVERITY: names.ALERT_SEVERITY[alertname],
+        names.LABEL_WINDOW_DAYS: str(days),
+    }
+    labels.update(extra)
+    return labels
+
+
+def action_for(reason: str | None) -> str:
+    group = names.REASON_GROUP_OF.get(reason or "Other", "other")
+    return names.GROUP_ACTIONS[group]
+
+
+def _annotations(summary: str, description: str, totals: window.WindowTotals,
+                 reason: str | None, dashboard_url: str) -> dict[str, str]:
+    headroom = totals.headroom
+    return {
+        "summary": summary,
+        "description": description,
+        "rate": _percent(totals.rate),
+        "headroom": "n/a" if headroom is None else str(headroom),
+        "dominant_reason": reason or "none",
+        "action": action_for(reason),
+        "dashboard": dashboard_url,
+    }
+
+
+def desired(state: SellerState, policy: Policy, now: float, dashboard_url: str) -> dict[AlertKey, Wanted]:
+    now_bucket = window.bucket_of(now, policy.bucket_seconds)
+    windows = window.seller_windows(state.buckets, state.marketplace, policy, now_bucket)
+    any_breached = any(w.breached for w in windows)
+    who = f"seller {state.seller_id} in {state.marketplace}"
+    wanted: list[Wanted] = []
+    for totals in windows:
+        days = totals.window.days
+        limit = _percent(totals.window.limit_bps / 10000)
+        reason = totals.dominant_reason()
+        counts = f"{totals.cancelled} of {totals.orders} orders"
+        because = f" Most seller-fault cancels are {reason}." if reason else ""
+
+        def add(alertname: str, summary: str, description: str) -> None:
+            wanted.append(Wanted(_labels(alertname, state, days),
+                                 _annotations(summary, description + because, totals, reason, dashboard_url)))
+
+        if totals.breached:
+            add(names.ALERT_BREACHED,
+                f"{who} is at {_percent(totals.rate)} over {days} days, at or above the {limit} limit",
+                f"{counts} in the {days}-day window were seller-fault cancelled; Amazon may "
+                f"deactivate the seller's self-fulfilled offers.")
+            continue
+        if any_breached:
+            continue
+        if totals.warning:
+            add(names.ALERT_WARNING,
+                f"{who} is at {_percent(totals.rate)} over {days} days, past the "
+                f"{_percent(totals.window.warning_bps / 10000)} warning level",
+                f"{counts} in the {days}-day window were seller-fault cancelled; the limit is {limit}.")
+        if totals.cancelled >= 1 and totals.headroom is not None and totals.headroom <= policy.headroom_low:
+            more = "one more seller-fault cancel breaches" if totals.headroom == 0 else \
+                f"{totals.headroom + 1} more seller-fault cancels breach"
+            add(names.ALERT_HEADROOM_LOW,
+                f"{who}: {more} the {limit} limit over {days} days",
+                f"{counts} in the {days}-day window were seller-fault cancelled; headroom is "
+                f"{totals.headroom}.")
+        projection = window.forecast_breach(state.buckets, totals.window, policy, now_bucket)
+        if projection is not None:
+            add(names.ALERT_FORECAST_BREACH,
+                f"{who} is projected to reach the {limit} limit over {days} days within "
+                f"{projection.hours_ahead} h",
+                f"Now {counts}. As older orders leave the window and at the pace of the last "
+                f"{policy.forecast_pace_hours} h, about {projection.cancelled:.1f} of "
+                f"{projection.orders:.1f} orders would be seller-fault cancelled in "
+                f"{projection.hours_ahead} h.")
+    wanted.extend(_listing(state, policy, now, dashboard_url, windows[0]))
+    return {alert.key: alert for alert in wanted}
+
+
+def _listing(state: SellerState, policy: Policy, now: float, dashboard_url: str,
+             first: window.WindowTotals) -> list[Wanted]:
+    if not state.listing or state.marketplace not in policy.listing_marketplaces:
+        return []
+    depth = policy.listing_consecutive
+    days = policy.listing_order_window_days
+    now_bucket = window.bucket_of(now, policy.bucket_seconds)
+    window_buckets = days * 86400 // policy.bucket_seconds
+    found = []
+    for sku, latest in state.listing.items():
+        if len(latest) < depth:
+            continue
+        if all(entry[2] and window.in_window(window.bucket_of(entry[0], policy.bucket_seconds),
+                                             now_bucket, window_buckets) for entry in latest):
+            orders = ", ".join(entry[1] for entry in latest)
+            reason = first.dominant_reason()
+            found.append(Wanted(
+                _labels(names.ALERT_LISTING, state, days, **{names.LABEL_SKU: sku}),
+                _annotations(
+                    f"seller {state.seller_id} in {state.marketplace}: the last {depth} orders of "
+                    f"sku {sku} were seller-fault cancelled",
+                    f"Orders {orders} (placed in the last {days} days) were all cancelled by the "
+                    f"seller; Amazon may remove the offer after consecutive seller cancellations.",
+                    first, reason, dashboard_url)))
+    return found

@@ -1,0 +1,268 @@
+"""The worker's state: durable per-order buckets and the seller totals derived from them.
+
+Durable: one key per (seller, marketplace, purchase bucket) whose value is
+the encoded `ledger.Bucket` of that bucket's orders. A batch of events reads
+and writes each touched bucket once, so writes (and changelog records) grow
+with touched buckets, not events, and a seller's state never fans out.
+
+Derived, in memory: per seller and marketplace, the totals of each bucket
+(orders, seller-fault cancels, reasons, excluded causes) and, per sku, the
+latest orders for the listing rule. They are rebuilt from the durable
+buckets on start (`Book.load`), so they are exact after any crash: the
+durable records are idempotent, and the totals are a function of them.
+
+Pure: the durable store is any MutableMapping[bytes, bytes] (a faust table
+in the worker, a dict in tests).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+from typing import Iterable, Iterator, MutableMapping
+
+from streams import events, ledger, window
+from streams.ledger import Record
+from streams.policy import Policy
+
+SEPARATOR = "\x1f"
+SEEN = "~"
+
+
+def bucket_key(seller_id: str, marketplace: str, bucket: int) -> bytes:
+    return f"{seller_id}{SEPARATOR}{marketplace}{SEPARATOR}{bucket}".encode()
+
+
+def seen_key(seller_id: str, marketplace: str) -> bytes:
+    return f"{seller_id}{SEPARATOR}{marketplace}{SEPARATOR}{SEEN}".encode()
+
+
+def parse_key(key: bytes) -> tuple[str, str, int | None] | None:
+    """(seller_id, marketplace, bucket or None for the seen marker); None for other keys."""
+    parts = key.decode().split(SEPARATOR)
+    if len(parts) != 3:
+        return None
+    seller_id, marketplace, bucket = parts
+    return seller_id, marketplace, None if bucket == SEEN else int(bucket)
+
+
+class BucketTotals:
+    __slots__ = ("orders", "cancelled", "reasons", "causes")
+
+    def __init__(self) -> None:
+        self.orders = 0
+        self.cancelled = 0
+        self.reasons: dict[str, int] | None = None
+        self.causes: dict[str, int] | None = None
+
+    def add(self, part: ledger.Contribution, sign: int) -> None:
+        self.orders += sign * part.orders
+        self.cancelled += sign * part.cancelled
+        if part.reason is not None:
+            self.reasons = _bump(self.reasons, part.reason, sign)
+        for cause in part.causes:
+            self.causes = _bump(self.causes, cause, sign)
+
+    @property
+    def empty(self) -> bool:
+        return not (self.orders or self.cancelled or self.reasons or self.causes)
+
+
+def _bump(counts: dict[str, int] | None, key: str, sign: int) -> dict[str, int] | None:
+    counts = {} if counts is None else counts
+    value = counts.get(key, 0) + sign
+    if value:
+        counts[key] = value
+    else:
+        counts.pop(key, None)
+    return counts or None
+
+
+class SellerState:
+    """Derived totals of one seller in one marketplace."""
+
+    __slots__ = ("seller_id", "marketplace", "buckets", "listing")
+
+    def __init__(self, seller_id: str, marketplace: str) -> None:
+        self.seller_id = seller_id
+        self.marketplace = marketplace
+        self.buckets: dict[int, BucketTotals] = {}
+        # sku -> latest orders containing it: [purchase, order_id, seller-fault for this sku]
+        self.listing: dict[str, list[list]] | None = None
+
+    def change(self, bucket: int, order_id: str, old: Record | None, new: Record | None,
+               listing_depth: int) -> None:
+        before, after = ledger.Contribution.of(old), ledger.Contribution.of(new)
+        if before != after:
+            totals = self.buckets.get(bucket)
+            if totals is None:
+                totals = self.buckets[bucket] = BucketTotals()
+            totals.add(before, -1)
+            totals.add(after, +1)
+            if totals.empty:
+                del self.buckets[bucket]
+        if listing_depth and new is not None and new.skus:
+            self._index_skus(order_id, new, listing_depth)
+
+    def _index_skus(self, order_id: str, record: Record, depth: int) -> None:
+        if self.listing is None:
+            self.listing = {}
+        for sku in record.skus:
+            latest = self.listing.setdefault(sku, [])
+            entry = next((e for e in latest if e[1] == order_id), None)
+            if entry is None:
+                if len(latest) >= depth and (record.purchase, order_id) < (latest[-1][0], latest[-1][1]):
+                    continue
+                latest.append([record.purchase, order_id, record.sku_faulted(sku)])
+            else:
+                entry[0] = record.purchase
+                entry[2] = record.sku_faulted(sku)
+            latest.sort(key=lambda e: (e[0], e[1]), reverse=True)
+            del latest[depth:]
+
+    def drop_before(self, oldest_bucket: int, oldest_purchase: int) -> list[int]:
+        dropped = [b for b in self.buckets if b < oldest_bucket]
+        for bucket in dropped:
+            del self.buckets[bucket]
+        if self.listing:
+            for sku in list(self.listing):
+                kept = [e for e in self.listing[sku] if e[0] >= oldest_purchase]
+                if kept:
+                    self.listing[sku] = kept
+                else:
+                    del self.listing[sku]
+        return dropped
+
+
+@dataclasses.dataclass
+class BatchResult:
+    outcomes: Counter  # (topic_role, outcome) -> events
+    touched: set       # (seller_id, marketplace) whose totals may have changed
+    new_orders: Counter      # marketplace -> orders that entered a denominator
+    new_faults: Counter      # (marketplace, reason) -> orders that became seller-fault
+    new_excluded: Counter    # (marketplace, cause) -> orders newly excluded for a cause
+    writes: int = 0
+
+
+class Book:
+    """All sellers' derived totals, and the rules to change them from events."""
+
+    def __init__(self, policy: Policy, store: MutableMapping[bytes, bytes]) -> None:
+        self.policy = policy
+        self.store = store
+        self.sellers: dict[tuple[str, str], SellerState] = {}
+        self.listing_depth = policy.listing_consecutive
+
+    # -- reading -------------------------------------------------------------
+    def seller(self, seller_id: str, marketplace: str) -> SellerState | None:
+        return self.sellers.get((seller_id, marketplace))
+
+    def in_marketplace(self, marketplace: str) -> Iterator[SellerState]:
+        return (state for (_, mkt), state in self.sellers.items() if mkt == marketplace)
+
+    def _state(self, seller_id: str, marketplace: str) -> SellerState:
+        key = (seller_id, marketplace)
+        state = self.sellers.get(key)
+        if state is None:
+            state = self.sellers[key] = SellerState(seller_id, marketplace)
+            self.store[seen_key(seller_id, marketplace)] = b""
+        return state
+
+    def _listing_depth(self, marketplace: str) -> int:
+        return self.listing_depth if marketplace in self.policy.listing_marketplaces else 0
+
+    # -- rebuilding from durable state ---------------------------------------
+    def load(self, items: Iterable[tuple[bytes, bytes]]) -> int:
+        """Rebuild derived totals from durable (key, value) pairs; returns orders loaded."""
+        orders = 0
+        for key, value in items:
+            parsed = parse_key(key)
+            if parsed is None:
+                continue
+            seller_id, marketplace, bucket = parsed
+            state = self.sellers.get((seller_id, marketplace))
+            if state is None:
+                state = self.sellers[(seller_id, marketplace)] = SellerState(seller_id, marketplace)
+            if bucket is None:
+                continue
+            depth = self._listing_depth(marketplace)
+            for order_id, record in ledger.decode_bucket(value).items():
+                state.change(bucket, order_id, None, record, depth)
+                orders += 1
+        return orders
+
+    # -- applying events -----------------------------------------------------
+    def apply(self, batch: Iterable[tuple[str, events.Event]], now: float) -> BatchResult:
+        """Apply (topic_role, event) pairs with `now` as the clock; write each touched bucket once."""
+        policy = self.policy
+        bucket_seconds = policy.bucket_seconds
+        now_bucket = window.bucket_of(now, bucket_seconds)
+        keep_buckets = policy.longest_window_days * 86400 // bucket_seconds
+        result = BatchResult(Counter(), set(), Counter(), Counter(), Counter())
+        open_buckets: dict[bytes, tuple[SellerState, int, ledger.Bucket, dict]] = {}
+        for role, event in batch:
+            if event.fulfillment_channel == "AFN":
+                self._state(event.seller_id, event.marketplace)
+                result.outcomes[(role, "afn")] += 1
+                continue
+            bucket = window.bucket_of(event.purchase_date.timestamp(), bucket_seconds)
+            rate_buckets = max(policy.window_buckets(w) for w in policy.windows(event.marketplace))
+            late = bucket <= now_bucket - rate_buckets
+            if bucket <= now_bucket - keep_buckets:
+                self._state(event.seller_id, event.marketplace)
+                result.outcomes[(role, "late")] += 1
+                continue
+            key = bucket_key(event.seller_id, event.marketplace, bucket)
+            opened = open_buckets.get(key)
+            if opened is None:
+                state = self._state(event.seller_id, event.marketplace)
+                raw = self.store.get(key)
+                orders = ledger.decode_bucket(raw) if raw else {}
+                opened = open_buckets[key] = (state, bucket, orders, {})
+            state, bucket, orders, originals = opened
+            old = orders.get(event.order_id)
+            new = ledger.apply(policy, old, event)
+            if new == old:
+                result.outcomes[(role, "late" if late else "unchanged")] += 1
+                continue
+            if event.order_id not in originals:
+                originals[event.order_id] = old
+            orders[event.order_id] = new
+            result.outcomes[(role, "late" if late else "applied")] += 1
+        for key, (state, bucket, orders, originals) in open_buckets.items():
+            if not originals:
+                continue
+            self.store[key] = ledger.encode_bucket(orders)
+            result.writes += 1
+            depth = self._listing_depth(state.marketplace)
+            for order_id, old in originals.items():
+                new = orders[order_id]
+                state.change(bucket, order_id, old, new, depth)
+                self._count_news(state.marketplace, old, new, result)
+            result.touched.add((state.seller_id, state.marketplace))
+        return result
+
+    @staticmethod
+    def _count_news(marketplace: str, old: Record | None, new: Record, result: BatchResult) -> None:
+        before, after = ledger.Contribution.of(old), ledger.Contribution.of(new)
+        if after.orders and not before.orders:
+            result.new_orders[marketplace] += 1
+        if after.cancelled and not before.cancelled:
+            result.new_faults[(marketplace, after.reason)] += 1
+        for cause in set(after.causes) - set(before.causes):
+            result.new_excluded[(marketplace, cause)] += 1
+
+    # -- expiry ----------------------------------------------------------------
+    def expire(self, now: float) -> int:
+        """Delete order buckets older than the longest window plus grace; returns buckets deleted."""
+        policy = self.policy
+        oldest_purchase = int(now) - policy.retention_seconds
+        oldest_bucket = window.bucket_of(oldest_purchase, policy.bucket_seconds)
+        deleted = 0
+        for state in self.sellers.values():
+            for bucket in state.drop_before(oldest_bucket, oldest_purchase):
+                key = bucket_key(state.seller_id, state.marketplace, bucket)
+                if key in self.store:
+                    del self.store[key]
+                deleted += 1
+        return deleted

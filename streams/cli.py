@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "worker": ("streams.worker", "Run the worker in the foreground (faust agents, tables, HTTP API)."),
     "settings": ("streams.settings_cli", "Print the settings reference, or check the current environment."),
     "oncall": ("streams.oncall", "Receive Alertmanager webhooks: log each notification and print one line per alert."),
+    "grafana-annotations": ("streams.grafana_annotations", "Receive Alertmanager webhooks and write alert start/end as Grafana annotations."),
 }
 
 

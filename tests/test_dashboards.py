@@ -1,0 +1,341 @@
+"""Generated dashboards, their provisioning files and docs/metrics.md.
+
+Offline checks: the committed JSON is what the generator writes, it loads in
+the pinned grafana-foundation-sdk's models, uids and data sources are fixed,
+every query is valid PromQL (checked by promtool) over metrics that exist,
+and the provisioning files follow Grafana's documented format.
+tests/test_dashboards_live.py runs the same queries against real data.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+from grafana_foundation_sdk.cog import plugins
+from grafana_foundation_sdk.models import prometheus as prometheus_models
+from grafana_foundation_sdk.models.dashboard import Dashboard
+
+from dashboards import generate, metrics_reference, queries
+from streams import names
+
+ROOT = Path(__file__).resolve().parent.parent
+PROVISIONING = ROOT / "dashboards" / "provisioning"
+DASHBOARD_MOUNT = "/var/lib/grafana/dashboards"
+# Grafana's own variables, with the values the syntax check substitutes.
+GRAFANA_VARIABLES = {"__rate_interval": "1m", "__interval": "15s", "__range": "1h"}
+
+
+def load(key: str) -> dict:
+    return json.loads(generate.path_of(key).read_text(encoding="utf-8"))
+
+
+ALL = {key: load(key) for key in names.DASHBOARD_UIDS}
+
+
+def every_expression(dashboard: dict) -> list[tuple[str, str]]:
+    return queries.panel_queries(dashboard) + queries.annotation_queries(dashboard)
+
+
+def recording_rules() -> set[str]:
+    recorded = set()
+    for path in sorted((ROOT / "alerts" / "rules").glob("*.yml")):
+        for group in (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("groups", []):
+            recorded |= {rule["record"] for rule in group.get("rules", []) if "record" in rule}
+    return recorded
+
+
+def known_metrics() -> dict[str, tuple[str, ...]]:
+    """Metric name -> its labels, for every name a query may select."""
+    known: dict[str, tuple[str, ...]] = {"up": ("job", "instance")}
+    for name, (kind, labels, _) in names.METRICS.items():
+        known[name] = labels
+        if kind == "histogram":
+            known[f"{name}_bucket"] = labels + ("le",)
+            known[f"{name}_sum"] = labels
+            known[f"{name}_count"] = labels
+    for rule in recording_rules():
+        known[rule] = ()  # a recording rule's labels are its aggregation's; not checked
+    return known
+
+
+# --- Generation ------------------------------------------------------------------
+
+def test_committed_files_are_what_the_generator_writes():
+    assert generate.drifted() == [], "run `python -m dashboards.generate` and commit the result"
+    assert generate.main(["--check"]) == 0
+
+
+def test_check_mode_reports_a_changed_file(tmp_path, monkeypatch):
+    stale = tmp_path / "cancelwatch-overview.json"
+    stale.write_text("{}\n", encoding="utf-8")
+    monkeypatch.setattr(generate, "DASHBOARDS_DIR", tmp_path)
+    monkeypatch.setattr(generate, "METRICS_DOC", tmp_path / "metrics.md")
+    monkeypatch.setattr(generate, "REPOSITORY_ROOT", tmp_path)
+    assert generate.main(["--check"]) == 1
+    assert stale.read_text(encoding="utf-8") == "{}\n"
+
+
+@pytest.mark.parametrize("key", sorted(ALL))
+def test_dashboard_loads_in_the_pinned_sdk_models(key):
+    plugins.register_default_plugins()
+    model = Dashboard.from_json(ALL[key])
+    assert model.uid == names.DASHBOARD_UIDS[key]
+    assert model.title == ALL[key]["title"]
+    assert len(model.panels) == len(ALL[key]["panels"])
+    for panel in model.panels:
+        assert panel.targets, f"panel {panel.title!r} has no query"
+        for target in panel.targets:
+            assert isinstance(target, prometheus_models.Dataquery), (
+                f"panel {panel.title!r}: target decoded as {type(target).__name__}")
+    assert json.loads(json.dumps(model.to_json(), default=lambda o: o.to_json()))["uid"] == model.uid
+
+
+def test_uids_are_stable():
+    assert {key: dashboard["uid"] for key, dashboard in ALL.items()} == {
+        "overview": "cancelwatch-overview",
+        "seller": "cancelwatch-seller",
+        "pipeline": "cancelwatch-pipeline",
+    }
+    for key in ALL:
+        assert generate.path_of(key).name == f"{names.DASHBOARD_UIDS[key]}.json"
+
+
+@pytest.mark.parametrize("key", sorted(ALL))
+def test_panel_ids_are_unique_and_panels_fit_the_grid(key):
+    panels = ALL[key]["panels"]
+    ids = [panel["id"] for panel in panels]
+    assert len(ids) == len(set(ids))
+    for panel in panels:
+        grid = panel["gridPos"]
+        assert 0 <= grid["x"] and grid["x"] + grid["w"] <= 24 and grid["h"] > 0, panel["title"]
+
+
+# --- Data sources ------------------------------------------------------------------
+
+@pytest.mark.parametrize("key", sorted(ALL))
+def test_every_panel_and_query_uses_the_fixed_prometheus_uid(key):
+    expected = {"type": "prometheus", "uid": names.PROMETHEUS_DATASOURCE_UID}
+    for panel in ALL[key]["panels"]:
+        assert panel["datasource"] == expected, panel["title"]
+        for target in panel["targets"]:
+            assert target["datasource"] == expected, (panel["title"], target["refId"])
+    for annotation in ALL[key]["annotations"]["list"]:
+        if "expr" in annotation:
+            assert annotation["datasource"] == expected, annotation["name"]
+        else:
+            assert annotation["datasource"] == {"type": "grafana", "uid": "-- Grafana --"}
+    for variable in ALL[key]["templating"].get("list", []):
+        assert variable["datasource"] == expected, variable["name"]
+
+
+# --- Queries -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("key", sorted(ALL))
+def test_every_query_selects_only_known_metrics(key):
+    known = known_metrics()
+    expressions = every_expression(ALL[key]) + [
+        (name, queries.parse_label_values(query)[0] or "")
+        for name, query in queries.template_queries(ALL[key])]
+    assert expressions
+    for title, expr in expressions:
+        selected = queries.metric_names(expr)
+        assert selected, f"{title!r}: {expr!r} selects no metric"
+        unknown = selected - set(known)
+        assert not unknown, f"{title!r}: {expr!r} selects {sorted(unknown)}, not in streams.names.METRICS"
+
+
+@pytest.mark.parametrize("key", sorted(ALL))
+def test_grouping_and_matcher_labels_exist_on_the_selected_metrics(key):
+    known = known_metrics()
+    for title, expr in every_expression(ALL[key]):
+        labels = {"job", "instance"}
+        for metric in queries.metric_names(expr):
+            labels |= set(known[metric])
+        used = set()
+        for group in re.findall(r"\bby\s*\(([^)]*)\)", expr):
+            used |= {label.strip() for label in group.split(",") if label.strip()}
+        for matchers in re.findall(r"\{([^{}]*)\}", expr):
+            used |= set(re.findall(r"(\w+)\s*(?:=~|!~|!=|=)", matchers))
+        assert used <= labels, f"{title!r}: {expr!r} uses labels {sorted(used - labels)} it does not have"
+
+
+def test_every_metric_is_on_some_dashboard():
+    selected = set()
+    for dashboard in ALL.values():
+        for _, expr in every_expression(dashboard):
+            selected |= queries.metric_names(expr)
+    selected = {re.sub(r"_(bucket|sum|count)$", "", name) if name.startswith(
+        "cancelwatch_processing_latency_seconds") else name for name in selected}
+    not_shown = set(names.METRICS) - selected - {"cancelwatch_orders_total", "cancelwatch_build_info"}
+    assert not not_shown, f"metrics on no dashboard: {sorted(not_shown)}"
+
+
+def test_metric_names_ignores_functions_labels_and_variables():
+    expr = ('histogram_quantile(0.99, sum by (le, topic) (rate(a_bucket{topic=~"or.*", x="$v"}'
+            '[$__rate_interval]))) / on (topic) group_left b_total or vector(0) and time()')
+    assert queries.metric_names(expr) == {"a_bucket", "b_total"}
+
+
+def test_fill_variables_names_a_missing_value():
+    assert queries.fill_variables('m{a="$a", b="${b}"}', {"a": "1", "b": "2"}) == 'm{a="1", b="2"}'
+    with pytest.raises(KeyError, match=r"\$seller_id"):
+        queries.fill_variables('m{seller_id="$seller_id"}', {})
+
+
+def test_every_query_is_valid_promql(tmp_path):
+    """promtool parses each query as a recording rule: real PromQL syntax, offline."""
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool is needed: apt-get install -y prometheus"
+    rules = []
+    for key, dashboard in sorted(ALL.items()):
+        values = dict(GRAFANA_VARIABLES)
+        values.update({name: "X" for name, _ in queries.template_queries(dashboard)})
+        for index, (_, expr) in enumerate(every_expression(dashboard)):
+            rules.append({"record": f"dashboard:{key}:query{index}",
+                          "expr": queries.fill_variables(expr, values)})
+    rule_file = tmp_path / "dashboard_queries.yml"
+    rule_file.write_text(yaml.safe_dump({"groups": [{"name": "dashboards", "rules": rules}]}))
+    result = subprocess.run([promtool, "check", "rules", str(rule_file)],
+                            capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"{len(rules)} rules found" in result.stdout
+
+
+# --- Template variables ---------------------------------------------------------------
+
+@pytest.mark.parametrize("key", sorted(ALL))
+def test_template_variables_are_well_formed(key):
+    dashboard = ALL[key]
+    defined: list[str] = []
+    for name, query in queries.template_queries(dashboard):
+        selector, label = queries.parse_label_values(query)
+        assert label == name, f"variable {name} lists values of {label}"
+        assert selector is not None
+        metric = selector.split("{", 1)[0].strip()
+        assert label in names.METRICS[metric][1], f"{metric} has no label {label}"
+        used = set(re.findall(r"\$\{?(\w+)", query))
+        assert used <= set(defined), f"variable {name} uses {used - set(defined)} defined after it"
+        defined.append(name)
+    for title, expr in every_expression(dashboard):
+        used = {name for name in re.findall(r"\$\{?(\w+)", expr) if not name.startswith("__")}
+        assert used <= set(defined), f"{title!r} uses undefined variables {used - set(defined)}"
+
+
+def test_seller_dashboard_is_templated_by_marketplace_and_seller():
+    variables = ALL["seller"]["templating"]["list"]
+    assert [variable["name"] for variable in variables] == [names.LABEL_MARKETPLACE, names.LABEL_SELLER]
+    for title, expr in queries.panel_queries(ALL["seller"]):
+        assert f'{names.LABEL_MARKETPLACE}="${names.LABEL_MARKETPLACE}"' in expr, title
+
+
+def test_sellers_at_risk_links_to_the_seller_dashboard():
+    table = next(panel for panel in ALL["overview"]["panels"] if panel["type"] == "table")
+    links = [prop["value"] for override in table["fieldConfig"]["overrides"]
+             for prop in override["properties"] if prop["id"] == "links"]
+    assert len(links) == 1
+    url = links[0][0]["url"]
+    assert url.startswith(f"/d/{names.DASHBOARD_UIDS['seller']}/")
+    assert f"var-{names.LABEL_SELLER}=${{__data.fields.{names.LABEL_SELLER}}}" in url
+    assert f"var-{names.LABEL_MARKETPLACE}=${{__data.fields.{names.LABEL_MARKETPLACE}}}" in url
+
+
+def test_fleet_rate_panel_draws_the_warning_level_and_the_limit():
+    panel = ALL["overview"]["panels"][0]
+    steps = [step["value"] for step in panel["fieldConfig"]["defaults"]["thresholds"]["steps"]]
+    assert steps == [None, 0.02, 0.025]
+    assert panel["fieldConfig"]["defaults"]["custom"]["thresholdsStyle"]["mode"] == "dashed"
+    assert panel["targets"][0]["expr"] == (
+        'sum by (marketplace) (cancelwatch_fleet_window_cancelled{window_days="7"})'
+        ' / sum by (marketplace) (cancelwatch_fleet_window_orders{window_days="7"})')
+
+
+def test_seller_alert_annotations_filter_by_the_seller_tags():
+    annotation = next(a for a in ALL["seller"]["annotations"]["list"] if "target" in a)
+    assert annotation["target"]["type"] == "tags"
+    assert annotation["target"]["matchAny"] is False
+    assert set(annotation["target"]["tags"]) == {
+        generate.ANNOTATION_TAG, "seller_id:$seller_id", "marketplace:$marketplace"}
+    built_in = next(a for a in ALL["seller"]["annotations"]["list"] if a.get("builtIn") == 1)
+    assert built_in["enable"] is False  # would show every seller's annotations
+
+
+# --- Provisioning (Grafana's documented format, apiVersion 1) ----------------------------
+
+DATASOURCE_KEYS = {"name", "type", "uid", "access", "orgId", "url", "user", "database",
+                   "basicAuth", "basicAuthUser", "withCredentials", "isDefault", "jsonData",
+                   "secureJsonData", "version", "editable"}
+PROVIDER_KEYS = {"name", "orgId", "folder", "folderUid", "type", "disableDeletion",
+                 "updateIntervalSeconds", "allowUiUpdates", "options"}
+
+
+def test_datasources_file_matches_grafana_provisioning_format():
+    document = yaml.safe_load((PROVISIONING / "datasources" / "datasources.yml").read_text())
+    assert set(document) <= {"apiVersion", "datasources", "deleteDatasources", "prune"}
+    assert document["apiVersion"] == 1
+    by_uid = {}
+    for source in document["datasources"]:
+        assert set(source) <= DATASOURCE_KEYS, set(source) - DATASOURCE_KEYS
+        assert isinstance(source["name"], str) and isinstance(source["type"], str)
+        assert source["access"] in ("proxy", "direct")
+        assert isinstance(source["orgId"], int) and isinstance(source["version"], int)
+        assert isinstance(source["isDefault"], bool) and isinstance(source["editable"], bool)
+        assert isinstance(source.get("jsonData", {}), dict)
+        by_uid[source["uid"]] = source
+    assert [source["isDefault"] for source in document["datasources"]].count(True) == 1
+    prometheus = by_uid[names.PROMETHEUS_DATASOURCE_UID]
+    assert (prometheus["type"], prometheus["url"]) == ("prometheus", "http://prometheus:9090")
+    alertmanager = by_uid[names.ALERTMANAGER_DATASOURCE_UID]
+    assert (alertmanager["type"], alertmanager["url"]) == ("alertmanager", "http://alertmanager:9093")
+    assert alertmanager["jsonData"]["implementation"] == "prometheus"
+
+
+def test_dashboard_provider_matches_grafana_provisioning_format():
+    document = yaml.safe_load((PROVISIONING / "dashboards" / "dashboards.yml").read_text())
+    assert set(document) == {"apiVersion", "providers"}
+    assert document["apiVersion"] == 1
+    [provider] = document["providers"]
+    assert set(provider) <= PROVIDER_KEYS, set(provider) - PROVIDER_KEYS
+    assert provider["type"] == "file"
+    assert provider["folder"] == "cancelwatch"
+    assert isinstance(provider["orgId"], int) and isinstance(provider["updateIntervalSeconds"], int)
+    assert isinstance(provider["disableDeletion"], bool) and isinstance(provider["allowUiUpdates"], bool)
+    assert set(provider["options"]) <= {"path", "foldersFromFilesStructure"}
+    assert provider["options"]["path"] == DASHBOARD_MOUNT
+
+
+def test_docs_state_the_mount_path_and_every_dashboard():
+    text = (ROOT / "docs" / "dashboards.md").read_text(encoding="utf-8")
+    assert DASHBOARD_MOUNT in text
+    for dashboard in ALL.values():
+        assert dashboard["uid"] in text
+        for panel in dashboard["panels"]:
+            assert panel["title"] in text, f"docs/dashboards.md does not describe {panel['title']!r}"
+
+
+# --- docs/metrics.md -----------------------------------------------------------------------
+
+def test_every_metric_has_a_series_bound():
+    assert set(metrics_reference.BOUNDS) == set(names.METRICS)
+
+
+def test_metrics_doc_lists_every_metric_with_type_labels_and_help():
+    text = metrics_reference.markdown()
+    for name, (kind, labels, help_text) in names.METRICS.items():
+        row = next(line for line in text.splitlines() if line.startswith(f"| `{name}` |"))
+        assert f"| {kind} |" in row and help_text in row
+        for label in labels:
+            assert f"`{label}`" in row
+
+
+def test_series_bound_grows_with_top_k_only_by_per_seller_gauges():
+    base = metrics_reference.Parameters()
+    bigger = metrics_reference.Parameters(top_k=base.top_k + 1)
+    per_seller = [name for name, (_, labels, _) in names.METRICS.items() if names.LABEL_SELLER in labels]
+    assert metrics_reference.series_bound(bigger) - metrics_reference.series_bound(base) == (
+        len(per_seller) * base.windows)

@@ -82,6 +82,14 @@ def query(expr: str, legend: str = "", ref_id: str = "A", *, instant: bool = Fal
     return target
 
 
+def recorded(rule: str) -> str:
+    """A recording rule of alerts/rules/*.yml, by its name in `streams.names.RECORDING_RULES`."""
+    if rule not in names.RECORDING_RULES:
+        raise ValueError(f"recording rule {rule!r} is not in streams.names.RECORDING_RULES: "
+                         "define it in alerts/rules/ and names.py, or query the raw metric")
+    return rule
+
+
 def rate_thresholds() -> dashboard_builders.ThresholdsConfig:
     return (dashboard_builders.ThresholdsConfig().mode(ThresholdsMode.ABSOLUTE).steps([
         Threshold(value=None, color="green"),
@@ -153,7 +161,15 @@ def alert_annotations(name: str, tags: list[str], colour: str) -> dashboard_buil
 # Options of a Prometheus annotation query that the pinned SDK's
 # AnnotationQuery model does not carry; added to the JSON after the build.
 FIRING_ALERTS_EXPR = f"sum by ({names.LABEL_ALERTNAME}, {names.LABEL_SEVERITY}) (cancelwatch_alerts_active) > 0"
+PROMETHEUS_ALERTS_EXPR = f'ALERTS{{alertstate="firing", {names.LABEL_TEAM}="{names.TEAM_OPS}"}}'
 PROMETHEUS_ANNOTATION_OPTIONS = {
+    "Prometheus alerts": {
+        "titleFormat": "{{alertname}}",
+        "textFormat": "{{severity}} {{marketplace}}{{topic}}",
+        "tagKeys": f"{names.LABEL_ALERTNAME},{names.LABEL_SEVERITY}",
+        "step": "60s",
+        "useValueForTime": False,
+    },
     "Firing alerts (worker)": {
         "titleFormat": "{{alertname}}",
         "textFormat": "{{severity}}: alerts of this name are firing",
@@ -167,6 +183,12 @@ PROMETHEUS_ANNOTATION_OPTIONS = {
 def firing_alerts_annotation() -> dashboard_builders.AnnotationQuery:
     return (dashboard_builders.AnnotationQuery().name("Firing alerts (worker)")
             .datasource(PROMETHEUS).enable(True).icon_color("red").expr(FIRING_ALERTS_EXPR))
+
+
+def prometheus_alerts_annotation() -> dashboard_builders.AnnotationQuery:
+    """Alerts of alerts/rules/*.yml (pipeline, marketplace burn rate), evaluated by Prometheus."""
+    return (dashboard_builders.AnnotationQuery().name("Prometheus alerts")
+            .datasource(PROMETHEUS).enable(True).icon_color("purple").expr(PROMETHEUS_ALERTS_EXPR))
 
 
 def base_dashboard(key: str, title: str, description: str) -> dashboard_builders.Dashboard:
@@ -229,6 +251,7 @@ def overview() -> dashboard_builders.Dashboard:
                        "are cancelled, and the alerts firing.")
         .annotation(built_in_annotations(enabled=True))
         .annotation(firing_alerts_annotation())
+        .annotation(prometheus_alerts_annotation())
         .annotation(alert_annotations("Seller alerts", [ANNOTATION_TAG], "orange"))
         .with_panel(rate_panel(
             1, "Fleet cancellation rate by marketplace (7 days)",
@@ -257,6 +280,14 @@ def overview() -> dashboard_builders.Dashboard:
             query("sum by (cause) (increase(cancelwatch_excluded_cancellations_total"
                   "[$__rate_interval]))", "{{cause}}"),
             stacked=True))
+        .with_panel(rate_panel(
+            8, "Seller-fault cancellations per new order (14m burn)",
+            "Seller-fault cancellations per order entering the rate over the last 14 minutes, "
+            "by marketplace: the short-window ratio the marketplace burn-rate alerts use. "
+            "Against the same 2.0% and 2.5% lines.",
+            query(recorded("marketplace:cancelwatch_seller_fault_cancellations_per_order:ratio_rate14m"),
+                  "{{marketplace}}"),
+            width=24))
         .with_panel(stat_panel(
             7, "Alerts firing", "Alerts currently firing from the workers, by name.",
             query(f"sum by ({names.LABEL_ALERTNAME}) (cancelwatch_alerts_active)",
@@ -323,13 +354,12 @@ def seller() -> dashboard_builders.Dashboard:
 # --- Pipeline health -------------------------------------------------------------
 
 def pipeline() -> dashboard_builders.Dashboard:
-    latency = ("histogram_quantile({quantile}, sum by (le, topic) "
-               "(rate(cancelwatch_processing_latency_seconds_bucket[$__rate_interval])))")
     return (
         base_dashboard("pipeline", "cancelwatch / Pipeline health",
                        "Is the worker keeping up: throughput, lag, latency, dead letters, "
                        "alert delivery, state size.")
         .annotation(built_in_annotations(enabled=True))
+        .annotation(prometheus_alerts_annotation())
         .with_panel(stat_panel(
             1, "Workers up", "1 when Prometheus scraped the worker's /metrics successfully.",
             query(f'up{{job="{names.PROMETHEUS_JOB}"}}', "{{instance}}", instant=True),
@@ -352,22 +382,27 @@ def pipeline() -> dashboard_builders.Dashboard:
             unit="ops", stacked=True))
         .with_panel(series_panel(
             5, "Consumer lag", "Messages not yet processed, by source topic.",
-            query("sum by (topic) (cancelwatch_consumer_lag_messages)", "{{topic}}")))
+            query(f"sum by (topic) ({recorded('job_topic:cancelwatch_consumer_lag_messages:sum')})",
+                  "{{topic}}")))
         .with_panel(series_panel(
-            6, "Processing latency", "From an event's occurred_at to applied: p50 and p99.",
-            query(latency.format(quantile="0.5"), "p50 {{topic}}", "A"),
-            query(latency.format(quantile="0.99"), "p99 {{topic}}", "B"),
+            6, "Processing latency", "From an event's occurred_at to applied: p50 and p99 over 5m.",
+            query("histogram_quantile(0.5, sum by (le, topic) "
+                  "(rate(cancelwatch_processing_latency_seconds_bucket[5m])))", "p50 {{topic}}", "A"),
+            query(f"max by (topic) "
+                  f"({recorded('job_topic:cancelwatch_processing_latency_seconds:p99_rate5m')})",
+                  "p99 {{topic}}", "B"),
             unit="s"))
         .with_panel(series_panel(
-            7, "Dead letters by kind", "Messages sent to the dead-letter topic per interval.",
-            query("sum by (topic, kind) (increase(cancelwatch_dead_letters_total[$__rate_interval]))",
+            7, "Dead letters by kind", "Messages sent to the dead-letter topic per second, over 5m.",
+            query(f"sum by (topic, kind) ({recorded('job_topic_kind:cancelwatch_dead_letters:rate5m')})",
                   "{{topic}} {{kind}}"),
-            stacked=True))
+            unit="ops", stacked=True))
         .with_panel(series_panel(
-            8, "Alert deliveries by outcome", "Alert batches posted to Alertmanager per interval.",
-            query("sum by (outcome) (increase(cancelwatch_alert_deliveries_total[$__rate_interval]))",
+            8, "Alert deliveries by outcome",
+            "Alert batches posted to Alertmanager per second, over 5m.",
+            query(f"sum by (outcome) ({recorded('job_outcome:cancelwatch_alert_deliveries:rate5m')})",
                   "{{outcome}}"),
-            stacked=True))
+            unit="ops", stacked=True))
         .with_panel(series_panel(
             9, "State table keys", "Keys held in each state table, summed over workers.",
             query("sum by (table) (cancelwatch_table_keys)", "{{table}}")))

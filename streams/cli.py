@@ -16,6 +16,11 @@ from streams.settings import SettingError
 COMMANDS: dict[str, tuple[str, str]] = {
     "worker": ("streams.worker", "Run the worker in the foreground (faust agents, tables, HTTP API)."),
     "settings": ("streams.settings_cli", "Print the settings reference, or check the current environment."),
+    "publish": ("streams.publish", "Validate a JSON Lines or CSV file of events and send it to Kafka."),
+    "schema": ("streams.schema_cli", "Print the JSON Schema of the events."),
+    "simulate": ("streams.simulate", "Generate realistic order and cancellation traffic (scenarios)."),
+    "seller": ("streams.seller_cli", "Show one seller's rate, headroom and reasons from the worker."),
+    "top": ("streams.top_cli", "Live view of the sellers most at risk, with their active alerts."),
     "oncall": ("streams.oncall", "Receive Alertmanager webhooks: log each notification and print one line per alert."),
     "grafana-annotations": ("streams.grafana_annotations", "Receive Alertmanager webhooks and write alert start/end as Grafana annotations."),
 }

@@ -4,7 +4,8 @@
 # plain process with its pid file, data and log under $STACK_DIR.
 #
 #   stack/stack.sh up|down|status|clean
-#   stack/stack.sh start|stop SERVICE     SERVICE: kafka prometheus alertmanager oncall
+#   stack/stack.sh start|stop SERVICE     SERVICE: kafka prometheus alertmanager oncall,
+#                                         or the demo's worker and simulate (not part of up)
 #   stack/stack.sh running SERVICE        exit 0 when SERVICE runs from this stack dir
 #   stack/stack.sh jars                   copy Kafka's jars from the local Maven repository
 #
@@ -34,6 +35,10 @@ ALERTS_DIR="${ALERTS_DIR:-$ROOT/alerts}"
 WORKER_STATE_DIR="${CANCELWATCH_DATA_DIR:-.state}"
 [[ "$WORKER_STATE_DIR" = /* ]] || WORKER_STATE_DIR="$ROOT/$WORKER_STATE_DIR"
 SERVICES=(kafka prometheus alertmanager oncall)
+# The application itself, started by the demo; stopped by down and clean.
+APPLICATION=(worker simulate)
+DEMO_SCENARIO="${DEMO_SCENARIO:-inventory-outage}"
+DEMO_SPEED="${DEMO_SPEED:-60}"
 
 say() { printf 'stack: %s\n' "$*"; }
 die() { printf 'stack: %s\n' "$*" >&2; exit 1; }
@@ -47,7 +52,9 @@ port_of() {
         prometheus) echo "$PROMETHEUS_PORT" ;;
         alertmanager) echo "$ALERTMANAGER_PORT" ;;
         oncall) echo "$ONCALL_PORT" ;;
-        *) die "unknown service '$1' (services: ${SERVICES[*]})" ;;
+        worker) echo "$WORKER_PORT" ;;
+        simulate) echo "-" ;;
+        *) die "unknown service '$1' (services: ${SERVICES[*]} ${APPLICATION[*]})" ;;
     esac
 }
 
@@ -57,6 +64,7 @@ port_variable_of() {
         prometheus) echo PROMETHEUS_PORT ;;
         alertmanager) echo ALERTMANAGER_PORT ;;
         oncall) echo ONCALL_PORT ;;
+        worker) echo WORKER_PORT ;;
     esac
 }
 
@@ -104,6 +112,8 @@ healthy() { # service
         prometheus) curl -fsS -o /dev/null "http://127.0.0.1:$PROMETHEUS_PORT/-/ready" 2>/dev/null ;;
         alertmanager) curl -fsS -o /dev/null "http://127.0.0.1:$ALERTMANAGER_PORT/-/ready" 2>/dev/null ;;
         oncall) curl -fsS -o /dev/null "http://127.0.0.1:$ONCALL_PORT/notifications" 2>/dev/null ;;
+        worker) curl -fsS -o /dev/null "http://127.0.0.1:$WORKER_PORT/metrics" 2>/dev/null ;;
+        simulate) sleep 1; live_pid simulate > /dev/null ;;
     esac
 }
 
@@ -214,6 +224,27 @@ start_oncall() {
         --log "$STACK_DIR/oncall/notifications.jsonl"
 }
 
+# The worker and the simulator talk to this stack's ports.
+application_environment() {
+    export CANCELWATCH_BROKER="kafka://127.0.0.1:$KAFKA_PORT"
+    export CANCELWATCH_ALERTMANAGER_URL="http://127.0.0.1:$ALERTMANAGER_PORT"
+    export CANCELWATCH_WEB_PORT="$WORKER_PORT"
+}
+
+start_worker() {
+    require_free_port worker "$WORKER_PORT" WORKER_PORT
+    [[ -x "$VENV/bin/python" ]] || die "the project's virtualenv $VENV is missing: run 'make install'."
+    application_environment
+    (cd "$ROOT" && spawn worker "$VENV/bin/python" -u -m streams.cli worker)
+}
+
+start_simulate() {
+    [[ -x "$VENV/bin/python" ]] || die "the project's virtualenv $VENV is missing: run 'make install'."
+    application_environment
+    (cd "$ROOT" && spawn simulate "$VENV/bin/python" -u -m streams.cli simulate \
+        --scenario "$DEMO_SCENARIO" --duration forever --speed "$DEMO_SPEED")
+}
+
 start_service() { # service
     local service="$1" pid
     port_of "$service" > /dev/null
@@ -248,7 +279,7 @@ stop_service() { # service
 
 status() {
     local service pid rc=0
-    for service in "${SERVICES[@]}"; do
+    for service in "${SERVICES[@]}" "${APPLICATION[@]}"; do
         if pid="$(live_pid "$service")"; then
             if healthy "$service"; then
                 printf '%-13s up        127.0.0.1:%-6s pid %s\n' "$service" "$(port_of "$service")" "$pid"
@@ -256,7 +287,7 @@ status() {
                 printf '%-13s unhealthy 127.0.0.1:%-6s pid %s (see %s)\n' "$service" "$(port_of "$service")" "$pid" "$(log_file "$service")"
                 rc=1
             fi
-        else
+        elif [[ " ${SERVICES[*]} " == *" $service "* ]]; then
             printf '%-13s down\n' "$service"
             rc=1
         fi
@@ -269,10 +300,12 @@ case "$command" in
     up)
         for service in "${SERVICES[@]}"; do start_service "$service"; done ;;
     down)
+        for service in "${APPLICATION[@]}"; do stop_service "$service"; done
         for (( i=${#SERVICES[@]}-1; i>=0; i-- )); do stop_service "${SERVICES[i]}"; done ;;
     status)
         status ;;
     clean)
+        for service in "${APPLICATION[@]}"; do stop_service "$service"; done
         for (( i=${#SERVICES[@]}-1; i>=0; i-- )); do stop_service "${SERVICES[i]}"; done
         # Keep the downloaded jars; everything else is data or logs.
         find "$STACK_DIR" -mindepth 1 -maxdepth 1 ! -name kafka -exec rm -rf {} +

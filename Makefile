@@ -1,0 +1,36 @@
+# cancelwatch: the two-command quick start is `make demo` and `make test`.
+# Ports: KAFKA_PORT=9092 PROMETHEUS_PORT=9090 ALERTMANAGER_PORT=9093
+# ONCALL_PORT=5001 WORKER_PORT=6066, e.g. `make stack-up KAFKA_PORT=19092`.
+# Run `make help` for the list of targets.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+.PHONY: help install stack-up stack-down stack-status stack-clean test demo bench
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
+
+install: ## Install what is missing: Debian packages, .venv, Kafka's jars
+	@stack/install.sh
+
+stack-up: install ## Start Kafka, Prometheus, Alertmanager and the on-call receiver (idempotent)
+	@stack/stack.sh up
+
+stack-down: ## Stop every process of the stack (and the demo's worker and simulator)
+	@stack/stack.sh down
+
+stack-status: ## Show what runs where; non-zero when a service is down
+	@stack/stack.sh status
+
+stack-clean: ## Stop everything and wipe local data (.stack/ except jars, .state/)
+	@stack/stack.sh clean
+
+test: ## Install, start what the tests need, run pytest (PYTEST_ARGS=...), stop what it started
+	@stack/test.sh
+
+demo: ## Install, start the stack, the worker and the simulator; print where to look
+	@stack/demo.sh
+
+bench: install ## Run the benchmarks (bench/run.py)
+	@if [[ -f bench/run.py ]]; then .venv/bin/python bench/run.py; \
+	else echo "bench: benchmarks are not written yet (bench/run.py is missing)" >&2; exit 1; fi

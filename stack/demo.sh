@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# `make demo`: install, start the stack, then the worker and a simulator in
+# which a seller drifts toward the limit, and say where to look. Runs what
+# exists and says plainly what does not exist yet.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+STACK="$ROOT/stack/stack.sh"
+STACK_DIR="${STACK_DIR:-$ROOT/.stack}"
+PROMETHEUS_PORT="${PROMETHEUS_PORT:-9090}"
+ALERTMANAGER_PORT="${ALERTMANAGER_PORT:-9093}"
+ONCALL_PORT="${ONCALL_PORT:-5001}"
+WORKER_PORT="${WORKER_PORT:-${CANCELWATCH_WEB_PORT:-6066}}"
+DEMO_SCENARIO="${DEMO_SCENARIO:-inventory-outage}"
+
+"$ROOT/stack/install.sh"
+"$STACK" up
+
+# A command is available when it is listed in streams/cli.py and its module exists.
+available() {
+    "$ROOT/.venv/bin/python" - "$1" <<'PYTHON'
+import importlib.util, sys
+from streams.cli import COMMANDS
+command = sys.argv[1]
+sys.exit(0 if command in COMMANDS and importlib.util.find_spec(COMMANDS[command][0]) else 1)
+PYTHON
+}
+
+missing=()
+if available worker; then
+    "$STACK" start worker
+else
+    missing+=("the worker (cancelwatch worker): nothing consumes the events, so there is no API on port $WORKER_PORT and no alert reaches Alertmanager")
+fi
+if available simulate; then
+    "$STACK" start simulate
+else
+    missing+=("the traffic simulator (cancelwatch simulate): no events are produced")
+fi
+
+cat <<TEXT
+
+cancelwatch demo: scenario '$DEMO_SCENARIO' (DEMO_SCENARIO=...; see 'cancelwatch simulate --help')
+  worker API     http://127.0.0.1:$WORKER_PORT/sellers/at-risk?marketplace=US
+  metrics        http://127.0.0.1:$WORKER_PORT/metrics
+  Prometheus     http://127.0.0.1:$PROMETHEUS_PORT/alerts
+  Alertmanager   http://127.0.0.1:$ALERTMANAGER_PORT/#/alerts
+  on-call log    $STACK_DIR/oncall/notifications.jsonl   (one line per alert: $STACK_DIR/oncall/oncall.out)
+                 http://127.0.0.1:$ONCALL_PORT/notifications
+  process logs   $STACK_DIR/<service>/<service>.out
+  'make stack-status' shows what runs; 'make stack-down' stops everything.
+TEXT
+if (( ${#missing[@]} )); then
+    echo
+    echo "Not part of this demo yet:"
+    printf '  - %s\n' "${missing[@]}"
+fi

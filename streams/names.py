@@ -203,3 +203,34 @@ ALERTMANAGER_DATASOURCE_UID = "cancelwatch-alertmanager"
 # --- On-call webhook receiver (cancelwatch oncall) ---------------------------
 ONCALL_ALERTS_PATH = "/alerts"
 ONCALL_NOTIFICATIONS_PATH = "/notifications"
+
+# --- Prometheus-side alerts and recording rules (alerts/rules/*.yml) ---------
+# What only Prometheus sees (the worker itself, the pipeline, whole
+# marketplaces). alertname -> severity; tests/test_alert_rules.py checks the
+# rule files, docs/alerts.md and alerts/alertmanager.yml against these.
+PROMETHEUS_ALERTS = {
+    "CancelwatchWorkerDown": "critical",
+    "CancelwatchWorkerNotScraped": "critical",
+    "CancelwatchConsumerLagGrowing": "warning",
+    "CancelwatchDeadLetters": "warning",
+    "CancelwatchAlertDeliveryFailing": "critical",
+    "CancelwatchProcessingLatencyHigh": "warning",
+    "CancelwatchMarketplaceCancelBurnRateHigh": "critical",
+    "CancelwatchMarketplaceCancelBurnRateElevated": "warning",
+}
+# Label every Prometheus-side alert carries; Alertmanager routes on it.
+LABEL_TEAM = "team"
+TEAM_OPS = "ops"
+# Burn-rate windows: the SRE workbook's 30-day windows scaled to the 7-day
+# period (x 7/30): 5m->1m10s, 30m->7m, 1h->14m, 6h->1h24m, 3d->16h48m.
+BURN_RATE_WINDOWS = ("1m10s", "7m", "14m", "1h24m", "16h48m")
+RECORDING_RULES = (
+    "marketplace:cancelwatch_seller_fault_cancellations:rate5m",
+    "marketplace:cancelwatch_orders:rate5m",
+    *(f"marketplace:cancelwatch_seller_fault_cancellations_per_order:ratio_rate{window}"
+      for window in BURN_RATE_WINDOWS),
+    "job_topic:cancelwatch_consumer_lag_messages:sum",
+    "job_topic_kind:cancelwatch_dead_letters:rate5m",
+    "job_outcome:cancelwatch_alert_deliveries:rate5m",
+    "job_topic:cancelwatch_processing_latency_seconds:p99_rate5m",
+)

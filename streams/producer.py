@@ -81,7 +81,7 @@ class EventProducer:
                 acks="all",
                 enable_idempotence=True,
                 retries=2**31 - 1,
-                max_in_flight_requests_per_connection=5,
+                max_in_flight_requests_per_connection=1,  # kafka-python: required by idempotence
                 delivery_timeout_ms=120_000,
                 linger_ms=20,
                 batch_size=256 * 1024,

@@ -1,0 +1,581 @@
+"""`cancelwatch worker`: the faust app, its agent and table, the HTTP API and alerting.
+
+The thin shell around the pure core (`state`, `window`, `alerting`):
+
+- One agent consumes the orders, cancellations and internal reroute topics in
+  batches (`take_events`). Each message is decoded strictly; bad ones go to
+  the dead-letter topic with the original bytes, source and reason. A valid
+  event whose partition is not its seller's (producer keyed it by something
+  else) is forwarded to the reroute topic keyed by seller_id, so one seller's
+  state always lives on one partition.
+- State: one faust table on RocksDB with a changelog topic, holding one
+  value per (seller, marketplace, purchase bucket). Writes go to the
+  partition of the key's seller (`TableStore`).
+- Derived totals (`state.Book`) are rebuilt from the table after every
+  recovery, so a restarted worker answers exactly as before.
+- Alerts: sellers touched by a batch are re-evaluated within
+  `ALERT_TICK_SECONDS`; every seller is re-evaluated whenever the clock enters
+  a new bucket (orders age out with no event at all).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextvars
+import logging
+import sys
+import time
+import weakref
+from collections import Counter, defaultdict
+from datetime import datetime, timezone
+from typing import Iterator, MutableMapping
+
+import faust
+from aiokafka.partitioner import murmur2
+from faust.streams import _current_event
+from faust.web.exceptions import ServiceUnavailable
+from kafka import KafkaAdminClient
+from kafka.admin import NewTopic
+from kafka.errors import KafkaError, NoBrokersAvailable, TopicAlreadyExistsError
+
+from streams import alerting, events, names, policy as policy_module, settings as settings_module, window
+from streams.alertmanager import Alert, AlertSender
+from streams.metrics import Metrics, ScrapeState, SellerSummary, rate_band
+from streams.settings import Settings
+from streams.state import Book, SEPARATOR
+
+log = logging.getLogger("cancelwatch.worker")
+
+VERSION = "0.1.0"
+TABLE_NAME = "order-buckets"
+CLOCK_PREFIX = "~clock"
+ALERT_TICK_SECONDS = 0.05
+EXPIRY_SECONDS = 300.0
+HEADER_PREFIX = "cancelwatch."
+
+
+def owner_partition(seller_id: str, partitions: int) -> int:
+    """The partition a seller's state lives on: Kafka's default partitioner on seller_id."""
+    return (murmur2(seller_id.encode()) & 0x7FFFFFFF) % partitions
+
+
+class _PartitionContext:
+    """Stands in for the current faust event so a table write lands on a chosen partition.
+
+    faust picks the changelog partition and RocksDB database of a write from
+    the event being processed; a batch holds events of several partitions, so
+    the worker names the partition of each write itself."""
+
+    __slots__ = ("message", "__weakref__")
+
+    class _Message:
+        __slots__ = ("topic", "partition")
+
+        def __init__(self, topic: str, partition: int) -> None:
+            self.topic = topic
+            self.partition = partition
+
+    def __init__(self, topic: str, partition: int) -> None:
+        self.message = self._Message(topic, partition)
+
+
+class TableStore(MutableMapping):
+    """The faust table seen as a mapping whose writes go to the key's seller partition."""
+
+    def __init__(self, table, source_topic: str, partitions: int) -> None:
+        self.table = table
+        self.partitions = partitions
+        self._contexts = [_PartitionContext(source_topic, p) for p in range(partitions)]
+
+    def partition_of(self, key: bytes) -> int:
+        head = key.split(SEPARATOR.encode(), 1)[0].decode()
+        if head == CLOCK_PREFIX:
+            return int(key.rsplit(SEPARATOR.encode(), 1)[1])
+        return owner_partition(head, self.partitions)
+
+    def _enter(self, key: bytes) -> contextvars.Token:
+        return _current_event.set(weakref.ref(self._contexts[self.partition_of(key)]))
+
+    def __getitem__(self, key: bytes) -> bytes:
+        token = self._enter(key)
+        try:
+            return self.table[key]
+        finally:
+            _current_event.reset(token)
+
+    def __setitem__(self, key: bytes, value: bytes) -> None:
+        token = self._enter(key)
+        try:
+            self.table[key] = value
+        finally:
+            _current_event.reset(token)
+
+    def __delitem__(self, key: bytes) -> None:
+        token = self._enter(key)
+        try:
+            del self.table[key]
+        finally:
+            _current_event.reset(token)
+
+    def __contains__(self, key: object) -> bool:
+        try:
+            self[key]  # type: ignore[index]
+        except KeyError:
+            return False
+        return True
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self.table.keys())
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self.table.keys())
+
+
+def ensure_topics(settings: Settings) -> None:
+    """Create the source, reroute and dead-letter topics if missing; check partition counts."""
+    security = settings.kafka_security.kafka_python_options()
+    try:
+        admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers,
+                                 client_id=f"{settings.app_id}-admin", **security)
+    except NoBrokersAvailable:
+        raise SystemExit(f"cancelwatch worker: no Kafka broker at {', '.join(settings.bootstrap_servers)} "
+                         "(CANCELWATCH_BROKER); start one with `make stack-up`") from None
+    try:
+        wanted = [settings.orders_topic, settings.cancellations_topic, settings.reroute_topic,
+                  settings.dead_letter_topic]
+        existing = set(admin.list_topics())
+        brokers = len(admin.describe_cluster()["brokers"]) or 1
+        for name in wanted:
+            if name in existing:
+                continue
+            try:
+                admin.create_topics([NewTopic(name, settings.partitions, min(3, brokers))], timeout_ms=30_000)
+            except TopicAlreadyExistsError:
+                pass
+        for description in _described(admin, wanted[:3]):
+            count = len(description["partitions"])
+            if count != settings.partitions:
+                raise SystemExit(
+                    f"cancelwatch worker: topic {description['topic']} has {count} partitions but "
+                    f"CANCELWATCH_PARTITIONS is {settings.partitions}; they must match (set "
+                    f"CANCELWATCH_PARTITIONS={count}, or recreate the topic)")
+    except KafkaError as error:
+        raise SystemExit(f"cancelwatch worker: cannot prepare topics: {error}") from None
+    finally:
+        admin.close()
+
+
+def _described(admin: KafkaAdminClient, topics: list[str], timeout: float = 30.0) -> list[dict]:
+    """Topic descriptions, waiting for new topics' partitions to appear in metadata."""
+    deadline = time.monotonic() + timeout
+    while True:
+        described = admin.describe_topics(topics)
+        if all(d["partitions"] for d in described) or time.monotonic() > deadline:
+            return described
+        time.sleep(0.2)
+
+
+class Runtime:
+    """Everything the agent, timers and web views share."""
+
+    def __init__(self, settings: Settings, policy: policy_module.Policy) -> None:
+        self.settings = settings
+        self.policy = policy
+        self.metrics = Metrics(VERSION, settings.clock, settings.top_k)
+        self.sender = AlertSender(settings.alertmanager_urls, settings.alert_resend_seconds,
+                                  on_delivery=self._delivered) if settings.alertmanager_urls else None
+        self.book: Book | None = None
+        self.store: TableStore | None = None
+        self.event_clock = 0.0
+        self.dirty: set[tuple[str, str]] = set()
+        self.summaries: dict[tuple[str, str], SellerSummary] = {}
+        self.alerts: dict[tuple[str, str], dict] = {}   # seller -> {AlertKey: Alert}
+        self.evaluated_bucket: int | None = None
+        self.ready = asyncio.Event()
+        self.role = {
+            settings.orders_topic: names.ORDERS_TOPIC,
+            settings.cancellations_topic: names.CANCELLATIONS_TOPIC,
+            settings.reroute_topic: names.REROUTE_TOPIC,
+        }
+        self.topic_name = {
+            names.ORDERS_TOPIC: settings.orders_topic,
+            names.CANCELLATIONS_TOPIC: settings.cancellations_topic,
+        }
+
+    # -- clock ---------------------------------------------------------------
+    def now(self) -> float:
+        if self.settings.clock == "event":
+            return self.event_clock
+        return time.time()
+
+    def _delivered(self, outcome: str, count: int) -> None:
+        self.metrics.deliveries.labels(outcome).inc(count)
+
+    # -- state -----------------------------------------------------------------
+    def rebuild(self) -> None:
+        """Derive totals from the table's active partitions (after every recovery)."""
+        started = time.monotonic()
+        book = Book(self.policy, self.store)
+        clock = 0.0
+        items = []
+        for key, value in self.store.table.items():
+            if key.startswith(CLOCK_PREFIX.encode()):
+                clock = max(clock, int(value) / 1_000_000)
+            else:
+                items.append((key, value))
+        orders = book.load(items)
+        self.book = book
+        self.event_clock = max(self.event_clock, clock)
+        owned = set(book.sellers)
+        for seller in [s for s in self.alerts if s not in owned]:
+            self.alerts.pop(seller)      # the new owner re-fires them; do not resolve
+        self.summaries = {key: value for key, value in self.summaries.items() if key in owned}
+        self.dirty = set(owned)
+        self.evaluated_bucket = None
+        log.info("state rebuilt: %d sellers, %d orders in %.2fs", len(owned), orders,
+                 time.monotonic() - started)
+        self.ready.set()
+
+    def process(self, batch) -> tuple[list, list]:
+        """Apply one batch of faust events; return (dead letters, reroutes) to send."""
+        settings = self.settings
+        wall = time.time()
+        wall_dt = datetime.fromtimestamp(wall, timezone.utc)
+        dead, reroute = [], []
+        per_partition: dict[int, list] = defaultdict(list)
+        clocks: dict[int, float] = {}
+        outcome_counts: Counter = Counter()
+        latency = self.metrics.latency
+        for faust_event in batch:
+            message = faust_event.message
+            role = self.role[message.topic]
+            try:
+                event = events.decode(message.value, wall_dt)
+                if role != names.REROUTE_TOPIC:
+                    events.check_topic(event, role)
+            except events.BadEvent as bad:
+                dead.append((message, bad))
+                outcome_counts[(message.topic, "dead_letter")] += 1
+                self.metrics.dead_letters.labels(message.topic, bad.kind).inc()
+                continue
+            owner = owner_partition(event.seller_id, settings.partitions)
+            if role != names.REROUTE_TOPIC and owner != message.partition:
+                reroute.append((message, event.seller_id, owner))
+                outcome_counts[(message.topic, "rerouted")] += 1
+                continue
+            occurred = event.occurred_at.timestamp()
+            clocks[owner] = max(clocks.get(owner, 0.0), occurred)
+            event_role = events.TOPIC_OF_TYPE[type(event)]
+            per_partition[owner].append((self.topic_name[event_role], event))
+            latency.labels(self.topic_name[event_role]).observe(max(0.0, wall - occurred))
+        if clocks:
+            self.event_clock = max(self.event_clock, max(clocks.values()))
+        now = self.now()
+        for partition, applied in per_partition.items():
+            result = self.book.apply(applied, now)
+            outcome_counts.update(result.outcomes)
+            for marketplace, count in result.new_orders.items():
+                self.metrics.orders.labels(marketplace).inc(count)
+            for (marketplace, reason), count in result.new_faults.items():
+                group = names.REASON_GROUP_OF.get(reason, "other")
+                self.metrics.seller_faults.labels(marketplace, group).inc(count)
+            for (marketplace, cause), count in result.new_excluded.items():
+                self.metrics.excluded.labels(marketplace, cause).inc(count)
+            self.dirty.update(result.touched)
+            if settings.clock == "event":
+                key = f"{CLOCK_PREFIX}{SEPARATOR}{partition}".encode()
+                stored = self.store.get(key)
+                value = int(clocks[partition] * 1_000_000)
+                if stored is None or int(stored) < value:
+                    self.store[key] = str(value).encode()
+        for (topic, outcome), count in outcome_counts.items():
+            self.metrics.events.labels(topic, outcome).inc(count)
+        return dead, reroute
+
+    # -- alerts ----------------------------------------------------------------
+    def dashboard_url(self, seller_id: str, marketplace: str) -> str:
+        return (f"{self.settings.grafana_url}/d/{names.DASHBOARD_UIDS['seller']}"
+                f"?var-seller_id={seller_id}&var-marketplace={marketplace}")
+
+    def evaluate(self) -> None:
+        """Re-evaluate dirty sellers, or all of them when the clock entered a new bucket."""
+        if self.book is None:
+            return
+        now = self.now()
+        now_bucket = window.bucket_of(now, self.policy.bucket_seconds)
+        if now_bucket != self.evaluated_bucket:
+            self.evaluated_bucket = now_bucket
+            self.dirty = set(self.book.sellers)
+        if not self.dirty:
+            return
+        dirty, self.dirty = self.dirty, set()
+        starts = datetime.now(timezone.utc)
+        for key in dirty:
+            state = self.book.sellers.get(key)
+            if state is None:
+                continue
+            windows = window.seller_windows(state.buckets, state.marketplace, self.policy, now_bucket)
+            first = windows[0]
+            self.summaries[key] = SellerSummary(
+                status=max((w.status for w in windows), key=names.STATUSES.index),
+                band=rate_band(first.orders, first.cancelled),
+                risk=window.risk_key(windows) + key,
+                windows=tuple((w.window.days, w.orders, w.cancelled, w.rate, w.headroom) for w in windows),
+            )
+            wanted = alerting.desired(state, self.policy, now, self.dashboard_url(*key))
+            previous = self.alerts.get(key, {})
+            if not wanted and not previous:
+                continue
+            current = {}
+            for alert_key, want in wanted.items():
+                before = previous.get(alert_key)
+                alert = Alert(want.labels, want.annotations,
+                              before.starts_at if before is not None else starts)
+                current[alert_key] = alert
+                if self.sender is not None:
+                    self.sender.fire(alert)
+            for alert_key, alert in previous.items():
+                if alert_key not in wanted and self.sender is not None:
+                    self.sender.resolve(alert.labels)
+            if current:
+                self.alerts[key] = current
+            else:
+                self.alerts.pop(key, None)
+
+    def expire(self) -> None:
+        if self.book is not None:
+            deleted = self.book.expire(self.now())
+            if deleted:
+                log.info("expired %d order buckets past retention", deleted)
+
+    # -- views -----------------------------------------------------------------
+    def seller_view(self, seller_id: str, marketplace: str, extra_cancels: int = 0) -> dict | None:
+        state = self.book.seller(seller_id, marketplace) if self.book else None
+        if state is None:
+            return None
+        now = self.now()
+        now_bucket = window.bucket_of(now, self.policy.bucket_seconds)
+        windows = window.seller_windows(state.buckets, marketplace, self.policy, now_bucket)
+        if extra_cancels:
+            windows = [w.with_more_cancels(extra_cancels) for w in windows]
+        return window.seller_json(seller_id, marketplace, windows, now)
+
+    def at_risk(self, marketplace: str, limit: int) -> list[dict]:
+        if self.book is None:
+            return []
+        now = self.now()
+        now_bucket = window.bucket_of(now, self.policy.bucket_seconds)
+        ranked = []
+        for state in self.book.in_marketplace(marketplace):
+            windows = window.seller_windows(state.buckets, marketplace, self.policy, now_bucket)
+            ranked.append((window.risk_key(windows) + (state.seller_id,), state.seller_id, windows))
+        ranked.sort(key=lambda item: item[0])
+        return [window.seller_json(seller_id, marketplace, windows, now)
+                for _, seller_id, windows in ranked[:limit]]
+
+    def scrape_state(self, app: faust.App) -> ScrapeState:
+        lag = {}
+        consumer = app.consumer if app.consumer is not None else None
+        if consumer is not None:
+            try:
+                for tp in consumer.assignment():
+                    if tp.topic not in self.role:
+                        continue
+                    highwater = consumer.highwater(tp)
+                    position = consumer._read_offset.get(tp)
+                    if highwater is not None:
+                        done = position + 1 if position is not None else 0
+                        lag[(tp.topic, tp.partition)] = max(0, highwater - done)
+            except Exception as error:  # the consumer may be mid-rebalance; lag is best effort
+                log.debug("lag unavailable: %r", error)
+        keys = len(self.store.table.data._key_index) if self.store is not None else 0
+        alerts = [(a.labels[names.LABEL_ALERTNAME], a.labels[names.LABEL_SEVERITY])
+                  for per_seller in self.alerts.values() for a in per_seller.values()]
+        return ScrapeState(self.summaries, lag, {TABLE_NAME: keys}, alerts,
+                           self.sender.pending() if self.sender else 0, self.now())
+
+
+def _bad_request(view, message: str):
+    return view.json({"error": message}, status=400)
+
+
+def build_app(settings: Settings, policy: policy_module.Policy) -> tuple[faust.App, Runtime]:
+    runtime = Runtime(settings, policy)
+    security = settings.kafka_security
+    credentials = None
+    if security.uses_sasl:
+        ssl_context = None
+        if security.uses_tls:
+            ssl_context = faust.auth.ssl.create_default_context(cafile=security.ca_file or None)
+        credentials = faust.SASLCredentials(username=security.username, password=security.password,
+                                            mechanism=security.sasl_mechanism, ssl_context=ssl_context)
+    elif security.uses_tls:
+        credentials = faust.SSLCredentials(faust.auth.ssl.create_default_context(cafile=security.ca_file or None))
+    app = faust.App(
+        settings.app_id,
+        broker=settings.faust_broker,
+        broker_credentials=credentials,
+        store="rocksdb://",
+        datadir=str(settings.data_dir),
+        web_port=settings.web_port,
+        web_bind=settings.web_host,
+        web_host=settings.web_host,
+        topic_partitions=settings.partitions,
+        topic_replication_factor=1,
+        consumer_auto_offset_reset="earliest",
+        producer_acks=-1,
+        autodiscover=False,
+        web_enabled=True,
+        stream_wait_empty=False,
+        table_cleanup_interval=3600.0,
+        broker_commit_interval=1.0,
+        logging_config=None,
+    )
+    source = app.topic(settings.orders_topic, settings.cancellations_topic, settings.reroute_topic,
+                       key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw",
+                       partitions=settings.partitions)
+    reroute_topic = app.topic(settings.reroute_topic, key_serializer="raw", value_serializer="raw",
+                              partitions=settings.partitions)
+    dead_letter_topic = app.topic(settings.dead_letter_topic, key_serializer="raw", value_serializer="raw")
+    table = app.Table(TABLE_NAME, key_type=bytes, value_type=bytes, partitions=settings.partitions)
+    runtime.store = TableStore(table, settings.orders_topic, settings.partitions)
+    runtime.metrics.attach(lambda: runtime.scrape_state(app))
+
+    @table.on_recover
+    async def _recovered() -> None:
+        runtime.rebuild()
+
+    @app.agent(source)
+    async def apply_events(stream):
+        async for batch in stream.take_events(settings.batch_size, settings.batch_seconds):
+            if runtime.book is None:
+                runtime.rebuild()
+            dead, reroute = runtime.process(batch)
+            sends = []
+            for message, bad in dead:
+                headers = [
+                    (HEADER_PREFIX + "error.kind", bad.kind.encode()),
+                    (HEADER_PREFIX + "error.reason", bad.reason.encode()),
+                    (HEADER_PREFIX + "source.topic", message.topic.encode()),
+                    (HEADER_PREFIX + "source.partition", str(message.partition).encode()),
+                    (HEADER_PREFIX + "source.offset", str(message.offset).encode()),
+                ]
+                sends.append(await dead_letter_topic.send(key=message.key, value=message.value or b"",
+                                                          headers=headers))
+            for message, seller_id, owner in reroute:
+                headers = [
+                    (HEADER_PREFIX + "source.topic", message.topic.encode()),
+                    (HEADER_PREFIX + "source.partition", str(message.partition).encode()),
+                    (HEADER_PREFIX + "source.offset", str(message.offset).encode()),
+                ]
+                sends.append(await reroute_topic.send(key=seller_id.encode(), value=message.value,
+                                                      partition=owner, headers=headers))
+            if sends:
+                await asyncio.gather(*sends)
+            if len(runtime.dirty) and runtime.settings.clock == "event":
+                runtime.evaluate()
+
+    @app.task
+    async def alert_loop() -> None:
+        if runtime.sender is not None:
+            app.add_future(runtime.sender.run())
+        while not app.should_stop:
+            await asyncio.sleep(ALERT_TICK_SECONDS)
+            runtime.evaluate()
+
+    @app.timer(interval=EXPIRY_SECONDS)
+    async def expire() -> None:
+        runtime.expire()
+
+    @app.page("/sellers/{seller_id}")
+    async def seller(web, request, seller_id: str):
+        marketplace = request.query.get("marketplace", "")
+        if seller_id == "at-risk":
+            return _at_risk(web, request, marketplace)
+        return await _seller(web, request, seller_id, marketplace, 0)
+
+    @app.page("/sellers/{seller_id}/what-if")
+    async def what_if(web, request, seller_id: str):
+        marketplace = request.query.get("marketplace", "")
+        raw = request.query.get("cancel")
+        if raw is None:
+            return _bad_request(web, "query parameter cancel (a whole number >= 0) is required")
+        try:
+            extra = int(raw)
+        except ValueError:
+            return _bad_request(web, f"cancel must be a whole number >= 0, got {raw!r}")
+        if not 0 <= extra <= 1_000_000:
+            return _bad_request(web, f"cancel must be within 0..1000000, got {extra}")
+        return await _seller(web, request, seller_id, marketplace, extra)
+
+    async def _seller(web, request, seller_id: str, marketplace: str, extra: int):
+        if marketplace not in names.MARKETPLACES:
+            return _bad_request(web, f"marketplace must be one of {' '.join(names.MARKETPLACES)}, "
+                                     f"got {marketplace!r}")
+        if not 1 <= len(seller_id) <= 64:
+            return _bad_request(web, "seller_id must be 1..64 characters")
+        partition = owner_partition(seller_id, settings.partitions)
+        if not _owns(partition):
+            try:
+                return await app.router.route_req(TABLE_NAME, seller_id.encode(), web, request)
+            except ServiceUnavailable:
+                return web.json({"error": "the worker owning this seller is not known yet (rebalancing); "
+                                          "retry shortly"}, status=503)
+            except Exception as error:  # noqa: BLE001 - any routing failure is an answer, not a crash
+                if type(error).__name__ != "SameNode":
+                    return web.json({"error": f"cannot reach the worker owning this seller: {error}"},
+                                    status=503)
+        if runtime.book is None:
+            return web.json({"error": "state is being recovered; retry shortly"}, status=503)
+        view = runtime.seller_view(seller_id, marketplace, extra)
+        if view is None:
+            return web.json({"error": f"seller {seller_id} has never been seen in {marketplace}"}, status=404)
+        return web.json(view)
+
+    def _owns(partition: int) -> bool:
+        try:
+            actives = app.assignor.assigned_actives()
+        except Exception:  # noqa: BLE001 - before the first assignment
+            return True
+        return any(tp.partition == partition and tp.topic in runtime.role for tp in actives) or not actives
+
+    def _at_risk(web, request, marketplace: str):
+        if marketplace not in names.MARKETPLACES:
+            return _bad_request(web, f"marketplace must be one of {' '.join(names.MARKETPLACES)}, "
+                                     f"got {marketplace!r}")
+        raw = request.query.get("limit", "20")
+        try:
+            limit = int(raw)
+        except ValueError:
+            return _bad_request(web, f"limit must be a whole number within 1..1000, got {raw!r}")
+        if not 1 <= limit <= 1000:
+            return _bad_request(web, f"limit must be within 1..1000, got {limit}")
+        return web.json(runtime.at_risk(marketplace, limit))
+
+    @app.page("/metrics")
+    async def metrics(web, request):
+        return web.bytes(runtime.metrics.exposition(),
+                         content_type="text/plain; version=0.0.4")
+
+    return app, runtime
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="cancelwatch worker", description=__doc__.split("\n")[0])
+    parser.parse_args(argv)
+    settings = settings_module.load()
+    try:
+        policy = policy_module.load(settings.policy_path)
+    except policy_module.PolicyError as error:
+        print(f"cancelwatch worker: {error}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level={"crit": "CRITICAL", "error": "ERROR", "warn": "WARNING", "info": "INFO",
+                               "debug": "DEBUG"}[settings.log_level],
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("kafka").setLevel(logging.WARNING)
+    ensure_topics(settings)
+    app, _ = build_app(settings, policy)
+    worker = faust.Worker(app, loglevel=settings.log_level, quiet=True)
+    worker.execute_from_commandline()
+    return 0

@@ -1,0 +1,127 @@
+"""Run `cancelwatch worker` as a real process for tests: isolated topics, state and port."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+CANCELWATCH = str(Path(sys.executable).with_name("cancelwatch"))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Topics:
+    """Unique topic names and consumer group for one test, as worker settings."""
+
+    def __init__(self, prefix: str = "t") -> None:
+        tag = f"{prefix}-{uuid.uuid4().hex[:8]}"
+        self.app_id = f"cw-{tag}"
+        self.orders = f"{tag}-orders"
+        self.cancellations = f"{tag}-cancellations"
+        self.reroute = f"{tag}-reroute"
+        self.dead_letters = f"{tag}-dlq"
+
+    def env(self) -> dict[str, str]:
+        return {
+            "CANCELWATCH_APP_ID": self.app_id,
+            "CANCELWATCH_ORDERS_TOPIC": self.orders,
+            "CANCELWATCH_CANCELLATIONS_TOPIC": self.cancellations,
+            "CANCELWATCH_REROUTE_TOPIC": self.reroute,
+            "CANCELWATCH_DEAD_LETTER_TOPIC": self.dead_letters,
+        }
+
+
+class WorkerProcess:
+    def __init__(self, topics: Topics, data_dir: Path, *, clock: str = "event", port: int | None = None,
+                 alertmanager_url: str = "", extra_env: dict[str, str] | None = None,
+                 log_path: Path | None = None) -> None:
+        self.port = port or free_port()
+        self.data_dir = data_dir
+        self.log_path = log_path or data_dir.with_suffix(".log")
+        self.env = {key: value for key, value in os.environ.items() if not key.startswith("CANCELWATCH_")}
+        self.env.update(topics.env())
+        self.env.update({
+            "CANCELWATCH_BROKER": f"kafka://127.0.0.1:{os.environ.get('KAFKA_PORT', '9092')}",
+            "CANCELWATCH_WEB_PORT": str(self.port),
+            "CANCELWATCH_DATA_DIR": str(data_dir),
+            "CANCELWATCH_CLOCK": clock,
+            "CANCELWATCH_ALERTMANAGER_URL": alertmanager_url,
+        })
+        self.env.update(extra_env or {})
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> "WorkerProcess":
+        self.log = open(self.log_path, "ab")
+        self.process = subprocess.Popen([CANCELWATCH, "worker"], env=self.env, cwd=ROOT,
+                                        stdout=self.log, stderr=subprocess.STDOUT)
+        return self
+
+    def wait_ready(self, timeout: float = 90) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"worker exited with {self.process.returncode}; log: {self.log_path}\n"
+                                     + self.tail())
+            try:
+                response = requests.get(f"{self.url}/sellers/at-risk?marketplace=US&limit=1", timeout=2)
+                if response.status_code == 200:
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(0.3)
+        raise AssertionError(f"worker not ready after {timeout}s; log: {self.log_path}\n" + self.tail())
+
+    def tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown, no final commit, no flush."""
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(30)
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        if getattr(self, "log", None):
+            self.log.close()
+
+    def get(self, path: str, **params) -> requests.Response:
+        return requests.get(self.url + path, params=params, timeout=10)
+
+    def metric(self, name: str, **labels: str) -> float:
+        """Sum of a metric's samples matching the labels, from /metrics."""
+        total = 0.0
+        for line in requests.get(self.url + "/metrics", timeout=10).text.splitlines():
+            if not line.startswith(name) or line.startswith("#"):
+                continue
+            head, _, value = line.rpartition(" ")
+            if head.split("{")[0] != name:
+                continue
+            if all(f'{key}="{val}"' in head for key, val in labels.items()):
+                total += float(value)
+        return total

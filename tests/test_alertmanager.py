@@ -122,14 +122,14 @@ def free_port() -> int:
 
 
 class LocalAlertmanager:
-    """An Alertmanager process of the test's own, on a free port."""
+    """An Alertmanager process of the test's own, on a free port (tests/test_alert_rules.py too)."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, config: str = MINIMAL_CONFIG) -> None:
         if not Path(ALERTMANAGER_BINARY).exists():
             pytest.fail(f"{ALERTMANAGER_BINARY} is missing: apt-get install -y prometheus-alertmanager")
         self.directory = directory
         self.config = directory / "alertmanager.yml"
-        self.config.write_text(MINIMAL_CONFIG)
+        self.config.write_text(config)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen | None = None

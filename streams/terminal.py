@@ -25,6 +25,7 @@ DEFAULT_MARKETPLACES = ("US", "UK", "DE", "IN")
 BAR_WIDTH = 24
 STATUS_ORDER = {names.STATUS_BREACH: 0, names.STATUS_WARNING: 1, names.STATUS_OK: 2}
 CLEAR = "\x1b[H\x1b[2J"
+UNLIMITED = 10_000
 
 
 class ApiError(RuntimeError):
@@ -188,8 +189,8 @@ def render_top(rows: Iterable[dict], alerts: dict[tuple[str, str], list[str]] | 
     lines = [header] if header else []
     lines += [f"! {problem}" for problem in problems]
     title = (f"{'seller':<16} {'mkt':<3} {'rate':<{BAR_WIDTH + 2}} {'rate':>7} {'limit':>6} "
-             f"{'win':>3} {'headroom':>8} {'status':<7} {'dominant reason':<28} alerts")
-    lines += [title[:width], "-" * min(width, len(title) + 10)]
+             f"{'win':>3} {'headroom':>8} {'status':<7} {'dominant reason':<33} alerts")
+    lines += [title[:width], "-" * min(width, len(title) + 30)]
     count = 0
     for document in rows:
         count += 1
@@ -204,7 +205,7 @@ def render_top(rows: Iterable[dict], alerts: dict[tuple[str, str], list[str]] | 
                 f"{rate_bar(window.get('rate'), window.get('limit', 0.025), window.get('warning_level'))} "
                 f"{percent(window.get('rate')):>7} {percent(window.get('limit')):>6} "
                 f"{window.get('days', '-'):>3} {'-' if headroom is None else headroom:>8} "
-                f"{window.get('status', '-'):<7} {dominant_reason(document.get('reasons')):<28} {active}")
+                f"{window.get('status', '-'):<7} {dominant_reason(document.get('reasons')):<33} {active}")
         lines.append(line[:width])
     if count == 0:
         lines.append("(no sellers)")
@@ -294,7 +295,7 @@ def top_main(argv: list[str]) -> int:
     interactive = sys.stdout.isatty() and not args.once
     try:
         while True:
-            width = shutil.get_terminal_size((120, 40)).columns
+            width = shutil.get_terminal_size().columns if interactive else UNLIMITED
             frame, worker_ok = top_frame(api, alertmanager, marketplaces, args.limit, width)
             sys.stdout.write((CLEAR if interactive else "") + frame)
             sys.stdout.flush()

@@ -358,3 +358,34 @@ def test_a_breach_mutes_the_warnings_of_that_seller_only(routed):
     assert states[names.ALERT_FORECAST_BREACH]["inhibitedBy"]
     assert ("JUMP", names.ALERT_HEADROOM_LOW) not in webhook.firing()
     assert ("JUMP", names.ALERT_FORECAST_BREACH) not in webhook.firing()
+
+
+# --- docs/alerts.md -----------------------------------------------------------------------
+
+DOC = ROOT / "docs" / "alerts.md"
+
+
+def test_doc_has_a_section_per_alert():
+    headings = re.findall(r"^### (\w+)$", DOC.read_text(), flags=re.MULTILINE)
+    expected = [*names.SELLER_ALERTS, names.ALERT_LISTING, *names.PROMETHEUS_ALERTS]
+    assert [h for h in headings if h in expected] == [
+        names.ALERT_WARNING, names.ALERT_HEADROOM_LOW, names.ALERT_FORECAST_BREACH,
+        names.ALERT_BREACHED, names.ALERT_LISTING, *names.PROMETHEUS_ALERTS]
+
+
+def test_doc_action_table_is_names_group_actions():
+    rows = [f"| {group} | " + ", ".join(f"`{reason}`" for reason in names.REASON_GROUPS[group])
+            + f" | {action} |" for group, action in names.GROUP_ACTIONS.items()]
+    text = DOC.read_text()
+    assert "\n".join(rows) in text
+
+
+def test_doc_names_every_recording_rule_window_and_receiver():
+    text = DOC.read_text()
+    for name in names.RECORDING_RULES:
+        if "ratio_rate" not in name:
+            assert f"`{name}`" in text, name
+    for window in names.BURN_RATE_WINDOWS:
+        assert f"`{window}`" in text or f"| {window} |" in text, window
+    for receiver in alertmanager_config()["receivers"]:
+        assert f"`{receiver['name']}`" in text, receiver["name"]

@@ -53,8 +53,11 @@ fi
 stamp="$VENV/.cancelwatch-installed"
 if [[ ! -f "$stamp" || "$ROOT/pyproject.toml" -nt "$stamp" ]]; then
     say "installing cancelwatch with its test and dashboards extras into $VENV"
+    mkdir -p "$ROOT/.stack"
     "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e "$ROOT[test,dashboards]" \
-        || die "pip could not install the project (above); check that PyPI is reachable"
+        > "$ROOT/.stack/pip-install.log" 2>&1 \
+        || { tail -n 30 "$ROOT/.stack/pip-install.log" >&2
+             die "pip could not install the project (above, all in .stack/pip-install.log); check that PyPI is reachable"; }
     touch "$stamp"
 fi
 

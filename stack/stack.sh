@@ -142,7 +142,7 @@ copy_jars() {
     command -v mvn > /dev/null || die "Maven (mvn) is needed to fetch Kafka's jars: install it with 'apt-get install -y maven' (or run 'make install')."
     say "copying Kafka's jars from Maven Central into $KAFKA_LIB"
     mkdir -p "$KAFKA_LIB"
-    mvn -q -B -f "$ROOT/stack/pom.xml" dependency:copy-dependencies \
+    mvn -q -B -Dstyle.color=never -f "$ROOT/stack/pom.xml" dependency:copy-dependencies \
         -DincludeScope=runtime -DoutputDirectory="$KAFKA_LIB" \
         || die "Maven could not fetch Kafka's jars (see its output above); check that Maven Central is reachable."
 }

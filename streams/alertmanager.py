@@ -243,7 +243,7 @@ class AlertSender:
     async def _resend(self) -> None:
         while True:
             await asyncio.sleep(self.resend_seconds)
-            for key, alert in self._firing.items():
+            for key, alert in list(self._firing.items()):
                 for target in self._targets:
                     target.queue.setdefault(key, _Update(alert, None))
             for target in self._targets:

@@ -15,6 +15,7 @@ import pytest
 
 from streams import events, policy, scenarios, settings, simulate
 from tests import oracle
+from tests.test_producer import read_all, stack_env  # noqa: F401 (fixture)
 
 END = datetime(2026, 11, 20, 12, 0, tzinfo=timezone.utc)
 START = END - timedelta(days=8)
@@ -267,3 +268,17 @@ def test_default_sellers_have_pareto_like_volumes():
         for marketplace in seller.marketplaces:
             places[marketplace] += 1
     assert max(places, key=places.get) == "US"
+
+
+@pytest.mark.stack
+def test_simulated_history_reaches_kafka_with_its_duplicates(stack_env, capsys):  # noqa: F811
+    assert simulate.main(["--scenario", "steady", "--history", "6h", "--sellers", "3",
+                          "--duplicates", "0.05"]) == 0
+    messages = read_all(settings.load(stack_env))
+    decoded = [(topic, key, events.decode(value, datetime.now(timezone.utc))) for topic, key, value in messages]
+    assert all(key == event.seller_id for _, key, event in decoded)
+    assert all((topic == stack_env["CANCELWATCH_CANCELLATIONS_TOPIC"])
+               == isinstance(event, events.OrderCancelled) for topic, _, event in decoded)
+    copies = Counter(event.event_id for _, _, event in decoded)
+    assert max(copies.values()) == 2 and len(copies) < len(decoded)
+    assert f"sent {len(decoded)} events" in capsys.readouterr().err

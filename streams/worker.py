@@ -551,6 +551,8 @@ def build_app(settings: Settings, policy: policy_module.Policy) -> tuple[faust.A
             return _bad_request(web, f"limit must be a whole number within 1..1000, got {raw!r}")
         if not 1 <= limit <= 1000:
             return _bad_request(web, f"limit must be within 1..1000, got {limit}")
+        if runtime.book is None:
+            return web.json({"error": "state is being recovered; retry shortly"}, status=503)
         return web.json(runtime.at_risk(marketplace, limit))
 
     @app.page("/metrics")

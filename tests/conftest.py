@@ -95,3 +95,4 @@ def kafka_topic(kafka_bootstrap: str) -> Iterator[Callable[..., str]]:
     if created:
         admin.delete_topics(created)
     admin.close()
+from tests.pipeline import live_pipeline  # noqa: E402,F401  (session fixture)

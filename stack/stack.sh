@@ -142,9 +142,10 @@ copy_jars() {
     command -v mvn > /dev/null || die "Maven (mvn) is needed to fetch Kafka's jars: install it with 'apt-get install -y maven' (or run 'make install')."
     say "copying Kafka's jars from Maven Central into $KAFKA_LIB"
     mkdir -p "$KAFKA_LIB"
-    mvn -q -B -Dstyle.color=never -f "$ROOT/stack/pom.xml" dependency:copy-dependencies \
-        -DincludeScope=runtime -DoutputDirectory="$KAFKA_LIB" \
-        || die "Maven could not fetch Kafka's jars (see its output above); check that Maven Central is reachable."
+    mvn -q -B -f "$ROOT/stack/pom.xml" dependency:copy-dependencies \
+        -DincludeScope=runtime -DoutputDirectory="$KAFKA_LIB" > "$STACK_DIR/maven.log" 2>&1 \
+        || { tail -n 30 "$STACK_DIR/maven.log" >&2
+             die "Maven could not fetch Kafka's jars (above, all in $STACK_DIR/maven.log); check that Maven Central is reachable."; }
 }
 
 render() { # template destination
@@ -255,7 +256,9 @@ start_service() { # service
     local started=$SECONDS
     "start_$service"
     wait_healthy "$service"
-    say "$service up on 127.0.0.1:$(port_of "$service") (pid $(cat "$(pid_file "$service")"), $((SECONDS - started))s)"
+    local where="on 127.0.0.1:$(port_of "$service")"
+    [[ "$service" == simulate ]] && where="sending to Kafka on 127.0.0.1:$KAFKA_PORT"
+    say "$service up $where (pid $(cat "$(pid_file "$service")"), $((SECONDS - started))s)"
 }
 
 stop_service() { # service

@@ -95,4 +95,9 @@ def kafka_topic(kafka_bootstrap: str) -> Iterator[Callable[..., str]]:
     if created:
         admin.delete_topics(created)
     admin.close()
-from tests.pipeline import live_pipeline  # noqa: E402,F401  (session fixture)
+
+
+# The live pipeline (a worker fed by the simulator, scraped by Prometheus) is
+# a session fixture of its own module; importing it here makes it available
+# to every test module.
+from tests.pipeline import live_pipeline  # noqa: E402,F401

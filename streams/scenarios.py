@@ -65,7 +65,7 @@ class Scenario:
     reasons: dict[str, float] = dataclasses.field(default_factory=dict)
     peak: float = 0.0
     buyer_requested: bool = False
-    focus_fault_rate: float = 0.013
+    focus_fault_rate: float = 0.011
     incident_pending_share: float = PENDING_SHARE
     incident_self_cancel: float = BUYER_SELF_CANCEL
     ageing: bool = False

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import signal
 import sys
 import time
 from collections import Counter
@@ -136,6 +137,7 @@ def write_jsonl(stream: Iterable[events.Event], output: BinaryIO) -> Counter:
 def main(argv: list[str]) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, _interrupt)
     if args.sellers < 1:
         parser.error("--sellers must be at least 1")
     now = datetime.now(timezone.utc).replace(microsecond=0)
@@ -167,6 +169,11 @@ def main(argv: list[str]) -> int:
     if args.output:
         return _to_file(stream, args.output)
     return _to_kafka(stream, live)
+
+
+def _interrupt(_signum, _frame) -> None:
+    """SIGTERM stops like Ctrl-C: what was handed to the producer is flushed and summarised."""
+    raise KeyboardInterrupt
 
 
 def describe(simulation: scenarios.Simulation, live: bool, speed: float) -> None:

@@ -137,7 +137,14 @@ def write_jsonl(stream: Iterable[events.Event], output: BinaryIO) -> Counter:
 def main(argv: list[str]) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    signal.signal(signal.SIGTERM, _interrupt)
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        return _run(parser, args)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if args.sellers < 1:
         parser.error("--sellers must be at least 1")
     now = datetime.now(timezone.utc).replace(microsecond=0)
@@ -157,6 +164,9 @@ def main(argv: list[str]) -> int:
                      "now, or end the span by now")
     speed = args.speed or 1.0
     pivot = max(now, start) if live else None
+    if scenarios.SCENARIOS[args.scenario].ageing and (pivot or end) - start < timedelta(days=7):
+        parser.error("the ageing scenario needs at least 7 days of history before its pivot "
+                     "(the busy day 6 to 7 days back); use --history 7d or more")
     timeline = scenarios.Timeline(pivot, speed) if live else scenarios.Timeline()
     simulation = scenarios.Simulation(args.scenario, args.seed, start=start, end=end,
                                       sellers=args.sellers, pivot=pivot, ramp=args.ramp,

@@ -282,3 +282,10 @@ def test_simulated_history_reaches_kafka_with_its_duplicates(stack_env, capsys):
     copies = Counter(event.event_id for _, _, event in decoded)
     assert max(copies.values()) == 2 and len(copies) < len(decoded)
     assert f"sent {len(decoded)} events" in capsys.readouterr().err
+
+
+def test_ageing_without_a_week_of_history_is_refused(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        simulate.main(["--scenario", "ageing", "--history", "2d", "--output", "-"])
+    assert exit_info.value.code == 2
+    assert "at least 7 days of history" in capsys.readouterr().err

@@ -97,11 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="simulated start (RFC 3339) instead of --history")
     parser.add_argument("--duration", type=parse_duration,
                         help="simulated span from the start: a span like 7d6h, or `forever`; "
-                             "default: up to now (history only)")
-    parser.add_argument("--speed", type=parse_speed, default=1.0,
+                             "default: up to now with --speed max, forever otherwise")
+    parser.add_argument("--speed", type=parse_speed, default=None,
                         help="pace of the live part (after now): realtime, a factor like 60 "
-                             "(simulated seconds per wall second), or max when the span ends "
-                             "by now (default realtime)")
+                             "(simulated seconds per wall second), or max, for a span that ends "
+                             "by now (default max)")
     parser.add_argument("--ramp", type=parse_span, default=timedelta(hours=4),
                         help="simulated time the incident takes to reach its peak (default 4h)")
     parser.add_argument("--duplicates", type=parse_rate, default=0.0,
@@ -134,6 +134,24 @@ def write_jsonl(stream: Iterable[events.Event], output: BinaryIO) -> Counter:
     return counts
 
 
+def resolve_span(args: argparse.Namespace, now: datetime) -> tuple[datetime, datetime | None]:
+    """(start, end) of the simulated span; end None is forever. ValueError says what is wrong."""
+    start = args.start or now - args.history
+    if args.duration == FOREVER or (args.duration is None and args.speed is not None):
+        end = None
+    elif args.duration is None:
+        if start >= now:
+            raise ValueError("--start is not in the past; give --duration too")
+        end = now
+    else:
+        end = start + args.duration
+    if args.speed is None and (end is None or end > now):
+        raise ValueError("the span reaches past now, so with --speed max its events would be ahead "
+                         "of the wall clock; use --speed realtime or a factor like 60 for the part "
+                         "after now, or end the span by now")
+    return start, end
+
+
 def main(argv: list[str]) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -148,20 +166,11 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if args.sellers < 1:
         parser.error("--sellers must be at least 1")
     now = datetime.now(timezone.utc).replace(microsecond=0)
-    start = args.start or now - args.history
-    if args.duration is None:
-        if start >= now:
-            parser.error("--start is not in the past; give --duration too")
-        end: datetime | None = now
-    elif args.duration == FOREVER:
-        end = None
-    else:
-        end = start + args.duration
+    try:
+        start, end = resolve_span(args, now)
+    except ValueError as error:
+        parser.error(str(error))
     live = end is None or end > now
-    if live and args.speed is None:
-        parser.error("the span reaches past now, so with --speed max its events would be ahead of "
-                     "the wall clock; use --speed realtime or a factor like 60 for the part after "
-                     "now, or end the span by now")
     speed = args.speed or 1.0
     pivot = max(now, start) if live else None
     if scenarios.SCENARIOS[args.scenario].ageing and (pivot or end) - start < timedelta(days=7):

@@ -289,3 +289,26 @@ def test_ageing_without_a_week_of_history_is_refused(capsys):
         simulate.main(["--scenario", "ageing", "--history", "2d", "--output", "-"])
     assert exit_info.value.code == 2
     assert "at least 7 days of history" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("options, expected_start, expected_end", [
+    ([], END - timedelta(days=8), END),
+    (["--history", "7d", "--speed", "60"], END - timedelta(days=7), None),
+    (["--history", "7d", "--duration", "7d6h", "--speed", "60"], END - timedelta(days=7), END + timedelta(hours=6)),
+    (["--start", "2026-11-01T00:00:00Z", "--duration", "1d"], datetime(2026, 11, 1, tzinfo=timezone.utc),
+     datetime(2026, 11, 2, tzinfo=timezone.utc)),
+    (["--duration", "forever", "--speed", "realtime"], END - timedelta(days=8), None),
+])
+def test_span_from_the_options(options, expected_start, expected_end):
+    args = simulate.build_parser().parse_args(options)
+    assert simulate.resolve_span(args, END) == (expected_start, expected_end)
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--duration", "forever"], "ahead of the wall clock"),
+    (["--start", "2026-12-01T00:00:00Z"], "not in the past"),
+])
+def test_impossible_spans_are_explained(options, message):
+    args = simulate.build_parser().parse_args(options)
+    with pytest.raises(ValueError, match=message):
+        simulate.resolve_span(args, END)

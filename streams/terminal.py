@@ -281,7 +281,7 @@ def top_main(argv: list[str]) -> int:
     parser.add_argument("--api", help="worker HTTP API (default http://127.0.0.1:CANCELWATCH_WEB_PORT)")
     parser.add_argument("--alertmanager",
                         help="Alertmanager URL (default the first of CANCELWATCH_ALERTMANAGER_URL; "
-                             "empty to leave alerts out)")
+                             "empty: no alert lookup)")
     args = parser.parse_args(argv)
     marketplaces = [code.strip().upper() for value in (args.marketplace or [",".join(DEFAULT_MARKETPLACES)])
                     for code in value.split(",") if code.strip()]

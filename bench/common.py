@@ -1,0 +1,406 @@
+"""What every benchmark shares: the broker, pre-filled topics, worker processes, measurements."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+RAW = ROOT / "bench" / "raw"
+VENV_BIN = Path(sys.executable).parent
+CANCELWATCH = str(VENV_BIN / "cancelwatch")
+KAFKA_PORT = os.environ.get("KAFKA_PORT", "9092")
+BOOTSTRAP = f"127.0.0.1:{KAFKA_PORT}"
+KAFKA_DATA = Path(os.environ.get("STACK_DIR", ROOT / ".stack")) / "kafka" / "data"
+
+sys.path.insert(0, str(ROOT))
+from streams import names  # noqa: E402
+
+PARTITIONS = names.DEFAULT_PARTITIONS
+
+
+class BenchError(RuntimeError):
+    """A benchmark could not run; the message says why and what to do."""
+
+
+def log(message: str) -> None:
+    print(f"bench {time.strftime('%H:%M:%S')} {message}", flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def tag(prefix: str) -> str:
+    return f"bench-{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def spread(values: list[float]) -> dict:
+    """Median, min and max of repeated runs (and the runs themselves)."""
+    return {"median": statistics.median(values), "min": min(values), "max": max(values),
+            "runs": values}
+
+
+def machine() -> dict:
+    model = "unknown"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            model = line.split(":", 1)[1].strip()
+            break
+    mem_kib = int(Path("/proc/meminfo").read_text().split()[1])
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                            text=True).stdout.strip()
+    return {"nproc": os.cpu_count(), "ram_gib": round(mem_kib / 1024 / 1024, 1), "cpu_model": model,
+            "python": platform.python_version(), "kernel": platform.release(),
+            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "commit": commit}
+
+
+# --- Kafka -----------------------------------------------------------------------------------
+
+def admin():
+    from confluent_kafka.admin import AdminClient
+    client = AdminClient({"bootstrap.servers": BOOTSTRAP})
+    try:
+        client.list_topics(timeout=10)
+    except Exception as error:  # noqa: BLE001 - any failure here means no broker
+        raise BenchError(f"no Kafka broker at {BOOTSTRAP} ({error}); start it with `make stack-up` "
+                         "or set KAFKA_PORT") from None
+    return client
+
+
+def create_topics(topics: list[str], partitions: int = PARTITIONS) -> None:
+    from confluent_kafka.admin import NewTopic
+    client = admin()
+    existing = set(client.list_topics(timeout=10).topics)
+    wanted = [NewTopic(name, partitions, 1) for name in topics if name not in existing]
+    if wanted:
+        for name, future in client.create_topics(wanted).items():
+            future.result()
+
+
+def delete_topics(topics: list[str]) -> None:
+    """Delete topics this suite created (never anything else)."""
+    client = admin()
+    existing = set(client.list_topics(timeout=10).topics)
+    doomed = [name for name in topics if name in existing]
+    if doomed:
+        for future in client.delete_topics(doomed).values():
+            try:
+                future.result()
+            except Exception:  # noqa: BLE001 - best effort: a leftover topic only costs disk
+                pass
+
+
+def delete_topics_tagged(token: str) -> None:
+    """Delete every topic whose name holds `token`, a unique tag this suite made up."""
+    if not token.startswith("bench-"):
+        raise ValueError(f"refusing to delete topics by {token!r}: only the suite's own bench-* tags")
+    delete_topics([name for name in admin().list_topics(timeout=10).topics if token in name])
+
+
+def message_count(topics: list[str]) -> int:
+    """Messages in the topics (end offsets minus start offsets)."""
+    from confluent_kafka import Consumer, TopicPartition
+    consumer = Consumer({"bootstrap.servers": BOOTSTRAP, "group.id": tag("count")})
+    try:
+        metadata = consumer.list_topics(timeout=10)
+        total = 0
+        for name in topics:
+            if name not in metadata.topics:
+                return -1
+            for partition in metadata.topics[name].partitions:
+                low, high = consumer.get_watermark_offsets(TopicPartition(name, partition), timeout=10)
+                total += high - low
+        return total
+    finally:
+        consumer.close()
+
+
+def producer(**extra):
+    """A fast producer that partitions like Kafka's Java client (murmur2 of the key), as the worker expects."""
+    from confluent_kafka import Producer
+    config = {"bootstrap.servers": BOOTSTRAP, "partitioner": "murmur2_random", "linger.ms": 20,
+              "batch.size": 1_000_000, "acks": 1, "compression.type": "none",
+              "queue.buffering.max.messages": 1_000_000}
+    config.update(extra)
+    return Producer(config)
+
+
+def produce_lines(lines, orders_topic: str, cancellations_topic: str) -> int:
+    """Send JSON Lines (bytes) keyed by seller_id to the topic of their type; return how many."""
+    import orjson
+
+    def keyed():
+        for line in lines:
+            event = orjson.loads(line)
+            topic = cancellations_topic if event["type"] == "order_cancelled" else orders_topic
+            yield topic, event["seller_id"].encode(), line
+    return produce(keyed())
+
+
+def produce(messages, out=None) -> int:
+    """Send (topic, key, value) triples and wait until the broker has them all; return how many."""
+    out = out or producer()
+    sent = 0
+    for topic, key, value in messages:
+        while True:
+            try:
+                out.produce(topic, value=value, key=key)
+                break
+            except BufferError:
+                out.poll(0.05)
+        sent += 1
+        if sent % 10000 == 0:
+            out.poll(0)
+    if out.flush(120) > 0:
+        raise BenchError(f"the broker at {BOOTSTRAP} did not take every message within 120 s")
+    return sent
+
+
+def simulator_cache(sellers: int, duration: str, seed: int = 1) -> Path:
+    """JSON Lines of a simulator run with 2% duplicates, generated once into bench/raw/."""
+    RAW.mkdir(parents=True, exist_ok=True)
+    path = RAW / f"sim-{sellers}s-{duration}-seed{seed}.jsonl"
+    if not path.exists():
+        log(f"generating simulator events into {path.relative_to(ROOT)} (once)")
+        partial = path.with_suffix(".partial")
+        subprocess.run([CANCELWATCH, "simulate", "--scenario", "inventory-outage", "--seed", str(seed),
+                        "--sellers", str(sellers), "--start", "2026-11-18T00:00:00Z",
+                        "--duration", duration, "--duplicates", "0.02", "--reorder", "0.01",
+                        "--output", str(partial)], check=True, stdout=subprocess.DEVNULL)
+        partial.rename(path)
+    return path
+
+
+def prefilled(sellers: int, duration: str, limit: int | None = None) -> tuple[str, str, int]:
+    """A topic pair holding the simulator events (reused across runs when complete)."""
+    path = simulator_cache(sellers, duration)
+    with open(path, "rb") as file:
+        lines = [line.rstrip(b"\n") for line in file]
+    if limit:
+        lines = lines[:limit]
+    base = f"bench-sim-{sellers}s-{duration}-{len(lines)}"
+    orders, cancellations = f"{base}-orders", f"{base}-cancellations"
+    if message_count([orders, cancellations]) == len(lines):
+        log(f"reusing pre-filled topics {base}-* ({len(lines)} messages)")
+        return orders, cancellations, len(lines)
+    delete_topics([orders, cancellations])
+    time.sleep(1)
+    create_topics([orders, cancellations])
+    started = time.monotonic()
+    produce_lines(lines, orders, cancellations)
+    log(f"pre-filled {base}-* with {len(lines)} messages in {time.monotonic() - started:.1f}s")
+    return orders, cancellations, len(lines)
+
+
+def order_line(seller_id: str, order_id: str, purchased: str) -> bytes:
+    """One valid MFN order_placed event (contract section 2) as JSON bytes."""
+    return (b'{"schema_version":1,"type":"order_placed","event_id":"' + order_id.encode()
+            + b'","order_id":"' + order_id.encode() + b'","seller_id":"' + seller_id.encode()
+            + b'","marketplace":"US","fulfillment_channel":"MFN","purchase_date":"' + purchased.encode()
+            + b'","occurred_at":"' + purchased.encode() + b'","order_status":"Unshipped"}')
+
+
+def cancel_line(seller_id: str, order_id: str, purchased: str, occurred: str) -> bytes:
+    """A seller-fault cancellation (initiator seller, NoInventory) of an Unshipped MFN order."""
+    return (b'{"schema_version":1,"type":"order_cancelled","event_id":"c-' + order_id.encode()
+            + b'","order_id":"' + order_id.encode() + b'","seller_id":"' + seller_id.encode()
+            + b'","marketplace":"US","fulfillment_channel":"MFN","purchase_date":"' + purchased.encode()
+            + b'","occurred_at":"' + occurred.encode() + b'","initiator":"seller","reason":"NoInventory",'
+            b'"buyer_requested":false,"order_status_at_cancel":"Unshipped"}')
+
+
+def iso(epoch: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(epoch)) + f".{int(epoch % 1 * 1e6):06d}Z"
+
+
+def topic_disk_bytes(topic: str) -> int | None:
+    """Bytes of a topic's log segments in the local broker's log dir, None when not readable here."""
+    if not KAFKA_DATA.is_dir():
+        return None
+    total = 0
+    found = False
+    for directory in KAFKA_DATA.glob(f"{topic}-*"):
+        suffix = directory.name[len(topic) + 1:]
+        if directory.is_dir() and suffix.isdigit():
+            found = True
+            total += dir_bytes(directory)
+    return total if found else None
+
+
+# --- processes -------------------------------------------------------------------------------
+
+def dir_bytes(path: Path) -> int:
+    return sum(file.stat().st_size for file in path.rglob("*") if file.is_file())
+
+
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise BenchError(f"process {pid} has no VmRSS (it exited?)")
+
+
+class Worker:
+    """One `cancelwatch worker` process with its own app id, data dir and port."""
+
+    def __init__(self, workdir: Path, *, orders: str, cancellations: str, app_id: str | None = None,
+                 clock: str = "event", alertmanager_url: str = "", name: str = "worker",
+                 data_dir: Path | None = None, extra_env: dict | None = None) -> None:
+        self.app_id = app_id or tag("app")
+        self.port = free_port()
+        self.data_dir = data_dir or workdir / f"{name}-{self.port}-state"
+        self.log_path = workdir / f"{name}-{self.port}.log"
+        self.env = {key: value for key, value in os.environ.items() if not key.startswith("CANCELWATCH_")}
+        self.env.update({
+            "CANCELWATCH_BROKER": f"kafka://{BOOTSTRAP}",
+            "CANCELWATCH_APP_ID": self.app_id,
+            "CANCELWATCH_ORDERS_TOPIC": orders,
+            "CANCELWATCH_CANCELLATIONS_TOPIC": cancellations,
+            "CANCELWATCH_REROUTE_TOPIC": f"{self.app_id}-reroute",
+            "CANCELWATCH_DEAD_LETTER_TOPIC": f"{self.app_id}-dlq",
+            "CANCELWATCH_WEB_PORT": str(self.port),
+            "CANCELWATCH_DATA_DIR": str(self.data_dir),
+            "CANCELWATCH_CLOCK": clock,
+            "CANCELWATCH_ALERTMANAGER_URL": alertmanager_url,
+            "CANCELWATCH_LOG_LEVEL": "warn",
+        })
+        self.env.update(extra_env or {})
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def internal_topics(self) -> list[str]:
+        return [f"{self.app_id}-reroute", f"{self.app_id}-dlq",
+                f"{self.app_id}-order-buckets-changelog", f"{self.app_id}-__assignor-__leader"]
+
+    def start(self) -> "Worker":
+        log_file = open(self.log_path, "ab")
+        self.process = subprocess.Popen([CANCELWATCH, "worker"], env=self.env, cwd=ROOT,
+                                        stdout=log_file, stderr=subprocess.STDOUT)
+        log_file.close()
+        return self
+
+    def tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def alive(self) -> None:
+        if self.process.poll() is not None:
+            raise BenchError(f"worker exited with {self.process.returncode}; log {self.log_path}:\n"
+                             + self.tail())
+
+    def wait_ready(self, timeout: float = 120) -> float:
+        """Wait until the HTTP API answers; return the seconds it took."""
+        started = time.monotonic()
+        while time.monotonic() - started < timeout:
+            self.alive()
+            try:
+                if requests.get(f"{self.url}/sellers/at-risk?marketplace=US&limit=1",
+                                timeout=2).status_code == 200:
+                    return time.monotonic() - started
+            except requests.RequestException:
+                pass
+            time.sleep(0.2)
+        raise BenchError(f"worker not ready after {timeout}s; log {self.log_path}:\n" + self.tail())
+
+    def metrics_text(self) -> str:
+        return requests.get(f"{self.url}/metrics", timeout=30).text
+
+    def metric(self, name: str) -> float:
+        """Sum of a metric's samples; 0 when the worker cannot answer yet."""
+        try:
+            text = self.metrics_text()
+        except requests.RequestException:
+            return 0.0
+        total = 0.0
+        for line in text.splitlines():
+            if line.startswith(name) and line.split("{")[0].split(" ")[0] == name:
+                total += float(line.rpartition(" ")[2])
+        return total
+
+    def processed(self) -> float:
+        return self.metric("cancelwatch_events_total")
+
+    def series(self) -> int:
+        return sum(1 for line in self.metrics_text().splitlines() if line and not line.startswith("#"))
+
+    def kill(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(30)
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(60)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def wipe(self) -> None:
+        shutil.rmtree(self.data_dir, ignore_errors=True)
+
+
+def wait_processed(workers: list[Worker], target: int, timeout: float, poll: float = 0.25) -> dict:
+    """Poll events_total until the workers together reach `target`.
+
+    Returns the rate from the first sample that showed any processed event to
+    the sample that reached the target (start-up excluded), the samples, and
+    whether the target was reached within `timeout`."""
+    started = time.monotonic()
+    first = None
+    samples = []
+    count = 0.0
+    while time.monotonic() - started < timeout:
+        for worker in workers:
+            worker.alive()
+        count = sum(worker.processed() for worker in workers)
+        now = time.monotonic()
+        samples.append((round(now - started, 3), count))
+        if count > 0 and first is None:
+            first = (now, count)
+        if count >= target:
+            break
+        time.sleep(poll)
+    end = time.monotonic()
+    if first is None:
+        raise BenchError(f"workers processed nothing in {timeout}s; log {workers[0].log_path}:\n"
+                         + workers[0].tail())
+    seconds = end - first[0]
+    events = count - first[1]
+    return {"events": int(count), "target": target, "reached": count >= target,
+            "seconds": round(seconds, 3), "events_per_s": events / seconds if seconds > 0 else 0.0,
+            "samples": samples}
+
+
+def run_json(command: list[str], timeout: float, env: dict | None = None) -> dict:
+    """Run a helper that prints one JSON object on its last line of stdout."""
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+                               env={**os.environ, **(env or {})})
+    if completed.returncode != 0:
+        raise BenchError(f"{' '.join(command[:3])} failed ({completed.returncode}):\n"
+                         + completed.stderr[-3000:])
+    return json.loads(completed.stdout.strip().splitlines()[-1])

@@ -94,8 +94,8 @@ SCENARIOS: dict[str, Scenario] = {scenario.name: scenario for scenario in (
              focus_fault_rate=0.008, incident_self_cancel=0.05),
     Scenario("ageing",
              "The focus seller had a clean, busy day 7 days ago and a higher cancel share since: "
-             "its rate (~1.4%) will rise past 2.5% as that day ages out of the window.",
-             focus_fault_rate=0.03, ageing=True),
+             "its rate (~1.6%) will rise past 2.5% as that day ages out of the window.",
+             focus_fault_rate=0.04, ageing=True),
 )}
 
 

@@ -141,6 +141,12 @@ def ensure_topics(settings: Settings) -> None:
     except NoBrokersAvailable:
         raise SystemExit(f"cancelwatch worker: no Kafka broker at {', '.join(settings.bootstrap_servers)} "
                          "(CANCELWATCH_BROKER); start one with `make stack-up`") from None
+    except KafkaError as error:
+        hint = (" The broker refused the connection or the login: check CANCELWATCH_KAFKA_USERNAME, the "
+                "password (CANCELWATCH_KAFKA_PASSWORD_FILE) and CANCELWATCH_KAFKA_SASL_MECHANISM"
+                if settings.kafka_security.uses_sasl else "")
+        raise SystemExit(f"cancelwatch worker: cannot talk to Kafka at {', '.join(settings.bootstrap_servers)} "
+                         f"with {settings.kafka_security.protocol} ({error}).{hint}") from None
     try:
         wanted = [settings.orders_topic, settings.cancellations_topic, settings.reroute_topic,
                   settings.dead_letter_topic]

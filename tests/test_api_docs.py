@@ -1,0 +1,98 @@
+"""docs/api.md against the worker: every endpoint, parameter, status and field is documented.
+
+Read from the source of streams/worker.py and from the pure functions that
+build the answers (streams/window.py), so an endpoint or field added there
+without its documentation fails here.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from streams import names, policy as policy_module, window
+
+ROOT = Path(__file__).resolve().parent.parent
+DOC = (ROOT / "docs" / "api.md").read_text()
+WORKER = (ROOT / "streams" / "worker.py").read_text()
+POLICY = policy_module.load(ROOT / "streams" / "policy.yaml")
+
+
+def worker_paths() -> list[str]:
+    """Every path the worker serves: its pages, and the ranking the seller page dispatches to."""
+    pages = re.findall(r'@app\.page\("([^"]+)"\)', WORKER)
+    dispatched = [f"/sellers/{name}" for name in re.findall(r'seller_id == "([^"]+)"', WORKER)]
+    return pages + dispatched
+
+
+def test_the_worker_source_is_read_as_expected():
+    assert "/sellers/{seller_id}" in worker_paths()
+    assert "/sellers/at-risk" in worker_paths()
+    assert "/metrics" in worker_paths()
+
+
+def test_every_endpoint_path_of_the_worker_is_documented():
+    missing = [path for path in worker_paths() if f"`GET {path}" not in DOC]
+    assert not missing, f"docs/api.md has no `GET <path>` for {missing}"
+
+
+def test_every_documented_endpoint_exists():
+    documented = set(re.findall(r"`GET (/[^`?]*)", DOC))
+    assert documented == set(worker_paths())
+
+
+def test_every_query_parameter_is_documented():
+    parameters = set(re.findall(r'request\.query\.get\("([a-z_]+)"', WORKER))
+    assert parameters >= {"marketplace", "limit", "cancel"}
+    missing = [name for name in sorted(parameters) if f"`{name}`" not in DOC]
+    assert not missing, f"docs/api.md does not mention the query parameters {missing}"
+
+
+def test_every_status_code_of_the_worker_is_in_the_status_table():
+    codes = {int(code) for code in re.findall(r"status=(\d{3})", WORKER)}
+    assert codes >= {400, 404, 503}
+    table = DOC.split("## Status codes", 1)[1]
+    missing = sorted(code for code in codes if f"| `{code}` |" not in table)
+    assert not missing, f"the status table of docs/api.md lacks {missing}"
+
+
+def documented_seller() -> dict:
+    block = re.search(r"```json\n(.*?)```", DOC, re.S)
+    assert block, "docs/api.md has no ```json example of the seller object"
+    return json.loads(block.group(1))
+
+
+def built_seller(marketplace: str) -> dict:
+    windows = [window.WindowTotals(w, 100, 2, {"NoInventory": 2}, {"pending": 1})
+               for w in POLICY.windows(marketplace)]
+    return window.seller_json("A1", marketplace, windows, 0.0)
+
+
+def test_the_example_has_exactly_the_fields_the_worker_answers_with():
+    example = documented_seller()
+    built = built_seller(example["marketplace"])
+    assert set(example) == set(built)
+    assert [set(w) for w in example["windows"]] == [set(w) for w in built["windows"]]
+    assert example["windows"][0]["status"] in names.STATUSES
+    assert set(example["excluded"]) <= set(names.EXCLUDED_CAUSES)
+
+
+def test_every_field_status_and_excluded_cause_is_explained():
+    built = built_seller("IN")
+    fields = set(built) | {f"windows[].{key}" for key in built["windows"][0]}
+    table = DOC.split("## The seller object", 1)[1].split("\n## ", 1)[0]
+    missing = [field for field in sorted(fields)
+               if f"`{field}`" not in table and not re.search(rf"`{re.escape(field)}`,", table)]
+    assert not missing, f"the field table of docs/api.md does not explain {missing}"
+    for word in (*names.STATUSES, *names.EXCLUDED_CAUSES):
+        assert f"`{word}`" in table, f"the field table of docs/api.md does not explain `{word}`"
+
+
+def test_the_example_is_consistent_with_the_counting_rules():
+    example = documented_seller()
+    [first] = example["windows"]
+    [policy_window] = POLICY.windows(example["marketplace"])
+    totals = window.WindowTotals(policy_window, first["orders"], first["cancelled"], {}, {})
+    assert first == totals.as_json()
+    assert sum(example["reasons"].values()) == first["cancelled"]

@@ -144,7 +144,13 @@ class Rig:
         self.producer.flush()
 
     def window(self, seller: "Seller", days: int | None = None) -> dict | None:
-        response = self.worker.get(f"/sellers/{seller.seller_id}", marketplace=seller.marketplace)
+        try:
+            response = self.worker.get(f"/sellers/{seller.seller_id}", marketplace=seller.marketplace)
+        except requests.ConnectionError:
+            if self.worker.process.poll() is not None:
+                pytest.fail(f"the worker exited with {self.worker.process.returncode}; "
+                            f"log {self.worker.log_path}:\n{self.worker.tail()}")
+            return None
         if response.status_code != 200:
             return None
         windows = response.json()["windows"]

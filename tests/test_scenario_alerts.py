@@ -55,9 +55,15 @@ class Run:
             self.producer.send(topic, key=event.seller_id.encode(), value=events.encode(event))
         self.producer.flush()
         until = max(event.occurred_at for event in stream).timestamp()
-        wait_for(lambda: self.worker.metric("cancelwatch_clock_seconds") >= until - 0.001
-                 and self.worker.metric("cancelwatch_alert_queue_alerts") == 0,
+        wait_for(lambda: self._caught_up(until),
                  f"the worker's clock reaching {until} with its alert queue empty", 180)
+
+    def _caught_up(self, until: float) -> bool:
+        if self.worker.process.poll() is not None:
+            pytest.fail(f"the worker exited with {self.worker.process.returncode}; "
+                        f"log {self.worker.log_path}:\n{self.worker.tail()}")
+        return (self.worker.metric("cancelwatch_clock_seconds") >= until - 0.001
+                and self.worker.metric("cancelwatch_alert_queue_alerts") == 0)
 
     def alerts(self, seller: str | None = None) -> list[dict]:
         return self.alertmanager.active(seller)

@@ -8,6 +8,7 @@ the series count does not grow with the number of sellers.
 
 from __future__ import annotations
 
+import bisect
 import heapq
 from typing import Callable, Iterable
 
@@ -70,6 +71,21 @@ class Metrics:
         self.clock_mode = clock_mode
         self.top_k = top_k
         self._state: Callable[[], "ScrapeState"] | None = None
+
+    def observe_latencies(self, topic: str, values: list[float]) -> None:
+        """Observe many latencies at once: one bucket count per bucket, not per value."""
+        child = self.latency.labels(topic)
+        counts = [0] * (len(LATENCY_BUCKETS) + 1)
+        total = 0.0
+        for value in values:
+            value = value if value > 0.0 else 0.0
+            counts[bisect.bisect_left(LATENCY_BUCKETS, value)] += 1
+            total += value
+        # prometheus_client keeps one counter per bucket (the last is +Inf); add to each.
+        for index, count in enumerate(counts):
+            if count:
+                child._buckets[index].inc(count)
+        child._sum.inc(total)
 
     def attach(self, state: Callable[[], "ScrapeState"]) -> None:
         """Register the scrape-time collector; `state()` gives the worker's current state."""

@@ -18,7 +18,7 @@ in the worker, a dict in tests).
 from __future__ import annotations
 
 import dataclasses
-from collections import Counter
+from collections import Counter, OrderedDict
 from typing import Iterable, Iterator, MutableMapping
 
 from streams import events, ledger, window
@@ -147,11 +147,17 @@ class BatchResult:
 class Book:
     """All sellers' derived totals, and the rules to change them from events."""
 
-    def __init__(self, policy: Policy, store: MutableMapping[bytes, bytes]) -> None:
+    def __init__(self, policy: Policy, store: MutableMapping[bytes, bytes],
+                 cache_orders: int = 200_000) -> None:
         self.policy = policy
         self.store = store
         self.sellers: dict[tuple[str, str], SellerState] = {}
         self.listing_depth = policy.listing_consecutive
+        # Decoded buckets recently written, so a busy seller's current bucket is not
+        # decoded again for every batch; bounded by the orders it holds.
+        self._cache: OrderedDict[bytes, ledger.Bucket] = OrderedDict()
+        self._cache_limit = cache_orders
+        self._cached_orders = 0
 
     # -- reading -------------------------------------------------------------
     def seller(self, seller_id: str, marketplace: str) -> SellerState | None:
@@ -216,9 +222,7 @@ class Book:
             opened = open_buckets.get(key)
             if opened is None:
                 state = self._state(event.seller_id, event.marketplace)
-                raw = self.store.get(key)
-                orders = ledger.decode_bucket(raw) if raw else {}
-                opened = open_buckets[key] = (state, bucket, orders, {})
+                opened = open_buckets[key] = (state, bucket, self._open(key), {})
             state, bucket, orders, originals = opened
             old = orders.get(event.order_id)
             new = ledger.apply(policy, old, event)
@@ -233,6 +237,7 @@ class Book:
             if not originals:
                 continue
             self.store[key] = ledger.encode_bucket(orders)
+            self._remember(key, orders)
             result.writes += 1
             depth = self._listing_depth(state.marketplace)
             for order_id, old in originals.items():
@@ -241,6 +246,29 @@ class Book:
                 self._count_news(state.marketplace, old, new, result)
             result.touched.add((state.seller_id, state.marketplace))
         return result
+
+    def _open(self, key: bytes) -> ledger.Bucket:
+        """A private copy of the bucket's records (from the cache, or decoded from the store)."""
+        cached = self._cache.get(key)
+        if cached is not None:
+            return dict(cached)
+        raw = self.store.get(key)
+        return ledger.decode_bucket(raw) if raw else {}
+
+    def _remember(self, key: bytes, orders: ledger.Bucket) -> None:
+        previous = self._cache.pop(key, None)
+        if previous is not None:
+            self._cached_orders -= len(previous)
+        self._cache[key] = orders
+        self._cached_orders += len(orders)
+        while self._cached_orders > self._cache_limit and self._cache:
+            _, evicted = self._cache.popitem(last=False)
+            self._cached_orders -= len(evicted)
+
+    def _forget(self, key: bytes) -> None:
+        evicted = self._cache.pop(key, None)
+        if evicted is not None:
+            self._cached_orders -= len(evicted)
 
     @staticmethod
     def _count_news(marketplace: str, old: Record | None, new: Record, result: BatchResult) -> None:
@@ -262,6 +290,7 @@ class Book:
         for state in self.sellers.values():
             for bucket in state.drop_before(oldest_bucket, oldest_purchase):
                 key = bucket_key(state.seller_id, state.marketplace, bucket)
+                self._forget(key)
                 if key in self.store:
                     del self.store[key]
                 deleted += 1

@@ -41,6 +41,7 @@ from kafka.errors import KafkaError, NoBrokersAvailable, TopicAlreadyExistsError
 
 from streams import alerting, events, names, policy as policy_module, settings as settings_module, window
 from streams.alertmanager import Alert, AlertSender
+from streams.consumer import BatchingConsumer
 from streams.metrics import Metrics, ScrapeState, SellerSummary, rate_band
 from streams.settings import Settings
 from streams.state import Book, SEPARATOR
@@ -58,6 +59,18 @@ HEADER_PREFIX = "cancelwatch."
 def owner_partition(seller_id: str, partitions: int) -> int:
     """The partition a seller's state lives on: Kafka's default partitioner on seller_id."""
     return (murmur2(seller_id.encode()) & 0x7FFFFFFF) % partitions
+
+
+class Owners(dict):
+    """seller_id -> owner partition, computed once per seller (murmur2 is pure Python)."""
+
+    def __init__(self, partitions: int) -> None:
+        super().__init__()
+        self.partitions = partitions
+
+    def __missing__(self, seller_id: str) -> int:
+        partition = self[seller_id] = owner_partition(seller_id, self.partitions)
+        return partition
 
 
 class _PartitionContext:
@@ -83,16 +96,23 @@ class _PartitionContext:
 class TableStore(MutableMapping):
     """The faust table seen as a mapping whose writes go to the key's seller partition."""
 
-    def __init__(self, table, source_topic: str, partitions: int) -> None:
+    def __init__(self, table, source_topic: str, owners: Owners) -> None:
         self.table = table
-        self.partitions = partitions
-        self._contexts = [_PartitionContext(source_topic, p) for p in range(partitions)]
+        self.owners = owners
+        self._contexts = [_PartitionContext(source_topic, p) for p in range(owners.partitions)]
 
     def partition_of(self, key: bytes) -> int:
         head = key.split(SEPARATOR.encode(), 1)[0].decode()
         if head == CLOCK_PREFIX:
             return int(key.rsplit(SEPARATOR.encode(), 1)[1])
-        return owner_partition(head, self.partitions)
+        return self.owners[head]
+
+    def get(self, key: bytes, default=None):
+        token = self._enter(key)
+        try:
+            return self.table.get(key, default)
+        finally:
+            _current_event.reset(token)
 
     def _enter(self, key: bytes) -> contextvars.Token:
         return _current_event.set(weakref.ref(self._contexts[self.partition_of(key)]))
@@ -193,12 +213,15 @@ class Runtime:
                                   on_delivery=self._delivered) if settings.alertmanager_urls else None
         self.book: Book | None = None
         self.store: TableStore | None = None
+        self.owners = Owners(settings.partitions)
         self.event_clock = 0.0
         self.dirty: set[tuple[str, str]] = set()
         self.summaries: dict[tuple[str, str], SellerSummary] = {}
         self.alerts: dict[tuple[str, str], dict] = {}   # seller -> {AlertKey: Alert}
         self.evaluated_bucket: int | None = None
         self.ready = asyncio.Event()
+        # Whole fetches of the source topics, from BatchingConsumer to the agent.
+        self.fetches: asyncio.Queue = asyncio.Queue(maxsize=4)
         self.role = {
             settings.orders_topic: names.ORDERS_TOPIC,
             settings.cancellations_topic: names.CANCELLATIONS_TOPIC,
@@ -244,7 +267,7 @@ class Runtime:
         self.ready.set()
 
     def process(self, batch) -> tuple[list, list]:
-        """Apply one batch of faust events; return (dead letters, reroutes) to send."""
+        """Apply one fetch of Kafka messages; return (dead letters, reroutes) to send."""
         settings = self.settings
         wall = time.time()
         wall_dt = datetime.fromtimestamp(wall, timezone.utc)
@@ -252,9 +275,9 @@ class Runtime:
         per_partition: dict[int, list] = defaultdict(list)
         clocks: dict[int, float] = {}
         outcome_counts: Counter = Counter()
-        latency = self.metrics.latency
-        for faust_event in batch:
-            message = faust_event.message
+        latencies: dict[str, list[float]] = defaultdict(list)
+        owners = self.owners
+        for message in batch:
             role = self.role[message.topic]
             try:
                 event = events.decode(message.value, wall_dt)
@@ -265,7 +288,7 @@ class Runtime:
                 outcome_counts[(message.topic, "dead_letter")] += 1
                 self.metrics.dead_letters.labels(message.topic, bad.kind).inc()
                 continue
-            owner = owner_partition(event.seller_id, settings.partitions)
+            owner = owners[event.seller_id]
             if role != names.REROUTE_TOPIC and owner != message.partition:
                 reroute.append((message, event.seller_id, owner))
                 outcome_counts[(message.topic, "rerouted")] += 1
@@ -274,7 +297,9 @@ class Runtime:
             clocks[owner] = max(clocks.get(owner, 0.0), occurred)
             event_role = events.TOPIC_OF_TYPE[type(event)]
             per_partition[owner].append((self.topic_name[event_role], event))
-            latency.labels(self.topic_name[event_role]).observe(max(0.0, wall - occurred))
+            latencies[self.topic_name[event_role]].append(wall - occurred)
+        for topic, values in latencies.items():
+            self.metrics.observe_latencies(topic, values)
         if clocks:
             self.event_clock = max(self.event_clock, max(clocks.values()))
         now = self.now()
@@ -402,6 +427,19 @@ class Runtime:
                            self.sender.pending() if self.sender else 0, self.now())
 
 
+LOG_LEVELS = {"crit": "CRITICAL", "error": "ERROR", "warn": "WARNING", "info": "INFO", "debug": "DEBUG"}
+
+
+def _quiet_libraries(level: str) -> None:
+    """faust's worker resets logging on start; keep the Kafka client libraries at warnings."""
+    logging.getLogger().setLevel(LOG_LEVELS[level])
+    if level == "debug":
+        return
+    for name in ("aiokafka", "kafka", "faust", "mode"):
+        logging.getLogger(name).setLevel(max(logging.getLevelName(LOG_LEVELS[level]),
+                                             logging.WARNING if name in ("aiokafka", "kafka") else logging.INFO))
+
+
 def _bad_request(view, message: str):
     return view.json({"error": message}, status=400)
 
@@ -436,6 +474,8 @@ def build_app(settings: Settings, policy: policy_module.Policy) -> tuple[faust.A
         stream_wait_empty=False,
         table_cleanup_interval=3600.0,
         broker_commit_interval=1.0,
+        broker_max_poll_records=5000,
+        producer_linger=0.005,
         logging_config=None,
     )
     source = app.topic(settings.orders_topic, settings.cancellations_topic, settings.reroute_topic,
@@ -445,16 +485,21 @@ def build_app(settings: Settings, policy: policy_module.Policy) -> tuple[faust.A
                               partitions=settings.partitions)
     dead_letter_topic = app.topic(settings.dead_letter_topic, key_serializer="raw", value_serializer="raw")
     table = app.Table(TABLE_NAME, key_type=bytes, value_type=bytes, partitions=settings.partitions)
-    runtime.store = TableStore(table, settings.orders_topic, settings.partitions)
+    runtime.store = TableStore(table, settings.orders_topic, runtime.owners)
     runtime.metrics.attach(lambda: runtime.scrape_state(app))
 
     @table.on_recover
     async def _recovered() -> None:
         runtime.rebuild()
 
+    app.transport.Consumer = BatchingConsumer.for_topics(
+        [settings.orders_topic, settings.cancellations_topic, settings.reroute_topic], runtime.fetches.put)
+
     @app.agent(source)
     async def apply_events(stream):
-        async for batch in stream.take_events(settings.batch_size, settings.batch_seconds):
+        """Applies whole fetches of the source topics (handed over by BatchingConsumer)."""
+        while not app.should_stop:
+            batch = await runtime.fetches.get()
             if runtime.book is None:
                 runtime.rebuild()
             dead, reroute = runtime.process(batch)
@@ -479,11 +524,15 @@ def build_app(settings: Settings, policy: policy_module.Policy) -> tuple[faust.A
                                                       partition=owner, headers=headers))
             if sends:
                 await asyncio.gather(*sends)
-            if len(runtime.dirty) and runtime.settings.clock == "event":
+            consumer = app.consumer
+            for message in batch:
+                consumer.ack(message)
+            if runtime.dirty and runtime.settings.clock == "event":
                 runtime.evaluate()
 
     @app.task
     async def alert_loop() -> None:
+        _quiet_libraries(settings.log_level)
         if runtime.sender is not None:
             app.add_future(runtime.sender.run())
         while not app.should_stop:
@@ -521,7 +570,7 @@ def build_app(settings: Settings, policy: policy_module.Policy) -> tuple[faust.A
                                      f"got {marketplace!r}")
         if not 1 <= len(seller_id) <= 64:
             return _bad_request(web, "seller_id must be 1..64 characters")
-        partition = owner_partition(seller_id, settings.partitions)
+        partition = runtime.owners[seller_id]
         if not _owns(partition):
             try:
                 return await app.router.route_req(TABLE_NAME, seller_id.encode(), web, request)
@@ -578,8 +627,7 @@ def main(argv: list[str]) -> int:
     except policy_module.PolicyError as error:
         print(f"cancelwatch worker: {error}", file=sys.stderr)
         return 2
-    logging.basicConfig(level={"crit": "CRITICAL", "error": "ERROR", "warn": "WARNING", "info": "INFO",
-                               "debug": "DEBUG"}[settings.log_level],
+    logging.basicConfig(level=LOG_LEVELS[settings.log_level],
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("kafka").setLevel(logging.WARNING)
     ensure_topics(settings)

@@ -31,6 +31,7 @@ CAUSE_BITS = {
     "amazon_other": 64,
     "other": 128,
 }
+ANY_CAUSE = sum(CAUSE_BITS.values())
 REASON_INDEX = {reason: index for index, reason in enumerate(names.REASONS)}
 NO_FAULT_TIME = 2**62
 
@@ -59,6 +60,8 @@ class Record(msgspec.Struct, array_like=True, omit_defaults=True):
         return names.REASONS[self.fault_reason] if self.counted else None
 
     def causes(self) -> list[str]:
+        if not self.flags & ANY_CAUSE:
+            return []
         return [cause for cause, bit in CAUSE_BITS.items() if self.flags & bit]
 
     def sku_faulted(self, sku: str) -> bool:
@@ -100,10 +103,9 @@ def cancel_cause(policy: Policy, cancel: events.OrderCancelled) -> str | None:
 def _merge_skus(current: list[str], items: Iterable[events.Item] | None) -> list[str]:
     if not items:
         return current
-    new = {item.sku for item in items}
-    if new <= set(current):
+    if all(item.sku in current for item in items):
         return current
-    return sorted(new.union(current))
+    return sorted({item.sku for item in items}.union(current))
 
 
 def apply(policy: Policy, record: Record | None, event: events.Event) -> Record:

@@ -154,6 +154,16 @@ def risk_key(windows: Iterable[WindowTotals]) -> tuple:
     return (0 if is_breached else 1, least, -worst_rate)
 
 
+def risk_key_of_json(view: dict) -> tuple:
+    """`risk_key` of a seller in its JSON shape (to merge rankings from several workers)."""
+    windows = view["windows"]
+    is_breached = any(w["status"] == names.STATUS_BREACH for w in windows)
+    headrooms = [w["headroom"] for w in windows if w["headroom"] is not None]
+    least = min(headrooms) if headrooms else float("inf")
+    worst_rate = max((w["cancelled"] / w["orders"] for w in windows if w["orders"]), default=0.0)
+    return (0 if is_breached else 1, least, -worst_rate, view["seller_id"])
+
+
 @dataclasses.dataclass(frozen=True)
 class Forecast:
     hours_ahead: int

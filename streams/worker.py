@@ -31,9 +31,12 @@ from collections import Counter, defaultdict
 from datetime import datetime, timezone
 from typing import Iterator, MutableMapping
 
+import aiohttp
 import faust
+from faust.web import exceptions as web_exceptions
 from aiokafka.partitioner import murmur2
 from faust.streams import _current_event
+from faust.exceptions import SameNode
 from faust.web.exceptions import ServiceUnavailable
 from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
@@ -547,7 +550,7 @@ def build_app(settings: Settings, policy: policy_module.Policy) -> tuple[faust.A
     async def seller(web, request, seller_id: str):
         marketplace = request.query.get("marketplace", "")
         if seller_id == "at-risk":
-            return _at_risk(web, request, marketplace)
+            return await _at_risk(web, request, marketplace)
         return await _seller(web, request, seller_id, marketplace, 0)
 
     @app.page("/sellers/{seller_id}/what-if")
@@ -574,13 +577,14 @@ def build_app(settings: Settings, policy: policy_module.Policy) -> tuple[faust.A
         if not _owns(partition):
             try:
                 return await app.router.route_req(TABLE_NAME, seller_id.encode(), web, request)
+            except SameNode:
+                pass
             except ServiceUnavailable:
                 return web.json({"error": "the worker owning this seller is not known yet (rebalancing); "
                                           "retry shortly"}, status=503)
-            except Exception as error:  # noqa: BLE001 - any routing failure is an answer, not a crash
-                if type(error).__name__ != "SameNode":
-                    return web.json({"error": f"cannot reach the worker owning this seller: {error}"},
-                                    status=503)
+            except aiohttp.ClientError as error:
+                return web.json({"error": f"cannot reach the worker owning this seller: {error}"},
+                                status=503)
         if runtime.book is None:
             return web.json({"error": "state is being recovered; retry shortly"}, status=503)
         view = runtime.seller_view(seller_id, marketplace, extra)
@@ -595,7 +599,7 @@ def build_app(settings: Settings, policy: policy_module.Policy) -> tuple[faust.A
             return True
         return any(tp.partition == partition and tp.topic in runtime.role for tp in actives) or not actives
 
-    def _at_risk(web, request, marketplace: str):
+    async def _at_risk(web, request, marketplace: str):
         if marketplace not in names.MARKETPLACES:
             return _bad_request(web, f"marketplace must be one of {' '.join(names.MARKETPLACES)}, "
                                      f"got {marketplace!r}")
@@ -608,7 +612,35 @@ def build_app(settings: Settings, policy: policy_module.Policy) -> tuple[faust.A
             return _bad_request(web, f"limit must be within 1..1000, got {limit}")
         if runtime.book is None:
             return web.json({"error": "state is being recovered; retry shortly"}, status=503)
-        return web.json(runtime.at_risk(marketplace, limit))
+        ranked = runtime.at_risk(marketplace, limit)
+        if request.query.get("scope") != "local":
+            ranked = await _with_other_workers(ranked, marketplace, limit)
+        return web.json(ranked)
+
+    async def _with_other_workers(ranked: list[dict], marketplace: str, limit: int) -> list[dict]:
+        """Merge the at-risk lists of every other worker of the group (each owns other sellers)."""
+        try:
+            hosts = set(app.router.tables_metadata())
+        except Exception:  # noqa: BLE001 - no assignment yet: this worker is all there is
+            return ranked
+        own = str(app.conf.canonical_url).rstrip("/")
+        others = [str(url).rstrip("/") for url in hosts if str(url).rstrip("/") != own]
+        if not others:
+            return ranked
+        timeout = aiohttp.ClientTimeout(total=5)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            async def fetch(url: str) -> list[dict]:
+                async with session.get(f"{url}/sellers/at-risk", params={
+                        "marketplace": marketplace, "limit": str(limit), "scope": "local"}) as response:
+                    response.raise_for_status()
+                    return await response.json()
+            results = await asyncio.gather(*(fetch(url) for url in others), return_exceptions=True)
+        failed = [url for url, result in zip(others, results) if isinstance(result, BaseException)]
+        if failed:
+            raise web_exceptions.ServiceUnavailable(f"cannot reach workers {', '.join(failed)}; retry shortly")
+        merged = ranked + [view for result in results for view in result]
+        merged.sort(key=window.risk_key_of_json)
+        return merged[:limit]
 
     @app.page("/metrics")
     async def metrics(web, request):

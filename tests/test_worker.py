@@ -176,3 +176,27 @@ def test_http_api_answers_bad_parameters_with_400_and_a_reason(kafka_bootstrap, 
             assert response.json()["error"]
     finally:
         worker.stop()
+
+
+def test_two_workers_each_answer_for_every_seller(kafka_bootstrap, tmp_path):
+    topics = Topics("pair")
+    stream = simulated_stream(seed=11, sellers=16, days=8)
+    first = WorkerProcess(topics, tmp_path / "one").start()
+    second = WorkerProcess(topics, tmp_path / "two").start()
+    try:
+        first.wait_ready()
+        second.wait_ready()
+        publish(kafka_bootstrap, topics, stream, seed=4)
+        _, expected = expected_answers(stream)
+        expected = strip_listing(expected)
+        assert wait_for_answers(first, expected, timeout=180) == expected
+        assert worker_answers(second, expected) == expected
+        for marketplace in {m for _, m in expected}:
+            one = first.get("/sellers/at-risk", marketplace=marketplace, limit=100).json()
+            two = second.get("/sellers/at-risk", marketplace=marketplace, limit=100).json()
+            assert one == two
+            assert sorted(view["seller_id"] for view in one) == sorted(
+                seller for seller, m in expected if m == marketplace)
+    finally:
+        first.stop()
+        second.stop()

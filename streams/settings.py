@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import socket
 from importlib import resources
 from pathlib import Path
 from typing import Mapping
@@ -43,6 +44,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("CANCELWATCH_WEB_PORT", "6066", "Port of the worker's HTTP API and `/metrics`."),
     Setting("CANCELWATCH_WEB_HOST", "127.0.0.1",
             "Address the HTTP API and `/metrics` bind to (`0.0.0.0` to expose them)."),
+    Setting("CANCELWATCH_WEB_ADVERTISED_URL", "",
+            "URL other workers use to reach this one (request routing); empty: "
+            "`http://<CANCELWATCH_WEB_HOST>:<port>`, or this machine's host name when binding `0.0.0.0`."),
     Setting("CANCELWATCH_CLOCK", "wall",
             "`wall`: windows move with the wall clock (live). `event`: now is the largest "
             "`occurred_at` processed (replay, backfill)."),
@@ -122,6 +126,7 @@ class Settings:
     alertmanager_urls: tuple[str, ...]
     web_port: int
     web_host: str
+    web_advertised_url: str
     clock: str
     policy_path: Path
     orders_topic: str
@@ -227,6 +232,16 @@ def _http_urls(env: Mapping[str, str], variable: str) -> tuple[str, ...]:
     return tuple(urls)
 
 
+def _advertised_url(env: Mapping[str, str]) -> str:
+    given = _http_urls(env, "CANCELWATCH_WEB_ADVERTISED_URL")
+    if given:
+        return given[0]
+    host = _get(env, "CANCELWATCH_WEB_HOST") or "127.0.0.1"
+    if host in ("0.0.0.0", "::"):
+        host = socket.gethostname()
+    return f"http://{host}:{_integer(env, 'CANCELWATCH_WEB_PORT', 1, 65535)}"
+
+
 def _policy_path(env: Mapping[str, str]) -> Path:
     raw = _get(env, "CANCELWATCH_POLICY")
     if raw in ("", DEFAULT_POLICY):
@@ -272,6 +287,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         alertmanager_urls=_http_urls(env, "CANCELWATCH_ALERTMANAGER_URL"),
         web_port=_integer(env, "CANCELWATCH_WEB_PORT", 1, 65535),
         web_host=_get(env, "CANCELWATCH_WEB_HOST") or "127.0.0.1",
+        web_advertised_url=_advertised_url(env),
         clock=_choice(env, "CANCELWATCH_CLOCK", ("wall", "event")),
         policy_path=_policy_path(env),
         orders_topic=_topic(env, "CANCELWATCH_ORDERS_TOPIC"),

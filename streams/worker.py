@@ -32,6 +32,7 @@ from datetime import datetime, timezone
 from typing import Iterator, MutableMapping
 
 import aiohttp
+import aiohttp.web
 import faust
 from faust.web import exceptions as web_exceptions
 from aiokafka.partitioner import murmur2
@@ -443,6 +444,18 @@ def _quiet_libraries(level: str) -> None:
                                              logging.WARNING if name in ("aiokafka", "kafka") else logging.INFO))
 
 
+@aiohttp.web.middleware
+async def _json_errors(request, handler):
+    """Every error the web server itself produces (unknown path, wrong method) as JSON."""
+    try:
+        return await handler(request)
+    except aiohttp.web.HTTPException as error:
+        if error.status < 400:
+            raise
+        return aiohttp.web.json_response({"error": f"{error.reason}: {request.method} {request.path}"},
+                                         status=error.status)
+
+
 def _bad_request(view, message: str):
     return view.json({"error": message}, status=400)
 
@@ -468,6 +481,7 @@ def build_app(settings: Settings, policy: policy_module.Policy) -> tuple[faust.A
         web_port=settings.web_port,
         web_bind=settings.web_host,
         web_host=settings.web_host,
+        canonical_url=settings.web_advertised_url,
         topic_partitions=settings.partitions,
         topic_replication_factor=1,
         consumer_auto_offset_reset="earliest",
@@ -641,6 +655,8 @@ def build_app(settings: Settings, policy: policy_module.Policy) -> tuple[faust.A
         merged = ranked + [view for result in results for view in result]
         merged.sort(key=window.risk_key_of_json)
         return merged[:limit]
+
+    app.web.web_app.middlewares.append(_json_errors)
 
     @app.page("/metrics")
     async def metrics(web, request):

@@ -8,6 +8,7 @@ import time
 from datetime import datetime, timedelta, timezone
 
 import pytest
+import requests
 from kafka import KafkaConsumer, KafkaProducer
 
 from streams import events, names, policy as policy_module
@@ -174,6 +175,9 @@ def test_http_api_answers_bad_parameters_with_400_and_a_reason(kafka_bootstrap, 
             response = worker.get(path, **params)
             assert response.status_code == 400, (path, params, response.text)
             assert response.json()["error"]
+        assert worker.get("/no/such/path").json()["error"].startswith("Not Found")
+        response = requests.post(worker.url + "/sellers/A1", params={"marketplace": "US"}, timeout=10)
+        assert response.status_code == 405 and response.json()["error"]
     finally:
         worker.stop()
 

@@ -41,6 +41,10 @@ KAFKA_LIB = Path(os.environ.get("KAFKA_LIB", ROOT / ".stack" / "kafka" / "lib"))
 REPLAY_EVENTS = 200_000
 KILLS = 6
 WINDOW_COUNTS = ("orders", "cancelled")
+# A killed worker stays a member of its consumer group until its session times out, and
+# the restarted one waits for that before it gets partitions. faust reads this setting of
+# its own from the environment; 15 s instead of its default minute keeps the test short.
+SHORT_SESSION = {"BROKER_SESSION_TIMEOUT": "15"}
 
 
 def discrepancies(answers: dict, expected: dict) -> tuple[int, int]:
@@ -120,7 +124,7 @@ def test_worker_killed_at_random_points_during_a_replay_of_200000_events(kafka_b
     worker = None
     try:
         for attempt in range(KILLS):
-            worker = WorkerProcess(topics, state, port=port).start()
+            worker = WorkerProcess(topics, state, port=port, extra_env=SHORT_SESSION).start()
             if attempt % 3 == 2:
                 time.sleep(rng.uniform(1.0, 6.0))      # during start-up or state recovery
                 processed = None
@@ -130,7 +134,7 @@ def test_worker_killed_at_random_points_during_a_replay_of_200000_events(kafka_b
                 processed = worker.metric("cancelwatch_events_total")
             worker.kill()
             kills.append(processed)
-        worker = WorkerProcess(topics, state, port=port).start()
+        worker = WorkerProcess(topics, state, port=port, extra_env=SHORT_SESSION).start()
         worker.wait_ready(timeout=180)
         lost, double = assert_exact(worker, expected, timeout=300)
         assert worker.metric("cancelwatch_dead_letters_total") == 0
@@ -249,11 +253,8 @@ def test_two_workers_one_killed_the_survivor_answers_for_every_seller(kafka_boot
     stream = replay(seed=14, sellers=40, days=9)
     first, second = stream[:len(stream) // 2], stream[len(stream) // 2:]
     topics = Topics("rebalance")
-    # A shorter consumer session (faust's own setting, read from its environment) so the
-    # group notices the killed member in seconds rather than faust's default minute.
-    session = {"BROKER_SESSION_TIMEOUT": "15"}
-    survivor = WorkerProcess(topics, tmp_path / "a", extra_env=session).start()
-    victim = WorkerProcess(topics, tmp_path / "b", extra_env=session).start()
+    survivor = WorkerProcess(topics, tmp_path / "a", extra_env=SHORT_SESSION).start()
+    victim = WorkerProcess(topics, tmp_path / "b", extra_env=SHORT_SESSION).start()
     try:
         survivor.wait_ready(timeout=180)
         victim.wait_ready(timeout=180)
@@ -278,3 +279,45 @@ def test_two_workers_one_killed_the_survivor_answers_for_every_seller(kafka_boot
         injected=1, events=len(stream), lost=lost, double_counted=double, sellers=len(expected),
         seconds=time.monotonic() - started, checked=f"{sent:,} messages sent; both answered for all sellers "
                                                     "before the kill, the survivor after")
+
+
+HOSTILE_TEXT = ["", " ", "A1", "a" * 65, "a" * 1500, "../../etc/passwd", "%00", "\u0000", "é", "😀" * 20,
+                "'; DROP TABLE sellers; --", "<script>", "US\r\nX-Injected: 1", "at-risk", "NaN", "-1",
+                "1e400", str(2**70), "0x10", " 5", "5 ", "1_000", "٣"]
+
+
+def test_hostile_http_parameters_get_a_json_answer_never_a_server_error(kafka_bootstrap, tmp_path):
+    """Bad input on the HTTP side: every combination of hostile seller ids, marketplaces,
+    limits and what-if counts is answered with JSON and 200, 400 or 404, never a 500 or a
+    dropped connection."""
+    started = time.monotonic()
+    rng = random.Random(7)
+    worker = WorkerProcess(Topics("http"), tmp_path / "state").start()
+    tried = 0
+    try:
+        worker.wait_ready(timeout=180)
+        for _ in range(400):
+            seller = rng.choice(HOSTILE_TEXT[1:])   # an empty path segment matches no route at all
+            params = {"marketplace": rng.choice(HOSTILE_TEXT + ["US", "IN"])}
+            path = rng.choice([f"/sellers/{requests.utils.quote(seller, safe='')}",
+                               f"/sellers/{requests.utils.quote(seller, safe='')}/what-if",
+                               "/sellers/at-risk"])
+            if path.endswith("what-if"):
+                params["cancel"] = rng.choice(HOSTILE_TEXT + ["3"])
+            if path == "/sellers/at-risk":
+                params["limit"] = rng.choice(HOSTILE_TEXT + ["10"])
+            response = requests.get(worker.url + path, params=params, timeout=10)
+            tried += 1
+            assert response.status_code in (200, 400, 404), (path, params, response.status_code,
+                                                                  response.text[:300])
+            try:
+                body = response.json()
+            except ValueError:
+                raise AssertionError(f"not JSON: {path[:80]} {str(params)[:200]} -> {response.status_code} "
+                                     f"{response.headers.get('content-type')} {response.text[:200]!r}") from None
+            if response.status_code != 200:
+                assert body["error"], (path, params)
+        assert worker.process.poll() is None
+    finally:
+        worker.stop()
+    faults_table.record_bad_inputs_http(tried, time.monotonic() - started)

@@ -1,0 +1,52 @@
+"""The worker's metrics: names from names.METRICS, and a series count that does not
+grow with the number of sellers (top-K only)."""
+
+from __future__ import annotations
+
+import random
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from streams import names
+from streams.metrics import Metrics, ScrapeState, SellerSummary, rate_band
+
+
+def scrape(sellers: int, top_k: int = 50) -> dict[str, int]:
+    rng = random.Random(sellers)
+    metrics = Metrics("test", "wall", top_k)
+    summaries = {}
+    for index in range(sellers):
+        orders = rng.randint(1, 400)
+        cancelled = rng.randint(0, orders // 20)
+        marketplace = rng.choice(["US", "UK", "DE", "IN"])
+        windows = ((7, orders, cancelled, cancelled / orders, max(0, (250 * orders - 1) // 10000 - cancelled)),)
+        summaries[(f"S{index}", marketplace)] = SellerSummary(
+            "ok", rate_band(orders, cancelled), (1, windows[0][4], -windows[0][3], f"S{index}"), windows)
+    metrics.attach(lambda: ScrapeState(summaries, {("orders", 0): 3}, {"order-buckets": 10},
+                                       [("SellerCancelRateBreached", "critical")], 0, 1.0))
+    metrics.events.labels("orders", "applied").inc(5)
+    metrics.observe_latencies("orders", [0.1, 2.0])
+    series: dict[str, int] = {}
+    for family in text_string_to_metric_families(metrics.exposition().decode()):
+        series[family.name] = len(family.samples)
+    return series
+
+
+def test_series_count_is_flat_from_1000_to_100000_sellers():
+    small, large = scrape(1_000), scrape(100_000)
+    assert sum(small.values()) == sum(large.values())
+    assert large["cancelwatch_seller_rate"] == 50
+
+
+def test_every_exported_family_is_named_in_names():
+    exported = set(scrape(100))
+    known = {name.removesuffix("_total") for name in names.METRICS}
+    assert exported <= known, exported - known
+
+
+def test_rate_bands_compare_in_integers():
+    assert rate_band(100, 0) == "0-1%"
+    assert rate_band(100, 1) == "1-2%"
+    assert rate_band(100, 2) == "2-2.5%"
+    assert rate_band(40, 1) == "2.5%+"
+    assert rate_band(0, 0) == "0-1%"

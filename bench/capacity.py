@@ -81,7 +81,9 @@ def state(sizes: dict, workdir: Path) -> dict:
     base = tag("state")
     orders, cancellations = f"{base}-orders", f"{base}-cancellations"
     create_topics([orders, cancellations])
-    worker = Worker(workdir, orders=orders, cancellations=cancellations, clock="event", name="state")
+    # info level: the log's group join and assignment lines time the wait for the consumer group
+    worker = Worker(workdir, orders=orders, cancellations=cancellations, clock="event", name="state",
+                    extra_env={"CANCELWATCH_LOG_LEVEL": "info"})
     rng = random.Random(5)
     now = time.time()
     seller_ids = [f"R{index:07d}" for index in range(sellers)]
@@ -103,13 +105,17 @@ def state(sizes: dict, workdir: Path) -> dict:
         held_rss = rss_bytes(worker.pid)
         log(f"state: {produced} orders in ({ingest['events_per_s']:,.0f} events/s); SIGKILL and restart")
         worker.kill()
+        mark = worker.log_path.stat().st_size
         restart = _recover(worker, sample, before, sizes["recovery_cap_seconds"])
+        restart_group_wait = _group_wait(worker.log_path, mark)
         worker.stop()
         data_dir = dir_bytes(worker.data_dir)
         changelog = topic_disk_bytes(f"{worker.app_id}-order-buckets-changelog")
         log(f"state: restart {_seconds(restart)}; data dir {data_dir / produced:.0f} B/order; wiping data dir")
         worker.wipe()
+        mark = worker.log_path.stat().st_size
         restore = _recover(worker, sample, before, sizes["recovery_cap_seconds"])
+        restore_group_wait = _group_wait(worker.log_path, mark)
         return {
             "orders": produced, "sellers": sellers, "ingest_events_per_s": ingest["events_per_s"],
             "rss_bytes_holding": held_rss,
@@ -117,6 +123,7 @@ def state(sizes: dict, workdir: Path) -> dict:
             "changelog_bytes": changelog,
             "changelog_bytes_per_order": changelog / produced if changelog is not None else None,
             "restart_after_sigkill_s": restart, "restore_wiped_s": restore,
+            "restart_group_wait_s": restart_group_wait, "restore_group_wait_s": restore_group_wait,
             "recovery_cap_s": sizes["recovery_cap_seconds"], "sampled_sellers": len(sample),
             "target_bytes_per_order": 200, "target_recovery_s": 60,
             "meets_target": data_dir / produced <= 200 and restart is not None and restore is not None
@@ -125,6 +132,31 @@ def state(sizes: dict, workdir: Path) -> dict:
     finally:
         worker.stop()
         delete_topics([orders, cancellations, *worker.internal_topics()])
+
+
+def _group_wait(log_path: Path, offset: int) -> float | None:
+    """Seconds from joining the consumer group to getting partitions, read from the worker's log
+    after `offset` (the first join of that start); None when the lines are not there."""
+    joined = assigned = None
+    with open(log_path, "rb") as file:
+        file.seek(offset)
+        for raw in file:
+            line = raw.decode(errors="replace")
+            if joined is None and "Revoking previously assigned partitions" in line:
+                joined = _stamp(line)
+            elif joined is not None and "Setting newly assigned partitions" in line:
+                assigned = _stamp(line)
+                break
+    if joined is None or assigned is None:
+        return None
+    return assigned - joined
+
+
+def _stamp(line: str) -> float:
+    """The time of a faust log line `[2026-11-27 01:35:14,165] ...` in seconds."""
+    stamp = line[line.index("[") + 1:line.index("]")]
+    moment = time.strptime(stamp.split(",")[0], "%Y-%m-%d %H:%M:%S")
+    return time.mktime(moment) + int(stamp.split(",")[1]) / 1000
 
 
 def _seconds(value: float | None) -> str:

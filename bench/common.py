@@ -229,7 +229,8 @@ def iso(epoch: float) -> str:
 
 
 def topic_disk_bytes(topic: str) -> int | None:
-    """Bytes of a topic's log segments in the local broker's log dir, None when not readable here."""
+    """Bytes of a topic's log segments (`*.log`, the records; not the preallocated indexes) in the
+    local broker's log dir, None when not readable here."""
     if not KAFKA_DATA.is_dir():
         return None
     total = 0
@@ -238,7 +239,7 @@ def topic_disk_bytes(topic: str) -> int | None:
         suffix = directory.name[len(topic) + 1:]
         if directory.is_dir() and suffix.isdigit():
             found = True
-            total += dir_bytes(directory)
+            total += sum(segment.stat().st_size for segment in directory.glob("*.log"))
     return total if found else None
 
 

@@ -72,7 +72,7 @@ def render(results: dict) -> str:
             lines += [
                 "### Where the worker's time goes (py-spy)",
                 "",
-                f"`py-spy record --nonblocking -f raw` on the worker during the first repetition,",
+                f"`py-spy record --nonblocking -f raw` on the worker during the first repetition, from ready on,",
                 f"{p['samples']:,} samples of busy threads. Share of samples with the frame running itself:",
                 "",
                 "| frame (self) | share |",
@@ -134,7 +134,7 @@ def render(results: dict) -> str:
             "|---|---|---|",
             f"| data dir after clean stop | {st['data_dir_bytes'] / 2**20:.1f} MiB, "
             f"{st['data_dir_bytes_per_order']:.0f} B per order | ≤ 200 B per order |",
-            f"| changelog topic in the broker's log dir | {changelog} | |",
+            f"| changelog topic: log segments in the broker's log dir | {changelog} | |",
             f"| RSS holding them | {st['rss_bytes_holding'] / 2**20:.0f} MiB | |",
             f"| restart after SIGKILL (same data dir) | {_s(st['restart_after_sigkill_s'])} | ≤ 60 s |",
             f"| restore with the data dir wiped | {_s(st['restore_wiped_s'])} | ≤ 60 s |",
@@ -142,6 +142,16 @@ def render(results: dict) -> str:
             "Targets: " + _yes(st["meets_target"]) + ".",
             "",
         ]
+        if st.get("restart_group_wait_s") is not None:
+            lines += [
+                f"Of the restart after SIGKILL, {st['restart_group_wait_s']:.1f} s passed between the worker",
+                "joining its consumer group and getting its partitions (from the worker's log): the broker",
+                "waits for the killed member's session to expire (faust `broker_session_timeout`, 60 s by",
+                "default) before it reassigns. The wiped restore followed a clean stop, which leaves the",
+                "group at once" + (f" (its wait: {st['restore_group_wait_s']:.1f} s)."
+                                   if st.get("restore_group_wait_s") is not None else "."),
+                "",
+            ]
     if "scaleout" in done:
         so = done["scaleout"]
         lines += [

@@ -91,11 +91,9 @@ def _worker(orders: str, cancellations: str, total: int, cap: float, workdir: Pa
     output = workdir / f"{worker.app_id}.pyspy.txt"
     try:
         worker.start()
-        if profile_seconds:
-            # py-spy starts at once and samples start-up too; the report shows shares of all samples
-            time.sleep(1)
-            sampler = profile.start(worker.pid, profile_seconds, output)
         worker.wait_ready()
+        if profile_seconds:
+            sampler = profile.start(worker.pid, profile_seconds, output)
         result = wait_processed([worker], total, cap, poll=0.5)
         return result, profile.finish(sampler, output)
     finally:

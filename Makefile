@@ -31,6 +31,8 @@ test: ## Install, start what the tests need, run pytest (PYTEST_ARGS=...), stop 
 demo: ## Install, start the stack, the worker and the simulator; print where to look
 	@stack/demo.sh
 
-bench: install ## Run the benchmarks (bench/run.py)
-	@if [[ -f bench/run.py ]]; then .venv/bin/python bench/run.py; \
+bench: install ## Run the benchmarks (bench/run.py; BENCH_ARGS=--quick for a smoke run)
+	@.venv/bin/python -c 'import quixstreams, confluent_kafka' 2>/dev/null \
+		|| .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[bench]'
+	@if [[ -f bench/run.py ]]; then .venv/bin/python bench/run.py $(BENCH_ARGS); \
 	else echo "bench: benchmarks are not written yet (bench/run.py is missing)" >&2; exit 1; fi

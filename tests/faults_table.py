@@ -55,8 +55,9 @@ def _load() -> dict:
 
 
 def _save(records: dict) -> None:
-    RECORDS.write_text(json.dumps(records, indent=2, sort_keys=True) + "\n")
-    TABLE.write_text(render(records))
+    text = json.dumps(records, indent=2, sort_keys=True) + "\n"
+    RECORDS.write_text(text)
+    TABLE.write_text(render(json.loads(text)))
 
 
 def _measured() -> str:
@@ -95,11 +96,13 @@ def render(records: dict) -> str:
         "`.venv/bin/pytest tests/test_faults.py tests/test_decoder_fuzz.py` (the fault tests",
         "need the local stack: `make stack-up`).",
         "",
-        "**Lost** = (seller, marketplace, window) answers whose counts are below the",
-        "oracle's (an event not counted), plus sellers the worker does not know;",
-        "**double counts** = answers above the oracle's. Every answer compared is",
-        "the whole seller view: orders, cancelled, headroom and status of every window,",
-        "reasons and exclusions, against `tests/oracle.py` computed from the events sent.",
+        "After each fault the whole answer of `GET /sellers/{id}` for every seller (orders,",
+        "cancelled, headroom and status of every window, reasons, exclusions) is compared with",
+        "`tests/oracle.py` computed from the events sent. **Lost** = orders, seller-fault",
+        "cancels, reasons and exclusions the worker shows fewer of than the oracle (a seller",
+        "it does not know counts all of its own); **double counts** = the same, more of.",
+        "A test asserts both are 0 and writes its row only when it passes, so a row here is a",
+        "run that ended exact.",
         "",
         "| test | fault injected | times | events | sellers | lost | double counts | duration | checked | measured |",
         "|---|---|---|---|---|---|---|---|---|---|",

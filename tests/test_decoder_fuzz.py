@@ -239,7 +239,8 @@ def test_hostile_inputs_record():
         "named hostile messages (invalid UTF-8, BOM, deep nesting, 1e400, 2**70, NaN, duplicate keys, "
         "oversized, ...)": len(HOSTILE),
         "wrong type in every field of every event type": sum(len(d) for d in VALID) * len(WRONG_TYPES),
-        "fuzzed messages (hypothesis: random bytes, random JSON, mutated and cut events)": 4 * FUZZ.max_examples,
+        f"fuzzed messages (hypothesis, {FUZZ.max_examples} each: random bytes, random JSON objects, "
+        "events mutated field by field, events with bytes flipped or cut)": 4 * FUZZ.max_examples,
         "bad values of settings": len(BAD_SETTINGS),
         "bad policy files": len(BAD_POLICIES),
     })
@@ -261,6 +262,7 @@ BAD_SETTINGS = {
     "CANCELWATCH_APP_ID": "my app",
     "CANCELWATCH_TOP_K": "many",
     "CANCELWATCH_GRAFANA_URL": "grafana:3000",
+    "CANCELWATCH_WEB_ADVERTISED_URL": "worker-1:6066",
     "CANCELWATCH_EVALUATION_SECONDS": "-5",
     "CANCELWATCH_ALERT_RESEND_SECONDS": "soon",
     "CANCELWATCH_BATCH_SIZE": "1.5",
@@ -381,3 +383,12 @@ def test_empty_and_unreadable_policy_files(tmp_path):
         policy_module.load(empty)
     with pytest.raises(policy_module.PolicyError, match="cannot read"):
         policy_module.load(tmp_path / "missing.yaml")
+
+
+def test_the_faults_table_is_rendered_from_the_recorded_measurements():
+    """docs/faults.md is exactly what the recorded runs in docs/faults.json render to."""
+    records = json.loads(faults_table.RECORDS.read_text())
+    assert faults_table.TABLE.read_text() == faults_table.render(records)
+    for row in records["faults"].values():
+        assert row["lost"] == 0 and row["double_counted"] == 0 and row["injected"] >= 1
+    assert records["faults"].get("kill", {}).get("injected", 0) >= 5

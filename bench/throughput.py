@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-import profile
+import pyspy
 from common import (BOOTSTRAP, Worker, delete_topics, delete_topics_tagged, log, prefilled, run_json,
                     spread, tag, wait_processed)
 
@@ -93,9 +93,9 @@ def _worker(orders: str, cancellations: str, total: int, cap: float, workdir: Pa
         worker.start()
         worker.wait_ready()
         if profile_seconds:
-            sampler = profile.start(worker.pid, profile_seconds, output)
+            sampler = pyspy.start(worker.pid, profile_seconds, output)
         result = wait_processed([worker], total, cap, poll=0.5)
-        return result, profile.finish(sampler, output)
+        return result, pyspy.finish(sampler, output)
     finally:
         worker.stop()
         delete_topics(worker.internal_topics())

@@ -494,6 +494,10 @@ def build_app(settings: Settings, policy: policy_module.Policy) -> tuple[faust.A
         broker_max_poll_records=5000,
         producer_linger=0.005,
         logging_config=None,
+        broker_session_timeout=settings.session_timeout_seconds,
+        # faust lets generic variables (WEB_BIND, WEB_PORT, BROKER_URL, ...) override the
+        # arguments above; the worker is configured by CANCELWATCH_* settings only.
+        env={},
     )
     source = app.topic(settings.orders_topic, settings.cancellations_topic, settings.reroute_topic,
                        key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw",

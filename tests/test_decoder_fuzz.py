@@ -272,6 +272,8 @@ BAD_SETTINGS = {
     "CANCELWATCH_KAFKA_PASSWORD_FILE": "/nonexistent/password",
     "CANCELWATCH_KAFKA_CA_FILE": "/nonexistent/ca.pem",
     "CANCELWATCH_LOG_LEVEL": "loud",
+    "CANCELWATCH_WEB_ADVERTISED_URL": "worker-2:6066",
+    "CANCELWATCH_SESSION_TIMEOUT_SECONDS": "5",
     "CANCELWATCH_NO_SUCH_SETTING": "1",
 }
 # Settings that take any text; they are wrong only in combination (checked below) or

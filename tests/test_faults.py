@@ -42,9 +42,9 @@ REPLAY_EVENTS = 200_000
 KILLS = 6
 WINDOW_COUNTS = ("orders", "cancelled")
 # A killed worker stays a member of its consumer group until its session times out, and
-# the restarted one waits for that before it gets partitions. faust reads this setting of
-# its own from the environment; 15 s instead of its default minute keeps the test short.
-SHORT_SESSION = {"BROKER_SESSION_TIMEOUT": "15"}
+# the restarted one waits for that before it gets partitions: 15 s instead of the default
+# minute keeps the tests short.
+SHORT_SESSION = {"CANCELWATCH_SESSION_TIMEOUT_SECONDS": "15"}
 
 
 def discrepancies(answers: dict, expected: dict) -> tuple[int, int]:

@@ -189,8 +189,10 @@ def non_loopback_address() -> str | None:
 
 
 def test_the_http_api_listens_on_loopback_only_by_default(kafka_bootstrap, tmp_path):
+    """Also when faust's own variables, which it would let override its arguments, say otherwise."""
     assert settings_module.load({}).web_host == "127.0.0.1"
-    worker = WorkerProcess(Topics("bind"), tmp_path / "state").start()
+    worker = WorkerProcess(Topics("bind"), tmp_path / "state",
+                           extra_env={"WEB_BIND": "0.0.0.0", "WEB_HOST": "0.0.0.0"}).start()
     try:
         worker.wait_ready(timeout=180)
         assert listening_addresses(worker.port) == {"127.0.0.1"}

@@ -103,9 +103,10 @@ def cancel_cause(policy: Policy, cancel: events.OrderCancelled) -> str | None:
 def _merge_skus(current: list[str], items: Iterable[events.Item] | None) -> list[str]:
     if not items:
         return current
-    if all(item.sku in current for item in items):
-        return current
-    return sorted({item.sku for item in items}.union(current))
+    for item in items:
+        if item.sku not in current:
+            return sorted({item.sku for item in items}.union(current))
+    return current
 
 
 def apply(policy: Policy, record: Record | None, event: events.Event) -> Record:

@@ -30,6 +30,10 @@ from streams import names  # noqa: E402
 
 PARTITIONS = names.DEFAULT_PARTITIONS
 
+# Where the workers' code comes from: a directory holding `streams/` exported from a commit
+# (`use_worker_source`), or None for the working tree (the editable install).
+WORKER_SOURCE: Path | None = None
+
 
 class BenchError(RuntimeError):
     """A benchmark could not run; the message says why and what to do."""
@@ -53,6 +57,23 @@ def spread(values: list[float]) -> dict:
     """Median, min and max of repeated runs (and the runs themselves)."""
     return {"median": statistics.median(values), "min": min(values), "max": max(values),
             "runs": values}
+
+
+def use_worker_source(ref: str, into: Path) -> str:
+    """Run workers from `streams/` as committed at `ref` (exported into `into`); return the commit."""
+    global WORKER_SOURCE
+    import io
+    import tarfile
+    commit = subprocess.run(["git", "rev-parse", "--short", f"{ref}^{{commit}}"], cwd=ROOT, capture_output=True,
+                            text=True)
+    if commit.returncode != 0:
+        raise BenchError(f"--worker-ref {ref}: not a commit of this repository ({commit.stderr.strip()})")
+    archive = subprocess.run(["git", "archive", ref, "streams"], cwd=ROOT, capture_output=True, check=True)
+    into.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+        tar.extractall(into, filter="data")
+    WORKER_SOURCE = into
+    return commit.stdout.strip()
 
 
 def machine() -> dict:
@@ -297,8 +318,12 @@ class Worker:
 
     def start(self) -> "Worker":
         log_file = open(self.log_path, "ab")
-        self.process = subprocess.Popen([CANCELWATCH, "worker"], env=self.env, cwd=ROOT,
-                                        stdout=log_file, stderr=subprocess.STDOUT)
+        if WORKER_SOURCE is None:
+            command, env, cwd = [CANCELWATCH, "worker"], self.env, ROOT
+        else:  # the exported commit comes first on the path (and is the cwd, which -m puts first)
+            command = [sys.executable, "-m", "streams.cli", "worker"]
+            env, cwd = {**self.env, "PYTHONPATH": str(WORKER_SOURCE)}, WORKER_SOURCE
+        self.process = subprocess.Popen(command, env=env, cwd=cwd, stdout=log_file, stderr=subprocess.STDOUT)
         log_file.close()
         return self
 

@@ -61,7 +61,7 @@ def _short(frame: str) -> str:
     """`function (path/to/site-packages/pkg/mod.py:12)` -> `function (pkg/mod.py)`."""
     function, _, where = frame.partition(" (")
     path = where.rstrip(")").rsplit(":", 1)[0]
-    for marker in ("site-packages/", f"{ROOT}/", "lib/python3.11/"):
+    for marker in ("site-packages/", f"{ROOT}/", "/source/", "lib/python3.11/"):
         if marker in path:
             path = path.split(marker, 1)[1]
             break

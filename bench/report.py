@@ -31,6 +31,7 @@ def render(results: dict) -> str:
         f"Python {m['python']}",
         f"- date: {m['date']}, commit `{m['commit']}`, mode: {results['mode']} "
         f"({results['duration_s'] / 60:.1f} min)",
+        f"- workers run from: {m.get('worker_source', 'the working tree')}",
         "",
         "Re-run: `make bench` (full), `.venv/bin/python bench/run.py --quick` (smoke),",
         "`--only NAME` for one benchmark (names: " + ", ".join(results["benchmarks_available"]) + ").",

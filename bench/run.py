@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import RAW, ROOT, BenchError, admin, log, machine  # noqa: E402
+from common import RAW, ROOT, BenchError, admin, log, machine, use_worker_source  # noqa: E402
 
 FULL = {
     # throughput and scale-out: the simulator's topics
@@ -77,6 +77,9 @@ def main(argv: list[str]) -> int:
                         help="run this benchmark only (repeatable); results are merged into the output")
     parser.add_argument("--set", action="append", default=[], metavar="SIZE=VALUE",
                         help=f"override a size, e.g. state_orders=200000 (sizes: {', '.join(FULL)})")
+    parser.add_argument("--worker-ref", default="HEAD",
+                        help="run the workers from streams/ as committed at this git ref (default HEAD: "
+                             "uncommitted changes are not measured); `working-tree` for the tree as it is")
     parser.add_argument("--output", type=Path, help="results JSON (default bench/results.json; "
                                                     "bench/raw/results-quick.json with --quick)")
     args = parser.parse_args(argv)
@@ -90,15 +93,24 @@ def main(argv: list[str]) -> int:
     except BenchError as error:
         print(f"bench: {error}", file=sys.stderr)
         return 2
+    workdir = Path(tempfile.mkdtemp(prefix="cancelwatch-bench-"))
+    if args.worker_ref == "working-tree":
+        worker_source = "working tree (including uncommitted changes)"
+    else:
+        try:
+            worker_source = f"commit {use_worker_source(args.worker_ref, workdir / 'source')}"
+        except BenchError as error:
+            print(f"bench: {error}", file=sys.stderr)
+            return 2
     chosen = args.only or list(benchmarks)
     previous = json.loads(output.read_text()) if args.only and output.exists() else {}
     results = {
-        "machine": machine(), "mode": "quick" if args.quick else "full", "sizes": sizes,
+        "machine": {**machine(), "worker_source": worker_source},
+        "mode": "quick" if args.quick else "full", "sizes": sizes,
         "benchmarks_available": list(benchmarks),
         "results": previous.get("results", {}), "errors": {},
     }
     started = time.monotonic()
-    workdir = Path(tempfile.mkdtemp(prefix="cancelwatch-bench-"))
     try:
         for name in chosen:
             log(f"== {name}")

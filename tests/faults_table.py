@@ -41,6 +41,12 @@ open upstream). A crash therefore replays some events. Replays change nothing:
 - In event-clock mode the clock (largest `occurred_at`) is stored per
   partition in the same table, so `as_of` survives a restart too.
 
+When a worker dies, its partitions move to the surviving workers (or to
+its own restart) once its consumer-group session has expired:
+`CANCELWATCH_SESSION_TIMEOUT_SECONDS` (60 by default; the tests use 15). Until
+then the other workers answer `503` for the sellers it owned (they cannot
+reach it).
+
 Alerts are delivered at least once as well: the worker re-sends every firing
 alert to Alertmanager every `CANCELWATCH_ALERT_RESEND_SECONDS` and retries a
 failed POST with backoff until it is accepted, so an Alertmanager outage

@@ -34,7 +34,7 @@ FULL = {
     "crossings": 200, "background_rate": 500.0, "crossing_timeout": 10.0, "crossing_gap": 0.05,
     # memory, series, state and recovery
     "memory_sellers": [10_000, 100_000], "series_sellers": [1_000, 100_000],
-    "state_orders": 1_000_000, "state_ingest_cap_seconds": 600.0, "recovery_cap_seconds": 150.0,
+    "state_orders": 1_000_000, "state_ingest_cap_seconds": 600.0, "recovery_cap_seconds": 240.0,
 }
 QUICK = {
     **FULL,

@@ -625,6 +625,10 @@ def build_app(settings: Settings, policy: policy_module.Policy) -> tuple[faust.A
         if runtime.book is None:
             return web.json({"error": "state is being recovered; retry shortly"}, status=503)
         view = runtime.seller_view(seller_id, marketplace, extra)
+        if view is None and app.rebalancing:
+            # Partitions just assigned here are recovered but not yet in the book.
+            return web.json({"error": "partitions are moving between workers (rebalancing); "
+                                      "retry shortly"}, status=503)
         if view is None:
             return web.json({"error": f"seller {seller_id} has never been seen in {marketplace}"}, status=404)
         return web.json(view)

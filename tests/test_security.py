@@ -32,6 +32,11 @@ CANCELWATCH = str(Path(sys.executable).with_name("cancelwatch"))
 KAFKA_LIB = Path(os.environ.get("KAFKA_LIB", ROOT / ".stack" / "kafka" / "lib"))
 
 
+# The pages faust itself serves next to the API (index, routing, tables, stats).
+FAUST_PAGES = ["/", "/router/", "/router/topics", "/table/", "/stats/", "/stats/assignment/", "/graph/",
+               "/performance/"]
+
+
 class SecureBroker:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
@@ -119,6 +124,8 @@ def test_worker_producer_and_publish_work_over_sasl_ssl_and_never_show_the_passw
         exposition = worker.get("/metrics").text
         assert "cancelwatch_events_total" in exposition
         secret_free(exposition, password)
+        for path in FAUST_PAGES:                   # faust's own pages on the same port
+            secret_free(worker.get(path).text, password)
     finally:
         worker.stop()
     log = worker.log_path.read_text(errors="replace")

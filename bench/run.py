@@ -8,6 +8,8 @@
 Needs the stack (`make stack-up`: Kafka on KAFKA_PORT, default 9092) and the
 bench extra (`pip install -e '.[bench]'`: Quix Streams, confluent-kafka, py-spy).
 A quick run writes to bench/raw/ (not committed) unless --output is given.
+The pre-filled simulator topics (bench-sim-*) stay on the broker for the next
+run; `--drop-topics` deletes them.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import RAW, ROOT, BenchError, admin, log, machine, use_worker_source  # noqa: E402
+from common import (RAW, ROOT, BenchError, admin, delete_topics_tagged, log, machine,  # noqa: E402
+                    use_worker_source)
 
 FULL = {
     # throughput and scale-out: the simulator's topics
@@ -80,6 +83,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--worker-ref", default="HEAD",
                         help="run the workers from streams/ as committed at this git ref (default HEAD: "
                              "uncommitted changes are not measured); `working-tree` for the tree as it is")
+    parser.add_argument("--drop-topics", action="store_true",
+                        help="delete the pre-filled bench-sim-* topics kept on the broker for reuse, then exit")
     parser.add_argument("--output", type=Path, help="results JSON (default bench/results.json; "
                                                     "bench/raw/results-quick.json with --quick)")
     args = parser.parse_args(argv)
@@ -102,6 +107,10 @@ def main(argv: list[str]) -> int:
         except BenchError as error:
             print(f"bench: {error}", file=sys.stderr)
             return 2
+    if args.drop_topics:
+        delete_topics_tagged("bench-sim-")
+        log("deleted the pre-filled bench-sim-* topics")
+        return 0
     chosen = args.only or list(benchmarks)
     previous = json.loads(output.read_text()) if args.only and output.exists() else {}
     results = {

@@ -35,16 +35,30 @@ def _counter(registry: CollectorRegistry, name: str) -> Counter:
 
 
 class SellerSummary:
-    """What the scrape needs of one seller-marketplace, refreshed on evaluation."""
+    """What the scrape needs of one seller-marketplace, refreshed on evaluation.
 
-    __slots__ = ("status", "band", "risk", "windows")
+    Kept small (one per seller): rate, headroom and risk are computed at scrape
+    time, and only for the ranking."""
 
-    def __init__(self, status: str, band: str, risk: tuple, windows: tuple) -> None:
+    __slots__ = ("status", "band", "windows")
+
+    def __init__(self, status: str, band: str, windows: tuple) -> None:
         self.status = status
         self.band = band
-        self.risk = risk
-        # ((days, orders, cancelled, rate or None, headroom or None), ...)
+        # ((days, orders, cancelled, limit_bps), ...)
         self.windows = windows
+
+    def risk(self, seller_id: str) -> tuple:
+        """Breached first, then least headroom, then highest rate (as the at-risk API)."""
+        breached = False
+        least = float("inf")
+        worst = 0.0
+        for _, orders, cancelled, limit in self.windows:
+            if orders:
+                breached = breached or cancelled * 10000 >= limit * orders
+                least = min(least, max(0, (limit * orders - 1) // 10000 - cancelled))
+                worst = max(worst, cancelled / orders)
+        return (0 if breached else 1, least, -worst, seller_id)
 
 
 def rate_band(orders: int, cancelled: int) -> str:
@@ -141,7 +155,7 @@ class _StateCollector:
             status_counts[key] = status_counts.get(key, 0) + 1
             key = (marketplace, summary.band)
             band_counts[key] = band_counts.get(key, 0) + 1
-            for days, orders, cancelled, _, _ in summary.windows:
+            for days, orders, cancelled, _ in summary.windows:
                 key = (marketplace, str(days))
                 window_orders[key] = window_orders.get(key, 0) + orders
                 window_cancelled[key] = window_cancelled.get(key, 0) + cancelled
@@ -155,18 +169,18 @@ class _StateCollector:
             fleet_cancelled.add_metric(list(key), window_cancelled[key])
         yield from (sellers, bands, fleet_orders, fleet_cancelled)
 
-        top = heapq.nsmallest(metrics.top_k, state.summaries.items(), key=lambda item: item[1].risk)
+        top = heapq.nsmallest(metrics.top_k, state.summaries.items(),
+                              key=lambda item: item[1].risk(item[0][0]))
         rate = _gauge("cancelwatch_seller_rate")
         headroom = _gauge("cancelwatch_seller_headroom")
         orders_gauge = _gauge("cancelwatch_seller_window_orders")
         cancelled_gauge = _gauge("cancelwatch_seller_window_cancelled")
         for (seller_id, marketplace), summary in top:
-            for days, orders, cancelled, seller_rate, seller_headroom in summary.windows:
+            for days, orders, cancelled, limit in summary.windows:
                 labels = [seller_id, marketplace, str(days)]
-                if seller_rate is not None:
-                    rate.add_metric(labels, seller_rate)
-                if seller_headroom is not None:
-                    headroom.add_metric(labels, seller_headroom)
+                if orders:
+                    rate.add_metric(labels, cancelled / orders)
+                    headroom.add_metric(labels, max(0, (limit * orders - 1) // 10000 - cancelled))
                 orders_gauge.add_metric(labels, orders)
                 cancelled_gauge.add_metric(labels, cancelled)
         yield from (rate, headroom, orders_gauge, cancelled_gauge)

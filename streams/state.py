@@ -86,21 +86,34 @@ class SellerState:
     def __init__(self, seller_id: str, marketplace: str) -> None:
         self.seller_id = seller_id
         self.marketplace = marketplace
-        self.buckets: dict[int, BucketTotals] = {}
-        # sku -> latest orders containing it: [purchase, order_id, seller-fault for this sku]
-        self.listing: dict[str, list[list]] | None = None
+        self.buckets: dict[int, BucketTotals | int] = {}
+        # sku -> latest orders containing it, newest first: (purchase, order_id, seller-fault for this sku)
+        self.listing: dict[str, tuple[tuple[int, str, bool], ...]] | None = None
 
     def change(self, bucket: int, order_id: str, old: Record | None, new: Record | None,
                listing_depth: int) -> None:
         before, after = ledger.Contribution.of(old), ledger.Contribution.of(new)
         if before != after:
-            totals = self.buckets.get(bucket)
-            if totals is None:
-                totals = self.buckets[bucket] = BucketTotals()
-            totals.add(before, -1)
-            totals.add(after, +1)
-            if totals.empty:
-                del self.buckets[bucket]
+            totals = self.buckets.get(bucket, 0)
+            plain = not (before.cancelled or before.causes or after.cancelled or after.causes)
+            if type(totals) is int and plain:
+                # Most buckets hold orders and nothing else: keep just their count.
+                count = totals - before.orders + after.orders
+                if count:
+                    self.buckets[bucket] = count
+                else:
+                    self.buckets.pop(bucket, None)
+            else:
+                if type(totals) is int:
+                    count, totals = totals, BucketTotals()
+                    totals.orders = count
+                    self.buckets[bucket] = totals
+                totals.add(before, -1)
+                totals.add(after, +1)
+                if totals.empty:
+                    del self.buckets[bucket]
+                elif not (totals.cancelled or totals.reasons or totals.causes):
+                    self.buckets[bucket] = totals.orders
         if listing_depth and new is not None and new.skus:
             self._index_skus(order_id, new, listing_depth)
 
@@ -108,17 +121,14 @@ class SellerState:
         if self.listing is None:
             self.listing = {}
         for sku in record.skus:
-            latest = self.listing.setdefault(sku, [])
-            entry = next((e for e in latest if e[1] == order_id), None)
-            if entry is None:
-                if len(latest) >= depth and (record.purchase, order_id) < (latest[-1][0], latest[-1][1]):
-                    continue
-                latest.append([record.purchase, order_id, record.sku_faulted(sku)])
-            else:
-                entry[0] = record.purchase
-                entry[2] = record.sku_faulted(sku)
-            latest.sort(key=lambda e: (e[0], e[1]), reverse=True)
-            del latest[depth:]
+            latest = self.listing.get(sku, ())
+            entry = (record.purchase, order_id, record.sku_faulted(sku))
+            others = [e for e in latest if e[1] != order_id]
+            if len(others) == len(latest) and len(latest) >= depth and entry[:2] < latest[-1][:2]:
+                continue
+            others.append(entry)
+            others.sort(reverse=True)
+            self.listing[sku] = tuple(others[:depth])
 
     def drop_before(self, oldest_bucket: int, oldest_purchase: int) -> list[int]:
         dropped = [b for b in self.buckets if b < oldest_bucket]
@@ -126,7 +136,7 @@ class SellerState:
             del self.buckets[bucket]
         if self.listing:
             for sku in list(self.listing):
-                kept = [e for e in self.listing[sku] if e[0] >= oldest_purchase]
+                kept = tuple(e for e in self.listing[sku] if e[0] >= oldest_purchase)
                 if kept:
                     self.listing[sku] = kept
                 else:

@@ -18,6 +18,8 @@ from streams.policy import Policy, Window
 
 
 class BucketTotalsLike(Protocol):
+    """A bucket's totals; a plain int stands for a bucket of `int` orders and nothing else."""
+
     orders: int
     cancelled: int
     reasons: dict[str, int] | None
@@ -112,6 +114,9 @@ def totals(buckets: Mapping[int, BucketTotalsLike], window: Window, policy: Poli
     excluded: Counter[str] = Counter()
     for bucket, entry in buckets.items():
         if now_bucket - window_buckets < bucket <= now_bucket:
+            if type(entry) is int:  # a bucket of orders without any cancel: just its count
+                orders += entry
+                continue
             orders += entry.orders
             cancelled += entry.cancelled
             if entry.reasons:
@@ -184,8 +189,8 @@ def forecast_breach(buckets: Mapping[int, BucketTotalsLike], window: Window, pol
     window_buckets = policy.window_buckets(window)
     pace_buckets = policy.forecast_pace_hours * 3600 // policy.bucket_seconds
     horizon_buckets = policy.forecast_horizon_hours * 3600 // policy.bucket_seconds
-    present = sorted((b, e.orders, e.cancelled) for b, e in buckets.items()
-                     if now_bucket - window_buckets < b <= now_bucket)
+    present = sorted((b, e, 0) if type(e) is int else (b, e.orders, e.cancelled)
+                     for b, e in buckets.items() if now_bucket - window_buckets < b <= now_bucket)
     if not present:
         return None
     orders_now = sum(o for _, o, _ in present)

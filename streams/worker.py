@@ -366,8 +366,7 @@ class Runtime:
             self.summaries[key] = SellerSummary(
                 status=max((w.status for w in windows), key=names.STATUSES.index),
                 band=rate_band(first.orders, first.cancelled),
-                risk=window.risk_key(windows) + key,
-                windows=tuple((w.window.days, w.orders, w.cancelled, w.rate, w.headroom) for w in windows),
+                windows=tuple((w.window.days, w.orders, w.cancelled, w.window.limit_bps) for w in windows),
             )
             previous = self.alerts.get(key, {})
             if not previous and not any(w.cancelled for w in windows) and not _listing_faults(state):

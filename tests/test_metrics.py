@@ -19,9 +19,8 @@ def scrape(sellers: int, top_k: int = 50) -> dict[str, int]:
         orders = rng.randint(1, 400)
         cancelled = rng.randint(0, orders // 20)
         marketplace = rng.choice(["US", "UK", "DE", "IN"])
-        windows = ((7, orders, cancelled, cancelled / orders, max(0, (250 * orders - 1) // 10000 - cancelled)),)
         summaries[(f"S{index}", marketplace)] = SellerSummary(
-            "ok", rate_band(orders, cancelled), (1, windows[0][4], -windows[0][3], f"S{index}"), windows)
+            "ok", rate_band(orders, cancelled), ((7, orders, cancelled, 250),))
     metrics.attach(lambda: ScrapeState(summaries, {("orders", 0): 3}, {"order-buckets": 10},
                                        [("SellerCancelRateBreached", "critical")], 0, 1.0))
     metrics.events.labels("orders", "applied").inc(5)
@@ -50,3 +49,11 @@ def test_rate_bands_compare_in_integers():
     assert rate_band(100, 2) == "2-2.5%"
     assert rate_band(40, 1) == "2.5%+"
     assert rate_band(0, 0) == "0-1%"
+
+
+def test_top_k_are_the_sellers_most_at_risk():
+    breached = SellerSummary("breach", "2.5%+", ((7, 40, 1, 250),))
+    tight = SellerSummary("ok", "0-1%", ((7, 10, 0, 250),))
+    easy = SellerSummary("ok", "0-1%", ((7, 1000, 1, 250),))
+    ranked = sorted([("E", easy), ("T", tight), ("B", breached)], key=lambda item: item[1].risk(item[0]))
+    assert [seller for seller, _ in ranked] == ["B", "T", "E"]

@@ -73,6 +73,9 @@ def worker_answers(worker: WorkerProcess, expected: dict) -> dict:
     answers = {}
     for seller, marketplace in expected:
         response = worker.get(f"/sellers/{seller}", marketplace=marketplace)
+        if response.status_code == 503:  # rebalancing or recovering: ask again later
+            answers[(seller, marketplace)] = response.json()
+            continue
         assert response.status_code == 200, (seller, marketplace, response.text)
         body = response.json()
         answers[(seller, marketplace)] = {
@@ -194,7 +197,7 @@ def test_two_workers_each_answer_for_every_seller(kafka_bootstrap, tmp_path):
         _, expected = expected_answers(stream)
         expected = strip_listing(expected)
         assert wait_for_answers(first, expected, timeout=180) == expected
-        assert worker_answers(second, expected) == expected
+        assert wait_for_answers(second, expected, timeout=60) == expected
         for marketplace in {m for _, m in expected}:
             one = first.get("/sellers/at-risk", marketplace=marketplace, limit=100).json()
             two = second.get("/sellers/at-risk", marketplace=marketplace, limit=100).json()

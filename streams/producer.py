@@ -54,6 +54,12 @@ def topic_of(event: events.Event, settings: Settings) -> str:
 
 
 def _unreachable(settings: Settings, error: Exception) -> ProducerError:
+    if settings.kafka_security.uses_sasl and not isinstance(error, NoBrokersAvailable):
+        return ProducerError(
+            f"the Kafka broker at {', '.join(settings.bootstrap_servers)} refused the connection "
+            f"({error.__class__.__name__}): check CANCELWATCH_KAFKA_USERNAME, "
+            "CANCELWATCH_KAFKA_PASSWORD or CANCELWATCH_KAFKA_PASSWORD_FILE, CANCELWATCH_KAFKA_SASL_MECHANISM "
+            "and CANCELWATCH_KAFKA_CA_FILE")
     return ProducerError(
         f"cannot reach a Kafka broker at {', '.join(settings.bootstrap_servers)} ({error}); "
         "start the broker (`make stack-up`) or point CANCELWATCH_BROKER at a running one"
@@ -89,7 +95,7 @@ class EventProducer:
                 key_serializer=lambda key: key.encode("utf-8"),
                 **settings.kafka_security.kafka_python_options(),
             )
-        except NoBrokersAvailable as error:
+        except KafkaError as error:
             raise _unreachable(settings, error) from None
 
     def __enter__(self) -> "EventProducer":
@@ -159,7 +165,7 @@ def ensure_topics(settings: Settings, partitions: int | None = None) -> list[str
         admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers,
                                  client_id=f"{settings.app_id}-producer-admin",
                                  **settings.kafka_security.kafka_python_options())
-    except NoBrokersAvailable as error:
+    except KafkaError as error:
         raise _unreachable(settings, error) from None
     try:
         existing = set(admin.list_topics())

@@ -164,8 +164,6 @@ def test_a_wrong_password_stops_the_worker_with_a_clear_error(secure_broker, tmp
     secret_free(done.stderr, secure_broker.password)
 
 
-@pytest.mark.xfail(strict=True, reason="cancelwatch publish reports a refused SASL login as a traceback "
-                                       "(IncompatibleBrokerVersion from kafka-python), not a clear error")
 def test_a_wrong_password_stops_publish_with_a_clear_error(secure_broker, tmp_path):
     wrong = tmp_path / "wrong.password"
     wrong.write_text("not-the-password\n")

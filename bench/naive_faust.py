@@ -14,7 +14,15 @@ import os
 import sys
 import time
 
+import socket
+
 import faust
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 class Event(faust.Record, serializer="json"):
@@ -40,7 +48,8 @@ def main(argv: list[str]) -> int:
     target, cap = int(target), float(cap)
     app = faust.App(app_id, broker=f"kafka://{bootstrap}", store="rocksdb://", datadir=data_dir,
                     topic_partitions=4, topic_replication_factor=1, consumer_auto_offset_reset="earliest",
-                    web_enabled=False, autodiscover=False)
+                    web_enabled=False, web_port=free_port(), web_bind="127.0.0.1", web_host="127.0.0.1",
+                    autodiscover=False)
     source = app.topic(orders, cancellations, value_type=Event, partitions=4)
     counts = app.Table("per-seller", default=int, partitions=4)
     progress = {"count": 0, "first": None}

@@ -18,6 +18,12 @@ def _s(value) -> str:
     return "not within the cap" if value is None else f"{value:.1f} s"
 
 
+def _when(result: dict) -> list[str]:
+    if "measured_at" not in result:
+        return []
+    return [f"Measured {result['measured_at']}, commit `{result['commit']}`, in {result['seconds']:.0f} s.", ""]
+
+
 def render(results: dict) -> str:
     m = results["machine"]
     lines = [
@@ -29,7 +35,7 @@ def render(results: dict) -> str:
         "",
         f"- machine: {m['nproc']} cores ({m['cpu_model']}), {m['ram_gib']} GiB RAM, Linux {m['kernel']}, "
         f"Python {m['python']}",
-        f"- date: {m['date']}, commit `{m['commit']}`, mode: {results['mode']} "
+        f"- last run: {m['date']}, commit `{m['commit']}`, mode: {results['mode']} "
         f"({results['duration_s'] / 60:.1f} min)",
         f"- workers run from: {m.get('worker_source', 'the working tree')}",
         "",
@@ -44,10 +50,13 @@ def render(results: dict) -> str:
         lines += [
             "## Throughput",
             "",
+            *_when(t),
             f"One pair of 4-partition topics pre-filled with {t['messages']:,} simulator events (realistic",
             "mix, ~2% re-sent duplicates, ~1% late). Each consumer starts from the beginning and runs until",
             "it has processed every message or its time cap is over; the rate is counted from its first",
-            "processed event (start-up excluded). "
+            "processed event (start-up excluded). Time caps per run: "
+            f"{results['sizes']['cap_seconds']:.0f} s for (a) and (d), {results['sizes']['faust_cap_seconds']:.0f} s "
+            f"for (b), {results['sizes']['worker_cap_seconds']:.0f} s for (c). "
             f"{results['sizes']['repetitions']} repetition(s); median and min – max.",
             "",
             "| consumer | events/s (median) | min – max | events per run |",
@@ -90,6 +99,7 @@ def render(results: dict) -> str:
         lines += [
             "## Alert latency",
             "",
+            *_when(a),
             "From producing the cancel that takes a fresh seller (40 MFN orders in the window) to 2.5%",
             "(`SellerCancelRateBreached`) until that alert is returned by `GET /api/v2/alerts` of a dedicated",
             f"Alertmanager; worker in wall-clock mode, under a steady background of "
@@ -106,6 +116,7 @@ def render(results: dict) -> str:
         lines += [
             "## Memory per active seller",
             "",
+            *_when(mem),
             "RSS (`VmRSS`) of a worker after N sellers with 3 orders each, minus its RSS idle (started,",
             "ready, no events), divided by N. Target ≤ 1 KiB per seller: " + _yes(mem["meets_target"]) + ".",
             "",
@@ -124,6 +135,7 @@ def render(results: dict) -> str:
         lines += [
             "## State on disk and recovery",
             "",
+            *_when(st),
             f"One worker (event clock) fed {st['orders']:,} distinct in-window orders of {st['sellers']:,} sellers",
             f"(ingested at {st['ingest_events_per_s']:,.0f} events/s). Killed with SIGKILL, restarted on the same",
             "data dir: time until its HTTP answers for "
@@ -158,6 +170,7 @@ def render(results: dict) -> str:
         lines += [
             "## Scale-out",
             "",
+            *_when(so),
             f"{so['messages']:,} pre-filled messages on {so['partitions']} partitions, consumed by one worker and",
             "then by two workers of one app id (own ports and data dirs). The broker shares the same cores.",
             "",
@@ -174,6 +187,7 @@ def render(results: dict) -> str:
         lines += [
             "## Metric series",
             "",
+            *_when(se),
             "Samples on the worker's `/metrics` (lines that are not comments) by active sellers. Per-seller",
             "series exist only for the top-K sellers at risk, so the count stays bounded.",
             "",

@@ -101,7 +101,8 @@ def test_report_shows_measurements_and_missed_targets():
     results = {
         "machine": {"nproc": 2, "cpu_model": "AMD EPYC", "ram_gib": 23.5, "kernel": "6.1", "python": "3.11.7",
                     "date": "2026-11-27T01:00:00Z", "commit": "abc1234"},
-        "mode": "full", "duration_s": 1200, "sizes": {"repetitions": 3},
+        "mode": "full", "duration_s": 1200,
+        "sizes": {"repetitions": 3, "cap_seconds": 45, "faust_cap_seconds": 30, "worker_cap_seconds": 60},
         "benchmarks_available": ["throughput", "latency"],
         "errors": {"scaleout": "BenchError: worker exited"},
         "results": {

@@ -23,6 +23,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import KafkaAdminClient
 
 from streams import names
+from tests.workers import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 STACK = ROOT / "stack" / "stack.sh"
@@ -88,7 +89,9 @@ FAUST_APP = textwrap.dedent('''
     APP_ID = os.environ["SMOKE_APP_ID"]
     COUNT = 20
     app = faust.App(APP_ID, broker=os.environ["SMOKE_BROKER"], store="rocksdb://",
-                    datadir=os.environ["SMOKE_DATA"], topic_partitions=4, web_enabled=False)
+                    datadir=os.environ["SMOKE_DATA"], topic_partitions=4, web_enabled=False,
+                    web_port=int(os.environ["SMOKE_WEB_PORT"]), web_bind="127.0.0.1",
+                    web_host="127.0.0.1")  # faust's worker binds its web port even when disabled
     source = app.topic(os.environ["SMOKE_TOPIC"], key_type=str, value_type=str, partitions=4)
     counts = app.Table("counts", default=int, partitions=4)
     done = asyncio.Event()
@@ -122,7 +125,8 @@ def test_faust_app_with_rocksdb_table_runs_against_the_broker(kafka_bootstrap, k
     script = tmp_path / "smoke_app.py"
     script.write_text(FAUST_APP)
     env = {**os.environ, "SMOKE_APP_ID": app_id, "SMOKE_BROKER": f"kafka://{kafka_bootstrap}",
-           "SMOKE_DATA": str(tmp_path / "data"), "SMOKE_TOPIC": source}
+           "SMOKE_DATA": str(tmp_path / "data"), "SMOKE_TOPIC": source,
+           "SMOKE_WEB_PORT": str(free_port())}
     changelog = f"{app_id}-counts-changelog"
     try:
         run = subprocess.run([sys.executable, str(script), "worker", "-l", "warn"], cwd=tmp_path,

@@ -87,7 +87,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("CANCELWATCH_KAFKA_PASSWORD_FILE", "", "File holding the SASL password."),
     Setting("CANCELWATCH_KAFKA_CA_FILE", "", "CA certificate (PEM) that signed the broker's certificate."),
     Setting("CANCELWATCH_LOG_LEVEL", "info", "`crit`, `error`, `warn`, `info` or `debug`."),
-    Setting("CANCELWATCH_SESSION_TIMEOUT_SECONDS", "60",
+    Setting("CANCELWATCH_SESSION_TIMEOUT_SECONDS", "10",
             "How long the consumer group waits for a silent (crashed) worker before moving its "
             "partitions to the others, and a restarted worker waits for its old session to end."),
 )
@@ -309,7 +309,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         batch_seconds=_seconds(env, "CANCELWATCH_BATCH_SECONDS", 0.001, 10),
         kafka_security=_security(env),
         log_level=_choice(env, "CANCELWATCH_LOG_LEVEL", ("crit", "error", "warn", "info", "debug")),
-        session_timeout_seconds=_seconds(env, "CANCELWATCH_SESSION_TIMEOUT_SECONDS", 10, 1800),
+        session_timeout_seconds=_seconds(env, "CANCELWATCH_SESSION_TIMEOUT_SECONDS", 6, 1800),
     )
 
 

@@ -43,7 +43,7 @@ open upstream). A crash therefore replays some events. Replays change nothing:
 
 When a worker dies, its partitions move to the surviving workers (or to
 its own restart) once its consumer-group session has expired:
-`CANCELWATCH_SESSION_TIMEOUT_SECONDS` (60 by default; the tests use 15). Until
+`CANCELWATCH_SESSION_TIMEOUT_SECONDS` (10 by default; the tests use 15). Until
 then the other workers answer `503` for the sellers it owned (they cannot
 reach it).
 

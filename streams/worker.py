@@ -528,7 +528,12 @@ def build_app(settings: Settings, policy: policy_module.Policy) -> tuple[faust.A
     table = app.Table(TABLE_NAME, key_type=bytes, value_type=bytes, partitions=settings.partitions,
                       extra_topic_configs={"segment.bytes": str(16 * 1024 * 1024),
                                            "segment.ms": str(10 * 60 * 1000),
-                                           "min.cleanable.dirty.ratio": "0.2"})
+                                           "min.cleanable.dirty.ratio": "0.2"},
+                      # RocksDB's faust defaults (64 MiB x 3 write buffers and a 2 GiB block cache
+                      # per partition) would dwarf the state itself; the values are small and hot.
+                      options={"write_buffer_size": 8 * 1024 * 1024, "max_write_buffer_number": 2,
+                               "block_cache_size": 64 * 1024 * 1024,
+                               "block_cache_compressed_size": 16 * 1024 * 1024})
     runtime.store = TableStore(table, settings.orders_topic, runtime.owners)
     runtime.metrics.attach(lambda: runtime.scrape_state(app))
 

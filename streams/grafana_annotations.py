@@ -20,11 +20,12 @@ import re
 import threading
 from datetime import datetime
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, HTTPServer
+from http.server import HTTPServer
 from pathlib import Path
 from typing import Any, Protocol
 
 from streams import names
+from streams.webhook import JSONHandler
 
 log = logging.getLogger(__name__)
 
@@ -162,15 +163,7 @@ class AnnotationWriter:
 def make_server(writer: AnnotationWriter, host: str, port: int) -> HTTPServer:
     """The webhook endpoint: POST /alerts (or /) takes a payload; GET /-/healthy answers 200."""
 
-    class Handler(BaseHTTPRequestHandler):
-        def _reply(self, status: HTTPStatus, body: dict) -> None:
-            data = json.dumps(body).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
+    class Handler(JSONHandler):
         def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
             if self.path == "/-/healthy":
                 self._reply(HTTPStatus.OK, {"status": "ok"})

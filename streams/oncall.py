@@ -17,11 +17,12 @@ import json
 import sys
 import threading
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 from streams import names
+from streams.webhook import JSONHandler
 
 DEFAULT_LOG = Path(".stack/oncall/notifications.jsonl")
 MAX_BODY_BYTES = 10 * 1024 * 1024
@@ -103,7 +104,7 @@ def summary_line(notification_status: str, alert: dict) -> str:
     return " ".join(parts)
 
 
-class Handler(BaseHTTPRequestHandler):
+class Handler(JSONHandler):
     server: "OncallServer"
 
     def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
@@ -146,14 +147,6 @@ class Handler(BaseHTTPRequestHandler):
                         {"error": f"DELETE {names.ONCALL_NOTIFICATIONS_PATH} clears the list"})
             return
         self._reply(HTTPStatus.OK, {"deleted": self.server.notifications.clear()})
-
-    def _reply(self, status: HTTPStatus, body: object) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
 
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002
         """Requests are not logged: the summary lines are the receiver's output."""

@@ -154,6 +154,12 @@ class EventProducer:
         self._producer.close(timeout if self._handed_over else 0)
 
 
+def connect(settings: Settings) -> EventProducer:
+    """The source topics created if missing, and a producer for them (raises ProducerError)."""
+    ensure_topics(settings)
+    return EventProducer(settings)
+
+
 def ensure_topics(settings: Settings, partitions: int | None = None) -> list[str]:
     """Create the orders and cancellations topics if missing; return the names created.
 

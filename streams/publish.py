@@ -23,7 +23,7 @@ from typing import BinaryIO, Iterator
 from tqdm import tqdm
 
 from streams import events, settings
-from streams.producer import EventProducer, ProducerError, ensure_topics
+from streams.producer import ProducerError, connect
 
 MAX_REPORTED = 100
 _TRUE = {"true", "1", "yes"}
@@ -228,8 +228,7 @@ def _finish_check(summary: Summary, check_only: bool) -> int:
 def _send(source: BinaryIO, fmt: str) -> int:
     loaded = settings.load()
     try:
-        ensure_topics(loaded)
-        producer = EventProducer(loaded)
+        producer = connect(loaded)
     except ProducerError as error:
         print(f"cancelwatch publish: {error}", file=sys.stderr)
         return 1

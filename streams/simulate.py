@@ -24,7 +24,7 @@ from typing import BinaryIO, Callable, Iterable
 from tqdm import tqdm
 
 from streams import events, scenarios, settings
-from streams.producer import EventProducer, ProducerError, ensure_topics
+from streams.producer import ProducerError, connect
 
 _SPAN = re.compile(r"(\d+(?:\.\d+)?)([wdhms])")
 _UNITS = {"w": 604800, "d": 86400, "h": 3600, "m": 60, "s": 1}
@@ -248,8 +248,7 @@ def _to_file(stream: Iterable[events.Event], path: str) -> int:
 def _to_kafka(stream: Iterable[events.Event], live: bool) -> int:
     loaded = settings.load()
     try:
-        ensure_topics(loaded)
-        producer = EventProducer(loaded)
+        producer = connect(loaded)
     except ProducerError as error:
         print(f"cancelwatch simulate: {error}", file=sys.stderr)
         return 1

@@ -43,6 +43,7 @@ cat <<TEXT
 cancelwatch demo: scenario '$DEMO_SCENARIO' (DEMO_SCENARIO=...; see 'cancelwatch simulate --help')
   worker API     http://127.0.0.1:$WORKER_PORT/sellers/at-risk?marketplace=US
   metrics        http://127.0.0.1:$WORKER_PORT/metrics
+  terminal view  .venv/bin/cancelwatch top   (sellers at risk, rate bars, active alerts)
   Prometheus     http://127.0.0.1:$PROMETHEUS_PORT/alerts
   Alertmanager   http://127.0.0.1:$ALERTMANAGER_PORT/#/alerts
   on-call log    $STACK_DIR/oncall/notifications.jsonl   (one line per alert: $STACK_DIR/oncall/oncall.out)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 GENERIC_FRAMES = ("asyncio/", "(cancelwatch)", "mode/", "streams/cli.py", "<module>", "threading.py",
-                  "runpy.py")
+                  "runpy", "main (streams/worker.py)")
 
 
 def _rate(stat: dict) -> str:
@@ -24,6 +24,36 @@ def _when(result: dict) -> list[str]:
     return [f"Measured {result['measured_at']}, commit `{result['commit']}`, in {result['seconds']:.0f} s.", ""]
 
 
+def _targets(done: dict) -> list[str]:
+    """One table of every target against what was measured."""
+    rows = []
+    if "throughput" in done:
+        median = done["throughput"]["events_per_s"]["cancelwatch_worker"]["median"]
+        rows.append(("worker throughput", "≥ 25,000 events/s", f"{median:,.0f} events/s",
+                     done["throughput"]["meets_target"]))
+    if "latency" in done:
+        rows.append(("alert latency p99", "≤ 1 s", f"{done['latency']['p99_s'] * 1000:.0f} ms",
+                     done["latency"]["meets_target"]))
+    if "memory" in done:
+        for load in done["memory"]["loads"]:
+            rows.append((f"RSS per active seller ({load['sellers']:,})", "≤ 1 KiB",
+                         f"{load['rss_bytes_per_seller']:,.0f} B", load["rss_bytes_per_seller"] <= 1024))
+    if "state" in done:
+        st = done["state"]
+        rows.append((f"disk per in-window order ({st['orders']:,})", "≤ 200 B",
+                     f"{st['data_dir_bytes_per_order']:.0f} B", st["data_dir_bytes_per_order"] <= 200))
+        for label, key in (("recovery after SIGKILL", "restart_after_sigkill_s"),
+                           ("recovery, data dir wiped", "restore_wiped_s")):
+            value = st[key]
+            rows.append((f"{label} ({st['orders']:,} orders)", "≤ 60 s", _s(value),
+                         value is not None and value <= 60))
+    if not rows:
+        return []
+    lines = ["## Targets", "", "| what | target | measured | |", "|---|---|---|---|"]
+    lines += [f"| {what} | {target} | {measured} | {_yes(ok)} |" for what, target, measured, ok in rows]
+    return lines + [""]
+
+
 def render(results: dict) -> str:
     m = results["machine"]
     lines = [
@@ -35,8 +65,8 @@ def render(results: dict) -> str:
         "",
         f"- machine: {m['nproc']} cores ({m['cpu_model']}), {m['ram_gib']} GiB RAM, Linux {m['kernel']}, "
         f"Python {m['python']}",
-        f"- last run: {m['date']}, commit `{m['commit']}`, mode: {results['mode']} "
-        f"({results['duration_s'] / 60:.1f} min)",
+        f"- last run: {m['date']}, commit `{m['commit']}`, mode: {results['mode']}, ran "
+        f"{', '.join(results.get('ran', results['results']))} in {results['duration_s'] / 60:.1f} min",
         f"- workers run from: {m.get('worker_source', 'the working tree')}",
         "",
         "Re-run: `make bench` (full), `.venv/bin/python bench/run.py --quick` (smoke),",
@@ -44,6 +74,7 @@ def render(results: dict) -> str:
         "",
     ]
     done = results["results"]
+    lines += _targets(done)
     if "throughput" in done:
         t = done["throughput"]
         r = t["events_per_s"]

@@ -117,7 +117,7 @@ def main(argv: list[str]) -> int:
         "machine": {**machine(), "worker_source": worker_source},
         "mode": "quick" if args.quick else "full", "sizes": sizes,
         "benchmarks_available": list(benchmarks),
-        "results": previous.get("results", {}), "errors": {},
+        "results": previous.get("results", {}), "errors": {}, "ran": chosen,
     }
     started = time.monotonic()
     try:

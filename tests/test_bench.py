@@ -132,3 +132,14 @@ def test_report_shows_measurements_and_missed_targets():
     assert "Book.apply" in text and "_run_once" not in text
     assert "| 200 | 200 | 50 ms | 200 ms | 30 ms | 300 ms | met |" in text
     assert "- scaleout: BenchError: worker exited" in text
+
+
+def test_targets_table_states_each_target_plainly():
+    done = {"latency": {"p99_s": 1.2, "meets_target": False},
+            "state": {"orders": 1_000_000, "data_dir_bytes_per_order": 20.0,
+                      "restart_after_sigkill_s": 73.2, "restore_wiped_s": None}}
+    text = "\n".join(report._targets(done))
+    assert "| alert latency p99 | ≤ 1 s | 1200 ms | **missed** |" in text
+    assert "| disk per in-window order (1,000,000) | ≤ 200 B | 20 B | met |" in text
+    assert "| recovery after SIGKILL (1,000,000 orders) | ≤ 60 s | 73.2 s | **missed** |" in text
+    assert "| recovery, data dir wiped (1,000,000 orders) | ≤ 60 s | not within the cap | **missed** |" in text

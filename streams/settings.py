@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import socket
+import sys
 from importlib import resources
 from pathlib import Path
 from typing import Mapping
@@ -280,12 +281,24 @@ def _security(env: Mapping[str, str]) -> KafkaSecurity:
     return KafkaSecurity(protocol, mechanism, username, password, ca_file)
 
 
+def unknown_variables(env: Mapping[str, str] | None = None) -> list[str]:
+    """CANCELWATCH_* variables that are no setting (typos, or meant for another version).
+
+    They are reported, not fatal: a deployment that sets one more variable than this
+    version knows still starts."""
+    env = os.environ if env is None else env
+    return sorted(key for key in env if key.startswith("CANCELWATCH_") and key not in _DEFAULTS)
+
+
+def warn_unknown(command: str, env: Mapping[str, str] | None = None) -> None:
+    for variable in unknown_variables(env):
+        print(f"cancelwatch {command}: warning: {variable} is not a cancelwatch setting and is ignored "
+              "(see docs/settings.md)", file=sys.stderr)
+
+
 def load(env: Mapping[str, str] | None = None) -> Settings:
     """Read and check every setting; raise SettingError on the first bad one."""
     env = os.environ if env is None else env
-    unknown = sorted(key for key in env if key.startswith("CANCELWATCH_") and key not in _DEFAULTS)
-    if unknown:
-        raise SettingError(unknown[0], "is not a cancelwatch setting (see docs/settings.md)")
     return Settings(
         broker_urls=_broker_urls(env),
         alertmanager_urls=_http_urls(env, "CANCELWATCH_ALERTMANAGER_URL"),

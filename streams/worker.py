@@ -706,6 +706,7 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="cancelwatch worker", description=__doc__.split("\n")[0])
     parser.parse_args(argv)
     settings = settings_module.load()
+    settings_module.warn_unknown("worker")
     try:
         policy = policy_module.load(settings.policy_path)
     except policy_module.PolicyError as error:

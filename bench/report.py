@@ -191,7 +191,7 @@ def render(results: dict) -> str:
                 f"Of the restart after SIGKILL, {st['restart_group_wait_s']:.1f} s passed between the worker",
                 "joining its consumer group and getting its partitions (from the worker's log): the broker",
                 "waits for the killed member's session to expire (`CANCELWATCH_SESSION_TIMEOUT_SECONDS`,",
-                "60 s by default) before it reassigns. The wiped restore followed a clean stop, which leaves the",
+                "10 s by default) before it reassigns. The wiped restore followed a clean stop, which leaves the",
                 "group at once" + (f" (its wait: {st['restore_group_wait_s']:.1f} s)."
                                    if st.get("restore_group_wait_s") is not None else "."),
                 "",

@@ -158,7 +158,7 @@ class Book:
     """All sellers' derived totals, and the rules to change them from events."""
 
     def __init__(self, policy: Policy, store: MutableMapping[bytes, bytes],
-                 cache_orders: int = 100_000) -> None:
+                 cache_orders: int = 20_000) -> None:
         self.policy = policy
         self.store = store
         self.sellers: dict[tuple[str, str], SellerState] = {}

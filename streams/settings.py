@@ -167,26 +167,23 @@ def _get(env: Mapping[str, str], variable: str) -> str:
     return value.strip()
 
 
-def _integer(env: Mapping[str, str], variable: str, low: int, high: int) -> int:
+def _number(env: Mapping[str, str], variable: str, low, high, kind: type, what: str, unit: str = ""):
     raw = _get(env, variable)
     try:
-        value = int(raw)
+        value = kind(raw)
     except ValueError:
-        raise SettingError(variable, f"{raw!r} is not a whole number") from None
+        raise SettingError(variable, f"{raw!r} is not {what}") from None
     if not low <= value <= high:
-        raise SettingError(variable, f"{value} is outside {low}..{high}")
+        raise SettingError(variable, f"{value} is outside {low}..{high}{unit}")
     return value
+
+
+def _integer(env: Mapping[str, str], variable: str, low: int, high: int) -> int:
+    return _number(env, variable, low, high, int, "a whole number")
 
 
 def _seconds(env: Mapping[str, str], variable: str, low: float, high: float) -> float:
-    raw = _get(env, variable)
-    try:
-        value = float(raw)
-    except ValueError:
-        raise SettingError(variable, f"{raw!r} is not a number of seconds") from None
-    if not low <= value <= high:
-        raise SettingError(variable, f"{value} is outside {low}..{high} seconds")
-    return value
+    return _number(env, variable, low, high, float, "a number of seconds", " seconds")
 
 
 def _choice(env: Mapping[str, str], variable: str, choices: tuple[str, ...]) -> str:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import threading
 from datetime import datetime, timezone
-from http.server import BaseHTTPRequestHandler, HTTPServer
+from http.server import HTTPServer
 from urllib.parse import parse_qs, urlparse
 
 import pytest
@@ -24,6 +24,7 @@ from grafana_client import GrafanaApi
 from dashboards import generate
 from streams import grafana_annotations, names
 from streams.grafana_annotations import AnnotationWriter, WebhookError
+from streams.webhook import JSONHandler
 
 TOKEN = "glsa_test_token"
 CREATE_FIELDS = {"dashboardUID": str, "dashboardId": int, "panelId": int, "time": int,
@@ -41,15 +42,7 @@ class StandInGrafana:
         self.fail_next = 0
         stand_in = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def _reply(self, status: int, body: object) -> None:
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
+        class Handler(JSONHandler):
             def _body(self) -> dict:
                 return json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
 

@@ -11,11 +11,12 @@ import json
 import socket
 import threading
 import urllib.parse
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 
 import pytest
 
 from streams import terminal
+from streams.webhook import JSONHandler
 
 
 def window(days, orders, cancelled, limit, warning, headroom, status):
@@ -53,7 +54,7 @@ ALERTS = [
 ]
 
 
-class StandIn(BaseHTTPRequestHandler):
+class StandIn(JSONHandler):
     requests: list[tuple[str, dict]] = []
 
     def do_GET(self):  # noqa: N802 (http.server's name)
@@ -61,21 +62,13 @@ class StandIn(BaseHTTPRequestHandler):
         query = dict(urllib.parse.parse_qsl(parsed.query))
         StandIn.requests.append((parsed.path, query))
         if parsed.path == "/api/v2/alerts":
-            return self.answer(200, ALERTS)
+            return self._reply(200, ALERTS)
         if parsed.path == "/sellers/at-risk":
             by_marketplace = {"US": [BREACHED, WARNED], "IN": [INDIA]}
-            return self.answer(200, by_marketplace.get(query.get("marketplace"), [])[: int(query["limit"])])
+            return self._reply(200, by_marketplace.get(query.get("marketplace"), [])[: int(query["limit"])])
         if parsed.path == "/sellers/A1WARNED" and query.get("marketplace") == "US":
-            return self.answer(200, WARNED)
-        return self.answer(404, {"error": "seller never seen"})
-
-    def answer(self, status, body):
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+            return self._reply(200, WARNED)
+        return self._reply(404, {"error": "seller never seen"})
 
     def log_message(self, *args):
         pass

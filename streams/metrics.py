@@ -15,7 +15,7 @@ from typing import Callable, Iterable
 from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 
-from streams import names
+from streams import names, window
 
 # `_created` series only repeat the start time of each counter; leave them out.
 disable_created_metrics()
@@ -50,15 +50,8 @@ class SellerSummary:
 
     def risk(self, seller_id: str) -> tuple:
         """Breached first, then least headroom, then highest rate (as the at-risk API)."""
-        breached = False
-        least = float("inf")
-        worst = 0.0
-        for _, orders, cancelled, limit in self.windows:
-            if orders:
-                breached = breached or cancelled * 10000 >= limit * orders
-                least = min(least, max(0, (limit * orders - 1) // 10000 - cancelled))
-                worst = max(worst, cancelled / orders)
-        return (0 if breached else 1, least, -worst, seller_id)
+        return window.risk_key((orders, cancelled, limit) for _, orders, cancelled, limit in self.windows) \
+            + (seller_id,)
 
 
 def rate_band(orders: int, cancelled: int) -> str:
@@ -180,7 +173,7 @@ class _StateCollector:
                 labels = [seller_id, marketplace, str(days)]
                 if orders:
                     rate.add_metric(labels, cancelled / orders)
-                    headroom.add_metric(labels, max(0, (limit * orders - 1) // 10000 - cancelled))
+                    headroom.add_metric(labels, window.headroom(orders, cancelled, limit))
                 orders_gauge.add_metric(labels, orders)
                 cancelled_gauge.add_metric(labels, cancelled)
         yield from (rate, headroom, orders_gauge, cancelled_gauge)

@@ -149,24 +149,29 @@ def seller_json(seller_id: str, marketplace: str, windows: list[WindowTotals], n
     }
 
 
-def risk_key(windows: Iterable[WindowTotals]) -> tuple:
-    """Sort key: breached first, then least headroom, then highest rate."""
-    windows = list(windows)
-    is_breached = any(w.breached for w in windows)
-    headrooms = [w.headroom for w in windows if w.headroom is not None]
-    least = min(headrooms) if headrooms else float("inf")
-    worst_rate = max((w.cancelled / w.orders for w in windows if w.orders), default=0.0)
+def risk_key(windows: Iterable[tuple[int, int, int]]) -> tuple:
+    """Sort key of a seller from its windows' (orders, cancelled, limit_bps): breached
+    first, then least headroom, then highest rate. One ranking for the at-risk API,
+    its merge across workers and the top-K of /metrics."""
+    is_breached = False
+    least = float("inf")
+    worst_rate = 0.0
+    for orders, cancelled, limit_bps in windows:
+        if orders:
+            is_breached = is_breached or breached(orders, cancelled, limit_bps)
+            least = min(least, headroom(orders, cancelled, limit_bps))
+            worst_rate = max(worst_rate, cancelled / orders)
     return (0 if is_breached else 1, least, -worst_rate)
+
+
+def risk_key_of_totals(windows: Iterable[WindowTotals]) -> tuple:
+    return risk_key((w.orders, w.cancelled, w.window.limit_bps) for w in windows)
 
 
 def risk_key_of_json(view: dict) -> tuple:
     """`risk_key` of a seller in its JSON shape (to merge rankings from several workers)."""
-    windows = view["windows"]
-    is_breached = any(w["status"] == names.STATUS_BREACH for w in windows)
-    headrooms = [w["headroom"] for w in windows if w["headroom"] is not None]
-    least = min(headrooms) if headrooms else float("inf")
-    worst_rate = max((w["cancelled"] / w["orders"] for w in windows if w["orders"]), default=0.0)
-    return (0 if is_breached else 1, least, -worst_rate, view["seller_id"])
+    return risk_key((w["orders"], w["cancelled"], round(w["limit"] * 10000)) for w in view["windows"]) \
+        + (view["seller_id"],)
 
 
 @dataclasses.dataclass(frozen=True)

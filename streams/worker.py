@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextvars
+import contextlib
 import logging
 import sys
 import time
@@ -112,35 +112,28 @@ class TableStore(MutableMapping):
         return self.owners[head]
 
     def get(self, key: bytes, default=None):
-        token = self._enter(key)
-        try:
+        with self._on_partition_of(key):
             return self.table.get(key, default)
+
+    @contextlib.contextmanager
+    def _on_partition_of(self, key: bytes) -> Iterator[None]:
+        token = _current_event.set(weakref.ref(self._contexts[self.partition_of(key)]))
+        try:
+            yield
         finally:
             _current_event.reset(token)
-
-    def _enter(self, key: bytes) -> contextvars.Token:
-        return _current_event.set(weakref.ref(self._contexts[self.partition_of(key)]))
 
     def __getitem__(self, key: bytes) -> bytes:
-        token = self._enter(key)
-        try:
+        with self._on_partition_of(key):
             return self.table[key]
-        finally:
-            _current_event.reset(token)
 
     def __setitem__(self, key: bytes, value: bytes) -> None:
-        token = self._enter(key)
-        try:
+        with self._on_partition_of(key):
             self.table[key] = value
-        finally:
-            _current_event.reset(token)
 
     def __delitem__(self, key: bytes) -> None:
-        token = self._enter(key)
-        try:
+        with self._on_partition_of(key):
             del self.table[key]
-        finally:
-            _current_event.reset(token)
 
     def __contains__(self, key: object) -> bool:
         try:
@@ -419,14 +412,14 @@ class Runtime:
         ranked = []
         for state in self.book.in_marketplace(marketplace):
             windows = window.seller_windows(state.buckets, marketplace, self.policy, now_bucket)
-            ranked.append((window.risk_key(windows) + (state.seller_id,), state.seller_id, windows))
+            ranked.append((window.risk_key_of_totals(windows) + (state.seller_id,), state.seller_id, windows))
         ranked.sort(key=lambda item: item[0])
         return [window.seller_json(seller_id, marketplace, windows, now)
                 for _, seller_id, windows in ranked[:limit]]
 
     def scrape_state(self, app: faust.App) -> ScrapeState:
         lag = {}
-        consumer = app.consumer if app.consumer is not None else None
+        consumer = app.consumer
         if consumer is not None:
             try:
                 for tp in consumer.assignment():

@@ -36,7 +36,7 @@ REASON_INDEX = {reason: index for index, reason in enumerate(names.REASONS)}
 NO_FAULT_TIME = 2**62
 
 
-class Record(msgspec.Struct, array_like=True, omit_defaults=True):
+class Record(msgspec.Struct, array_like=True, omit_defaults=True, gc=False):
     """One order. `fault_time`/`fault_reason` attribute the seller-fault cancel:
     the earliest by occurred_at (microseconds), ties broken by reason index."""
 
@@ -44,8 +44,8 @@ class Record(msgspec.Struct, array_like=True, omit_defaults=True):
     flags: int = 0
     fault_time: int = NO_FAULT_TIME
     fault_reason: int = -1
-    skus: list[str] = []
-    fault_skus: list[str] = []
+    skus: tuple[str, ...] = ()        # tuples of str: no cycles, so the struct stays out of the GC
+    fault_skus: tuple[str, ...] = ()
 
     @property
     def in_denominator(self) -> bool:
@@ -69,7 +69,7 @@ class Record(msgspec.Struct, array_like=True, omit_defaults=True):
 
     def copy(self) -> "Record":
         return Record(self.purchase, self.flags, self.fault_time, self.fault_reason,
-                      list(self.skus), list(self.fault_skus))
+                      self.skus, self.fault_skus)
 
 
 Bucket = dict[str, Record]
@@ -100,12 +100,12 @@ def cancel_cause(policy: Policy, cancel: events.OrderCancelled) -> str | None:
     return "other"
 
 
-def _merge_skus(current: list[str], items: Iterable[events.Item] | None) -> list[str]:
+def _merge_skus(current: tuple[str, ...], items: Iterable[events.Item] | None) -> tuple[str, ...]:
     if not items:
         return current
     for item in items:
         if item.sku not in current:
-            return sorted({item.sku for item in items}.union(current))
+            return tuple(sorted({item.sku for item in items}.union(current)))
     return current
 
 

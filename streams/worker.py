@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import logging
 import sys
 import time
@@ -57,7 +58,10 @@ TABLE_NAME = "order-buckets"
 CLOCK_PREFIX = "~clock"
 ALERT_TICK_SECONDS = 0.05
 EXPIRY_SECONDS = 300.0
+FETCH_MAX_RECORDS = 20_000                     # records per fetch handed to the agent
+FETCH_MAX_PARTITION_BYTES = 8 * 1024 * 1024    # bytes per partition per fetch request
 HEADER_PREFIX = "cancelwatch."
+GC_THRESHOLD = 50_000                          # allocations between young collections (default 700)
 
 
 def owner_partition(seller_id: str, partitions: int) -> int:
@@ -220,7 +224,7 @@ class Runtime:
         self.last_full_seconds = 0.0
         self.ready = asyncio.Event()
         # Whole fetches of the source topics, from BatchingConsumer to the agent.
-        self.fetches: asyncio.Queue = asyncio.Queue(maxsize=4)
+        self.fetches: asyncio.Queue = asyncio.Queue(maxsize=2)
         self.role = {
             settings.orders_topic: names.ORDERS_TOPIC,
             settings.cancellations_topic: names.CANCELLATIONS_TOPIC,
@@ -502,7 +506,10 @@ def build_app(settings: Settings, policy: policy_module.Policy) -> tuple[faust.A
         web_enabled=True,
         stream_wait_empty=False,
         table_cleanup_interval=3600.0,
-        broker_max_poll_records=5000,
+        # Large fetches: the agent applies a whole fetch at once, and with small ones the
+        # worker waits on the broker round trip between fetches (bench/README.md).
+        broker_max_poll_records=FETCH_MAX_RECORDS,
+        consumer_max_fetch_size=FETCH_MAX_PARTITION_BYTES,
         producer_linger=0.005,
         logging_config=None,
         broker_session_timeout=settings.session_timeout_seconds,
@@ -541,10 +548,12 @@ def build_app(settings: Settings, policy: policy_module.Policy) -> tuple[faust.A
     async def apply_events(stream):
         """Applies whole fetches of the source topics (handed over by BatchingConsumer)."""
         while not app.should_stop:
-            batch = await runtime.fetches.get()
+            fetch = await runtime.fetches.get()
+            if fetch.generation != app.consumer_generation_id:
+                continue   # fetched before a rebalance: faust reads it again from the committed offsets
             if runtime.book is None:
                 runtime.rebuild()
-            dead, reroute = runtime.process(batch)
+            dead, reroute = runtime.process(fetch.records)
             sends = []
             for message, bad in dead:
                 headers = [
@@ -566,9 +575,7 @@ def build_app(settings: Settings, policy: policy_module.Policy) -> tuple[faust.A
                                                       partition=owner, headers=headers))
             if sends:
                 await asyncio.gather(*sends)
-            consumer = app.consumer
-            for message in batch:
-                consumer.ack(message)
+            app.consumer.ack_fetch(fetch)
             if runtime.dirty and runtime.settings.clock == "event":
                 runtime.evaluate()
 
@@ -710,6 +717,10 @@ def main(argv: list[str]) -> int:
     logging.getLogger("kafka").setLevel(logging.WARNING)
     ensure_topics(settings)
     app, _ = build_app(settings, policy)
+    # The worker's long-lived state (sellers, buckets, metrics) is hundreds of thousands of
+    # objects; with the default thresholds the collector walks them every few batches.
+    gc.freeze()
+    gc.set_threshold(GC_THRESHOLD, 20, 20)
     worker = faust.Worker(app, loglevel=settings.log_level, quiet=True)
     worker.execute_from_commandline()
     return 0

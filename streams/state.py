@@ -29,6 +29,10 @@ SEPARATOR = "\x1f"
 SEEN = "~"
 
 
+# Bucket numbers shared by every seller's dict of buckets (one int object per hour, not per seller).
+_BUCKET_NUMBERS: dict[int, int] = {}
+
+
 def bucket_key(seller_id: str, marketplace: str, bucket: int) -> bytes:
     return f"{seller_id}{SEPARATOR}{marketplace}{SEPARATOR}{bucket}".encode()
 
@@ -94,6 +98,7 @@ class SellerState:
                listing_depth: int) -> None:
         before, after = ledger.Contribution.of(old), ledger.Contribution.of(new)
         if before != after:
+            bucket = _BUCKET_NUMBERS.setdefault(bucket, bucket)
             totals = self.buckets.get(bucket, 0)
             plain = not (before.cancelled or before.causes or after.cancelled or after.causes)
             if type(totals) is int and plain:

@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
+import ctypes
+import ctypes.util
 import gc
 import logging
 import sys
@@ -61,12 +62,32 @@ EXPIRY_SECONDS = 300.0
 FETCH_MAX_RECORDS = 20_000                     # records per fetch handed to the agent
 FETCH_MAX_PARTITION_BYTES = 8 * 1024 * 1024    # bytes per partition per fetch request
 HEADER_PREFIX = "cancelwatch."
+TRIM_QUIET_SECONDS = 1.0                       # trim the heap once fetches paused this long
+SUMMARY_POOL_SIZE = 100_000                    # distinct seller summaries kept for sharing
 GC_THRESHOLD = 50_000                          # allocations between young collections (default 700)
 
 
 def owner_partition(seller_id: str, partitions: int) -> int:
     """The partition a seller's state lives on: Kafka's default partitioner on seller_id."""
     return (murmur2(seller_id.encode()) & 0x7FFFFFFF) % partitions
+
+
+_libc_trim = None
+
+
+def release_memory() -> None:
+    """Hand the heap's free pages back to the system (glibc's malloc_trim).
+
+    A fetch of 20,000 events allocates tens of MiB of short-lived objects; once
+    freed they stay in the process unless trimmed."""
+    global _libc_trim
+    if _libc_trim is None:
+        try:
+            _libc_trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _libc_trim = False          # not glibc: nothing to do
+    if _libc_trim:
+        _libc_trim(0)
 
 
 class Owners(dict):
@@ -101,6 +122,9 @@ class _PartitionContext:
         self.message = self._Message(topic, partition)
 
 
+_SEPARATOR = SEPARATOR.encode()
+
+
 class TableStore(MutableMapping):
     """The faust table seen as a mapping whose writes go to the key's seller partition."""
 
@@ -108,36 +132,42 @@ class TableStore(MutableMapping):
         self.table = table
         self.owners = owners
         self._contexts = [_PartitionContext(source_topic, p) for p in range(owners.partitions)]
+        self._refs = [weakref.ref(context) for context in self._contexts]
 
     def partition_of(self, key: bytes) -> int:
-        head = key.split(SEPARATOR.encode(), 1)[0].decode()
+        head = key[:key.find(_SEPARATOR)].decode()
         if head == CLOCK_PREFIX:
-            return int(key.rsplit(SEPARATOR.encode(), 1)[1])
+            return int(key.rsplit(_SEPARATOR, 1)[1])
         return self.owners[head]
 
+    # Each access sets faust's current event to the key's partition, and puts it back.
     def get(self, key: bytes, default=None):
-        with self._on_partition_of(key):
-            return self.table.get(key, default)
-
-    @contextlib.contextmanager
-    def _on_partition_of(self, key: bytes) -> Iterator[None]:
-        token = _current_event.set(weakref.ref(self._contexts[self.partition_of(key)]))
+        token = _current_event.set(self._refs[self.partition_of(key)])
         try:
-            yield
+            return self.table.get(key, default)
         finally:
             _current_event.reset(token)
 
     def __getitem__(self, key: bytes) -> bytes:
-        with self._on_partition_of(key):
+        token = _current_event.set(self._refs[self.partition_of(key)])
+        try:
             return self.table[key]
+        finally:
+            _current_event.reset(token)
 
     def __setitem__(self, key: bytes, value: bytes) -> None:
-        with self._on_partition_of(key):
+        token = _current_event.set(self._refs[self.partition_of(key)])
+        try:
             self.table[key] = value
+        finally:
+            _current_event.reset(token)
 
     def __delitem__(self, key: bytes) -> None:
-        with self._on_partition_of(key):
+        token = _current_event.set(self._refs[self.partition_of(key)])
+        try:
             del self.table[key]
+        finally:
+            _current_event.reset(token)
 
     def __contains__(self, key: object) -> bool:
         try:
@@ -218,11 +248,13 @@ class Runtime:
         self.event_clock = 0.0
         self.dirty: set[tuple[str, str]] = set()
         self.summaries: dict[tuple[str, str], SellerSummary] = {}
+        self._summary_pool: dict[tuple, SellerSummary] = {}
         self.alerts: dict[tuple[str, str], dict] = {}   # seller -> {AlertKey: Alert}
         self.evaluated_bucket: int | None = None
         self.last_full_end = 0.0
         self.last_full_seconds = 0.0
         self.ready = asyncio.Event()
+        self.last_fetch_applied = 0.0   # monotonic time the agent last applied a fetch
         # Whole fetches of the source topics, from BatchingConsumer to the agent.
         self.fetches: asyncio.Queue = asyncio.Queue(maxsize=2)
         self.role = {
@@ -332,6 +364,16 @@ class Runtime:
         return (f"{self.settings.grafana_url}/d/{names.DASHBOARD_UIDS['seller']}"
                 f"?var-seller_id={seller_id}&var-marketplace={marketplace}")
 
+    def _shared_summary(self, status: str, band: str, windows: tuple) -> SellerSummary:
+        """One SellerSummary object per distinct summary: most sellers share theirs with others."""
+        signature = (status, band, windows)
+        summary = self._summary_pool.get(signature)
+        if summary is None:
+            if len(self._summary_pool) >= SUMMARY_POOL_SIZE:
+                self._summary_pool.clear()
+            summary = self._summary_pool[signature] = SellerSummary(status, band, windows)
+        return summary
+
     def evaluate(self) -> None:
         """Re-evaluate dirty sellers, or all of them when the clock entered a new bucket."""
         if self.book is None:
@@ -360,10 +402,10 @@ class Runtime:
                 continue
             windows = window.seller_windows(state.buckets, state.marketplace, self.policy, now_bucket)
             first = windows[0]
-            self.summaries[key] = SellerSummary(
-                status=max((w.status for w in windows), key=names.STATUSES.index),
-                band=rate_band(first.orders, first.cancelled),
-                windows=tuple((w.window.days, w.orders, w.cancelled, w.window.limit_bps) for w in windows),
+            self.summaries[key] = self._shared_summary(
+                max((w.status for w in windows), key=names.STATUSES.index),
+                rate_band(first.orders, first.cancelled),
+                tuple((w.window.days, w.orders, w.cancelled, w.window.limit_bps) for w in windows),
             )
             previous = self.alerts.get(key, {})
             if not previous and not any(w.cancelled for w in windows) and not _listing_faults(state):
@@ -531,7 +573,7 @@ def build_app(settings: Settings, policy: policy_module.Policy) -> tuple[faust.A
                                            "min.cleanable.dirty.ratio": "0.2"},
                       # RocksDB's faust defaults (64 MiB x 3 write buffers and a 2 GiB block cache
                       # per partition) would dwarf the state itself; the values are small and hot.
-                      options={"write_buffer_size": 8 * 1024 * 1024, "max_write_buffer_number": 2,
+                      options={"write_buffer_size": 4 * 1024 * 1024, "max_write_buffer_number": 2,
                                "block_cache_size": 64 * 1024 * 1024,
                                "block_cache_compressed_size": 16 * 1024 * 1024})
     runtime.store = TableStore(table, settings.orders_topic, runtime.owners)
@@ -578,15 +620,20 @@ def build_app(settings: Settings, policy: policy_module.Policy) -> tuple[faust.A
             app.consumer.ack_fetch(fetch)
             if runtime.dirty and runtime.settings.clock == "event":
                 runtime.evaluate()
+            runtime.last_fetch_applied = time.monotonic()
 
     @app.task
     async def alert_loop() -> None:
         _quiet_libraries(settings.log_level)
         if runtime.sender is not None:
             app.add_future(runtime.sender.run())
+        trimmed = 0.0
         while not app.should_stop:
             await asyncio.sleep(ALERT_TICK_SECONDS)
             runtime.evaluate()
+            if trimmed < runtime.last_fetch_applied < time.monotonic() - TRIM_QUIET_SECONDS:
+                release_memory()
+                trimmed = time.monotonic()
 
     @app.timer(interval=EXPIRY_SECONDS)
     async def expire() -> None:

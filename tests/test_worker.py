@@ -130,6 +130,29 @@ def test_worker_answers_exactly_as_the_oracle_and_survives_sigkill(kafka_bootstr
         worker.stop()
 
 
+def test_a_worker_with_an_empty_data_dir_restores_every_seller_from_the_changelog(kafka_bootstrap, tmp_path):
+    """The restore writes each fetch of changelog records to the store at once (streams/consumer.py);
+    a worker that starts with nothing on disk must answer exactly as the one that wrote the changelog."""
+    topics = Topics("restore")
+    stream = simulated_stream(seed=17, sellers=30, days=9)
+    _, expected = expected_answers(stream)
+    expected = strip_listing(expected)
+    worker = WorkerProcess(topics, tmp_path / "first").start()
+    try:
+        worker.wait_ready()
+        publish(kafka_bootstrap, topics, stream, seed=6)
+        assert wait_for_answers(worker, expected, timeout=180) == expected
+    finally:
+        worker.stop()
+    assert not (tmp_path / "second").exists()
+    worker = WorkerProcess(topics, tmp_path / "second", port=worker.port).start()
+    try:
+        worker.wait_ready(timeout=180)
+        assert wait_for_answers(worker, expected, timeout=120) == expected
+    finally:
+        worker.stop()
+
+
 def test_malformed_events_go_to_the_dead_letter_topic_with_a_reason(kafka_bootstrap, tmp_path):
     topics = Topics("dlq")
     worker = WorkerProcess(topics, tmp_path / "state").start()

@@ -140,34 +140,25 @@ class TableStore(MutableMapping):
             return int(key.rsplit(_SEPARATOR, 1)[1])
         return self.owners[head]
 
-    # Each access sets faust's current event to the key's partition, and puts it back.
-    def get(self, key: bytes, default=None):
+    def _on_partition_of(self, key: bytes, operation, *args):
+        """operation(*args) with faust's current event set to the key's partition, then put back."""
         token = _current_event.set(self._refs[self.partition_of(key)])
         try:
-            return self.table.get(key, default)
+            return operation(*args)
         finally:
             _current_event.reset(token)
+
+    def get(self, key: bytes, default=None):
+        return self._on_partition_of(key, self.table.get, key, default)
 
     def __getitem__(self, key: bytes) -> bytes:
-        token = _current_event.set(self._refs[self.partition_of(key)])
-        try:
-            return self.table[key]
-        finally:
-            _current_event.reset(token)
+        return self._on_partition_of(key, self.table.__getitem__, key)
 
     def __setitem__(self, key: bytes, value: bytes) -> None:
-        token = _current_event.set(self._refs[self.partition_of(key)])
-        try:
-            self.table[key] = value
-        finally:
-            _current_event.reset(token)
+        self._on_partition_of(key, self.table.__setitem__, key, value)
 
     def __delitem__(self, key: bytes) -> None:
-        token = _current_event.set(self._refs[self.partition_of(key)])
-        try:
-            del self.table[key]
-        finally:
-            _current_event.reset(token)
+        self._on_partition_of(key, self.table.__delitem__, key)
 
     def __contains__(self, key: object) -> bool:
         try:

@@ -69,6 +69,10 @@ TOPIC_OF_TYPE = {
 }
 
 _decoder = msgspec.json.Decoder(Event)
+# Per topic role: a decoder, and the event types that belong there. (A decoder of one tagged
+# struct alone would accept a message without its "type", so cancellations use the union.)
+_role_decoders = {names.ORDERS_TOPIC: (msgspec.json.Decoder(OrderEvent), ORDER_TYPES),
+                  names.CANCELLATIONS_TOPIC: (_decoder, (OrderCancelled,))}
 _encoder = msgspec.json.Encoder()
 
 
@@ -119,6 +123,23 @@ def _explain(message: str) -> str:
     if "missing required field `type`" in message:
         return "required field type is missing"
     return message
+
+
+def decode_on(topic_role: str, raw: bytes, now: datetime | None = None) -> Event:
+    """decode() and check_topic() in one step, for a message of a source topic."""
+    if raw is not None and len(raw) <= MAX_MESSAGE_BYTES:
+        decoder, types = _role_decoders[topic_role]
+        try:
+            event = decoder.decode(raw)
+        except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+            pass     # decoded again below, for the reason that explains it
+        else:
+            if type(event) in types and (now is None or (event.occurred_at <= now + FUTURE_TOLERANCE
+                                                         and event.purchase_date <= now + FUTURE_TOLERANCE)):
+                return event
+    event = decode(raw, now)
+    check_topic(event, topic_role)
+    return event
 
 
 def check_topic(event: Event, topic_role: str) -> None:

@@ -21,7 +21,7 @@ import dataclasses
 from collections import Counter, OrderedDict
 from typing import Iterable, Iterator, MutableMapping
 
-from streams import events, ledger, window
+from streams import events, ledger, names, window
 from streams.ledger import Record
 from streams.policy import Policy
 
@@ -168,6 +168,9 @@ class Book:
         self.store = store
         self.sellers: dict[tuple[str, str], SellerState] = {}
         self.listing_depth = policy.listing_consecutive
+        # marketplace -> buckets of its longest rate window (older events are "late")
+        self._rate_buckets = {marketplace: max(policy.window_buckets(w) for w in policy.windows(marketplace))
+                              for marketplace in names.MARKETPLACES}
         # Decoded buckets recently written, so a busy seller's current bucket is not
         # decoded again for every batch; bounded by the orders it holds.
         self._cache: OrderedDict[bytes, ledger.Bucket] = OrderedDict()
@@ -220,25 +223,26 @@ class Book:
         now_bucket = window.bucket_of(now, bucket_seconds)
         keep_buckets = policy.longest_window_days * 86400 // bucket_seconds
         result = BatchResult(Counter(), set(), Counter(), Counter(), Counter())
-        open_buckets: dict[bytes, tuple[SellerState, int, ledger.Bucket, dict]] = {}
+        open_buckets: dict[tuple[str, str, int], tuple[bytes, SellerState, int, ledger.Bucket, dict]] = {}
+        rate_buckets = self._rate_buckets
         for role, event in batch:
             if event.fulfillment_channel == "AFN":
                 self._state(event.seller_id, event.marketplace)
                 result.outcomes[(role, "afn")] += 1
                 continue
             bucket = window.bucket_of(event.purchase_date.timestamp(), bucket_seconds)
-            rate_buckets = max(policy.window_buckets(w) for w in policy.windows(event.marketplace))
-            late = bucket <= now_bucket - rate_buckets
+            late = bucket <= now_bucket - rate_buckets[event.marketplace]
             if bucket <= now_bucket - keep_buckets:
                 self._state(event.seller_id, event.marketplace)
                 result.outcomes[(role, "late")] += 1
                 continue
-            key = bucket_key(event.seller_id, event.marketplace, bucket)
-            opened = open_buckets.get(key)
+            opened = open_buckets.get((event.seller_id, event.marketplace, bucket))
             if opened is None:
+                key = bucket_key(event.seller_id, event.marketplace, bucket)
                 state = self._state(event.seller_id, event.marketplace)
-                opened = open_buckets[key] = (state, bucket, self._open(key), {})
-            state, bucket, orders, originals = opened
+                opened = open_buckets[(event.seller_id, event.marketplace, bucket)] = (
+                    key, state, bucket, self._open(key), {})
+            _, state, bucket, orders, originals = opened
             old = orders.get(event.order_id)
             new = ledger.apply(policy, old, event)
             if new == old:
@@ -248,7 +252,7 @@ class Book:
                 originals[event.order_id] = old
             orders[event.order_id] = new
             result.outcomes[(role, "late" if late else "applied")] += 1
-        for key, (state, bucket, orders, originals) in open_buckets.items():
+        for key, state, bucket, orders, originals in open_buckets.values():
             if not originals:
                 continue
             self.store[key] = ledger.encode_bucket(orders)

@@ -306,9 +306,10 @@ class Runtime:
         for message in batch:
             role = self.role[message.topic]
             try:
-                event = events.decode(message.value, wall_dt)
-                if role != names.REROUTE_TOPIC:
-                    events.check_topic(event, role)
+                if role == names.REROUTE_TOPIC:
+                    event = events.decode(message.value, wall_dt)
+                else:
+                    event = events.decode_on(role, message.value, wall_dt)
             except events.BadEvent as bad:
                 dead.append((message, bad))
                 outcome_counts[(message.topic, "dead_letter")] += 1

@@ -40,8 +40,25 @@ CANCELLED = {key: value for key, value in PLACED.items() if key != "order_status
 VALID = [PLACED, CHANGED, CANCELLED]
 
 
+def answer(decode, *args):
+    """What a decoding function gives: the event, or the BadEvent's (kind, reason)."""
+    try:
+        return decode(*args)
+    except events.BadEvent as bad:
+        return (bad.kind, bad.reason)
+
+
+def checked_on(topic_role: str, raw: bytes, now: datetime | None):
+    event = events.decode(raw, now)
+    events.check_topic(event, topic_role)
+    return event
+
+
 def outcome(raw: bytes, now: datetime | None = NOW):
     """The decoder's answer; fails the test if anything but an event or BadEvent comes out."""
+    # The worker's per-topic decoder answers exactly as decode() followed by check_topic().
+    for role in (names.ORDERS_TOPIC, names.CANCELLATIONS_TOPIC):
+        assert answer(events.decode_on, role, raw, now) == answer(checked_on, role, raw, now), (role, raw[:200])
     try:
         event = events.decode(raw, now)
     except events.BadEvent as bad:

@@ -101,19 +101,14 @@ def decode(raw: bytes, now: datetime | None = None) -> Event:
         raise BadEvent("invalid_event", _explain(str(error))) from None
     except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as error:
         raise BadEvent("invalid_json", f"not valid JSON: {error}") from None
-    if now is not None:
-        limit = now + FUTURE_TOLERANCE
-        if event.occurred_at <= limit and event.purchase_date <= limit:
-            return event
-        for field in ("occurred_at", "purchase_date"):
-            value = getattr(event, field)
-            if value > limit:
-                raise BadEvent(
-                    "future",
-                    f"{field} {value.isoformat()} is more than 5 minutes ahead of the wall clock "
-                    f"({now.astimezone(timezone.utc).isoformat()})",
-                )
-    return event
+    if now is None or _not_ahead(event, now):
+        return event
+    field = "occurred_at" if event.occurred_at > now + FUTURE_TOLERANCE else "purchase_date"
+    raise BadEvent(
+        "future",
+        f"{field} {getattr(event, field).isoformat()} is more than 5 minutes ahead of the wall clock "
+        f"({now.astimezone(timezone.utc).isoformat()})",
+    )
 
 
 def _explain(message: str) -> str:
@@ -125,6 +120,12 @@ def _explain(message: str) -> str:
     return message
 
 
+def _not_ahead(event: Event, now: datetime) -> bool:
+    """Neither of the event's times is more than FUTURE_TOLERANCE ahead of `now`."""
+    limit = now + FUTURE_TOLERANCE
+    return event.occurred_at <= limit and event.purchase_date <= limit
+
+
 def decode_on(topic_role: str, raw: bytes, now: datetime | None = None) -> Event:
     """decode() and check_topic() in one step, for a message of a source topic."""
     if raw is not None and len(raw) <= MAX_MESSAGE_BYTES:
@@ -134,8 +135,7 @@ def decode_on(topic_role: str, raw: bytes, now: datetime | None = None) -> Event
         except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError, RecursionError):
             pass     # decoded again below, for the reason that explains it
         else:
-            if type(event) in types and (now is None or (event.occurred_at <= now + FUTURE_TOLERANCE
-                                                         and event.purchase_date <= now + FUTURE_TOLERANCE)):
+            if type(event) in types and (now is None or _not_ahead(event, now)):
                 return event
     event = decode(raw, now)
     check_topic(event, topic_role)

@@ -62,6 +62,12 @@ def live_pipeline(kafka_bootstrap, prometheus_url, alertmanager_url, tmp_path_fa
               lambda: _query(prometheus_url, 'cancelwatch_events_total{job="cancelwatch"}'), 60)
         _wait("Prometheus seeing delivered alerts",
               lambda: _query(prometheus_url, 'cancelwatch_alert_deliveries_total{outcome="sent"}'), 60)
+        # The malformed messages come last on the topic: wait until they are counted and
+        # their recording rule has two scrapes to work with.
+        _wait("the worker dead-lettering the malformed messages",
+              lambda: worker.metric("cancelwatch_dead_letters_total") >= 2, 120)
+        _wait("Prometheus recording the dead letters",
+              lambda: _query(prometheus_url, "job_topic_kind:cancelwatch_dead_letters:rate5m"), 90)
         time.sleep(12)  # two more scrapes and a rule evaluation, so rates and recording rules have data
         yield prometheus_url
     finally:

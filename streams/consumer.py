@@ -67,8 +67,8 @@ class BatchingConsumer(aiokafka_driver.Consumer):
         return type("BatchingConsumer", (cls,), {"batch_topics": frozenset(topics),
                                                  "handoff": staticmethod(handoff)})
 
-    def ack_fetch(self, fetch: Fetch) -> int:
-        """Acknowledge every record of an applied fetch; return how many were new acks."""
+    def ack_fetch(self, fetch: Fetch) -> None:
+        """Acknowledge every record of an applied fetch."""
         acked = 0
         with ack_lock:
             for tp, offsets in fetch.offsets.items():
@@ -83,7 +83,6 @@ class BatchingConsumer(aiokafka_driver.Consumer):
                 acked += len(offsets)
             self._n_acked += acked
             notify(self._waiting_for_ack)
-        return acked
 
     async def _drain_messages(self, fetcher) -> None:  # noqa: C901 - mirrors faust's own loop
         callback = self.callback
@@ -119,20 +118,18 @@ class BatchingConsumer(aiokafka_driver.Consumer):
                     batch = await self._new_records(tp, batch, get_read_offset(tp), acks_enabled_for(tp.topic))
                     if not batch:
                         continue
+                    last = batch[-1].offset
                     if tp.topic in batch_topics:
                         fetch.records.extend(batch)
                         fetch.offsets[tp] = [record.offset for record in batch]
                     else:
-                        last = batch[-1].offset
                         for record in self._restore(tp, batch):
                             await self.wait_first(callback(to_message(tp, record)), self.suspend_flow.wait())
                             if not self.flow_active:
                                 break
                         if not self.flow_active:
                             break    # a rebalance began: faust seeks back to the committed offsets
-                        set_read_offset(tp, last)
-                        continue
-                    set_read_offset(tp, batch[-1].offset)
+                    set_read_offset(tp, last)
                 if commit_every is not None and self._n_acked >= commit_every:
                     self._n_acked = 0
                     await self.commit()

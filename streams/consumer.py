@@ -140,6 +140,8 @@ class BatchingConsumer(aiokafka_driver.Consumer):
                         # Flow suspended for a rebalance: drop the fetch; faust seeks
                         # back to the committed offsets, so it is fetched again.
                         handed.cancel()
+                # Not kept while waiting for the next fetch: the agent owns these records now.
+                records = batch = fetch = handed = None
                 unset_flag(CONSUMER_FETCHING)
         except self.consumer_stopped_errors:
             if self.transport.app.should_stop:

@@ -150,6 +150,16 @@ class SellerState:
 
 
 @dataclasses.dataclass
+class Pending:
+    """A batch being applied: its result so far and its open buckets, by (seller, marketplace,
+    bucket): (key, seller state, bucket, the bucket's records with the batch applied,
+    {order_id: record before the batch})."""
+
+    result: "BatchResult"
+    buckets: dict
+
+
+@dataclasses.dataclass
 class BatchResult:
     outcomes: Counter  # (topic_role, outcome) -> events
     touched: set       # (seller_id, marketplace) whose totals may have changed
@@ -218,23 +228,33 @@ class Book:
     # -- applying events -----------------------------------------------------
     def apply(self, batch: Iterable[tuple[str, events.Event]], now: float) -> BatchResult:
         """Apply (topic_role, event) pairs with `now` as the clock; write each touched bucket once."""
+        pending = self.begin()
+        self.feed(pending, batch, now)
+        return self.finish(pending)
+
+    def begin(self) -> "Pending":
+        """A batch that `feed` fills over several slices of events and `finish` writes at once."""
+        return Pending(BatchResult(Counter(), set(), Counter(), Counter(), Counter()), {})
+
+    def feed(self, pending: "Pending", batch: Iterable[tuple[str, events.Event]], now: float) -> None:
+        """Apply events to the batch's private copies of their buckets (nothing is written yet)."""
         policy = self.policy
         bucket_seconds = policy.bucket_seconds
         now_bucket = window.bucket_of(now, bucket_seconds)
         keep_buckets = policy.longest_window_days * 86400 // bucket_seconds
-        result = BatchResult(Counter(), set(), Counter(), Counter(), Counter())
-        open_buckets: dict[tuple[str, str, int], tuple[bytes, SellerState, int, ledger.Bucket, dict]] = {}
+        outcomes = pending.result.outcomes
+        open_buckets = pending.buckets
         rate_buckets = self._rate_buckets
         for role, event in batch:
             if event.fulfillment_channel == "AFN":
                 self._state(event.seller_id, event.marketplace)
-                result.outcomes[(role, "afn")] += 1
+                outcomes[(role, "afn")] += 1
                 continue
             bucket = window.bucket_of(event.purchase_date.timestamp(), bucket_seconds)
             late = bucket <= now_bucket - rate_buckets[event.marketplace]
             if bucket <= now_bucket - keep_buckets:
                 self._state(event.seller_id, event.marketplace)
-                result.outcomes[(role, "late")] += 1
+                outcomes[(role, "late")] += 1
                 continue
             opened = open_buckets.get((event.seller_id, event.marketplace, bucket))
             if opened is None:
@@ -246,13 +266,17 @@ class Book:
             old = orders.get(event.order_id)
             new = ledger.apply(policy, old, event)
             if new == old:
-                result.outcomes[(role, "late" if late else "unchanged")] += 1
+                outcomes[(role, "late" if late else "unchanged")] += 1
                 continue
             if event.order_id not in originals:
                 originals[event.order_id] = old
             orders[event.order_id] = new
-            result.outcomes[(role, "late" if late else "applied")] += 1
-        for key, state, bucket, orders, originals in open_buckets.values():
+            outcomes[(role, "late" if late else "applied")] += 1
+
+    def finish(self, pending: "Pending") -> BatchResult:
+        """Write each changed bucket once and move the derived totals."""
+        result = pending.result
+        for key, state, bucket, orders, originals in pending.buckets.values():
             if not originals:
                 continue
             self.store[key] = ledger.encode_bucket(orders)
@@ -264,6 +288,7 @@ class Book:
                 state.change(bucket, order_id, old, new, depth)
                 self._count_news(state.marketplace, old, new, result)
             result.touched.add((state.seller_id, state.marketplace))
+        pending.buckets.clear()
         return result
 
     def _open(self, key: bytes) -> ledger.Bucket:

@@ -28,7 +28,6 @@ import gc
 import logging
 import sys
 import time
-import weakref
 from collections import Counter, defaultdict
 from datetime import datetime, timezone
 from typing import Iterator, MutableMapping
@@ -38,7 +37,7 @@ import aiohttp.web
 import faust
 from faust.web import exceptions as web_exceptions
 from aiokafka.partitioner import murmur2
-from faust.streams import _current_event
+from faust.types import TP
 from faust.exceptions import SameNode
 from faust.web.exceptions import ServiceUnavailable
 from kafka import KafkaAdminClient
@@ -59,9 +58,11 @@ TABLE_NAME = "order-buckets"
 CLOCK_PREFIX = "~clock"
 ALERT_TICK_SECONDS = 0.05
 EXPIRY_SECONDS = 300.0
-FETCH_MAX_RECORDS = 20_000                     # records per fetch handed to the agent
+FETCH_MAX_RECORDS = 5_000                      # records per fetch handed to the agent
+GROUP_RECORDS = 20_000                         # records applied, written and acknowledged together
 FETCH_MAX_PARTITION_BYTES = 8 * 1024 * 1024    # bytes per partition per fetch request
 HEADER_PREFIX = "cancelwatch."
+CHANGELOG_BATCH_BYTES = 512 * 1024             # changelog records per produce batch (bytes)
 TRIM_QUIET_SECONDS = 1.0                       # trim the heap once fetches paused this long
 SUMMARY_POOL_SIZE = 100_000                    # distinct seller summaries kept for sharing
 GC_THRESHOLD = 50_000                          # allocations between young collections (default 700)
@@ -102,37 +103,24 @@ class Owners(dict):
         return partition
 
 
-class _PartitionContext:
-    """Stands in for the current faust event so a table write lands on a chosen partition.
-
-    faust picks the changelog partition and RocksDB database of a write from
-    the event being processed; a batch holds events of several partitions, so
-    the worker names the partition of each write itself."""
-
-    __slots__ = ("message", "__weakref__")
-
-    class _Message:
-        __slots__ = ("topic", "partition")
-
-        def __init__(self, topic: str, partition: int) -> None:
-            self.topic = topic
-            self.partition = partition
-
-    def __init__(self, topic: str, partition: int) -> None:
-        self.message = self._Message(topic, partition)
-
-
 _SEPARATOR = SEPARATOR.encode()
 
 
 class TableStore(MutableMapping):
-    """The faust table seen as a mapping whose writes go to the key's seller partition."""
+    """The faust table seen as a mapping whose keys live on their seller's partition.
 
-    def __init__(self, table, source_topic: str, owners: Owners) -> None:
+    A write goes straight to the partition's RocksDB database and into a batch of
+    changelog records. `flush()` sends those batches (one produce batch per
+    partition and flush, where faust's own path sends and tracks one message per
+    write), waits until the broker has them and then records the changelog offset
+    in the database as faust does, so a restart replays the changelog from there.
+    The agent flushes before it acknowledges the events behind the writes."""
+
+    def __init__(self, table, owners: Owners) -> None:
         self.table = table
         self.owners = owners
-        self._contexts = [_PartitionContext(source_topic, p) for p in range(owners.partitions)]
-        self._refs = [weakref.ref(context) for context in self._contexts]
+        self._batches: dict[int, list] = {}     # partition -> changelog batches not sent yet
+        self._flushing = asyncio.Lock()
 
     def partition_of(self, key: bytes) -> int:
         head = key[:key.find(_SEPARATOR)].decode()
@@ -140,38 +128,68 @@ class TableStore(MutableMapping):
             return int(key.rsplit(_SEPARATOR, 1)[1])
         return self.owners[head]
 
-    def _on_partition_of(self, key: bytes, operation, *args):
-        """operation(*args) with faust's current event set to the key's partition, then put back."""
-        token = _current_event.set(self._refs[self.partition_of(key)])
-        try:
-            return operation(*args)
-        finally:
-            _current_event.reset(token)
+    def _db(self, key: bytes):
+        return self.table.data._db_for_partition(self.partition_of(key))
 
     def get(self, key: bytes, default=None):
-        return self._on_partition_of(key, self.table.get, key, default)
+        value = self._db(key).get(key)
+        return default if value is None else value
 
     def __getitem__(self, key: bytes) -> bytes:
-        return self._on_partition_of(key, self.table.__getitem__, key)
+        value = self._db(key).get(key)
+        if value is None:
+            raise KeyError(key)
+        return value
 
     def __setitem__(self, key: bytes, value: bytes) -> None:
-        self._on_partition_of(key, self.table.__setitem__, key, value)
+        partition = self.partition_of(key)
+        self.table.data._db_for_partition(partition).put(key, value)
+        self._log(partition, key, value)
 
     def __delitem__(self, key: bytes) -> None:
-        self._on_partition_of(key, self.table.__delitem__, key)
+        partition = self.partition_of(key)
+        db = self.table.data._db_for_partition(partition)
+        if db.get(key) is None:
+            raise KeyError(key)
+        db.delete(key)
+        self._log(partition, key, None)
 
     def __contains__(self, key: object) -> bool:
-        try:
-            self[key]  # type: ignore[index]
-        except KeyError:
-            return False
-        return True
+        return isinstance(key, bytes) and self._db(key).get(key) is not None
 
     def __iter__(self) -> Iterator[bytes]:
         return iter(self.table.keys())
 
     def __len__(self) -> int:
         return sum(1 for _ in self.table.keys())
+
+    def _log(self, partition: int, key: bytes, value: bytes | None) -> None:
+        batches = self._batches.get(partition)
+        if batches is None or batches[-1].append(timestamp=None, key=key, value=value) is None:
+            batch = self.table.app.producer._ensure_producer().create_batch()
+            batch.append(timestamp=None, key=key, value=value)   # the first record always fits
+            self._batches.setdefault(partition, []).append(batch)
+
+    async def flush(self) -> int:
+        """Send the changelog records of every write so far; returns the records sent."""
+        async with self._flushing:
+            batches, self._batches = self._batches, {}
+            if not batches:
+                return 0
+            producer = self.table.app.producer._ensure_producer()
+            topic = self.table.changelog_topic.get_topic_name()
+            sent = []
+            for partition, builders in batches.items():
+                for builder in builders:
+                    delivered = await producer.send_batch(builder, topic, partition=partition)
+                    sent.append((partition, builder.record_count(), delivered))
+            last: dict[int, int] = {}
+            for partition, count, delivered in sent:
+                metadata = await delivered
+                last[partition] = max(last.get(partition, -1), metadata.offset + count - 1)
+            for partition, offset in last.items():
+                self.table.data.set_persisted_offset(TP(topic, partition), offset)
+            return sum(count for _, count, _ in sent)
 
 
 def ensure_topics(settings: Settings) -> None:
@@ -224,6 +242,22 @@ def _described(admin: KafkaAdminClient, topics: list[str], timeout: float = 30.0
         time.sleep(0.2)
 
 
+class Group:
+    """Fetches applied together: their events go into one batch of the book, which is
+    written (each touched bucket once), flushed and acknowledged as one."""
+
+    __slots__ = ("pending", "fetches", "records", "clocks", "outcomes", "dead", "reroute")
+
+    def __init__(self, pending) -> None:
+        self.pending = pending
+        self.fetches: list = []                 # consumer.Fetch, records dropped once applied
+        self.records = 0
+        self.clocks: dict[int, float] = {}      # partition -> latest occurred_at
+        self.outcomes: Counter = Counter()      # (topic, outcome) -> events
+        self.dead: list = []                    # (record, BadEvent)
+        self.reroute: list = []                 # (record, seller_id, owner partition)
+
+
 class Runtime:
     """Everything the agent, timers and web views share."""
 
@@ -247,7 +281,8 @@ class Runtime:
         self.ready = asyncio.Event()
         self.last_fetch_applied = 0.0   # monotonic time the agent last applied a fetch
         # Whole fetches of the source topics, from BatchingConsumer to the agent.
-        self.fetches: asyncio.Queue = asyncio.Queue(maxsize=2)
+        self.fetches: asyncio.Queue = asyncio.Queue(maxsize=1)
+        self.group: Group | None = None
         self.role = {
             settings.orders_topic: names.ORDERS_TOPIC,
             settings.cancellations_topic: names.CANCELLATIONS_TOPIC,
@@ -287,23 +322,25 @@ class Runtime:
             self.alerts.pop(seller)      # the new owner re-fires them; do not resolve
         self.summaries = {key: value for key, value in self.summaries.items() if key in owned}
         self.dirty = set(owned)
+        self.group = None           # applied to the book just replaced; its fetches are read again
         self.evaluated_bucket = None
         log.info("state rebuilt: %d sellers, %d orders in %.2fs", len(owned), orders,
                  time.monotonic() - started)
         self.ready.set()
 
-    def process(self, batch) -> tuple[list, list]:
-        """Apply one fetch of Kafka messages; return (dead letters, reroutes) to send."""
-        settings = self.settings
+    def process(self, records) -> None:
+        """Decode a fetch's records and apply them to the open group (nothing is written yet)."""
+        group = self.group
+        if group is None:
+            group = self.group = Group(self.book.begin())
         wall = time.time()
         wall_dt = datetime.fromtimestamp(wall, timezone.utc)
-        dead, reroute = [], []
-        per_partition: dict[int, list] = defaultdict(list)
-        clocks: dict[int, float] = {}
-        outcome_counts: Counter = Counter()
+        applied = []
+        clocks = group.clocks
+        outcome_counts = group.outcomes
         latencies: dict[str, list[float]] = defaultdict(list)
         owners = self.owners
-        for message in batch:
+        for message in records:
             role = self.role[message.topic]
             try:
                 if role == names.REROUTE_TOPIC:
@@ -311,45 +348,52 @@ class Runtime:
                 else:
                     event = events.decode_on(role, message.value, wall_dt)
             except events.BadEvent as bad:
-                dead.append((message, bad))
+                group.dead.append((message, bad))
                 outcome_counts[(message.topic, "dead_letter")] += 1
                 self.metrics.dead_letters.labels(message.topic, bad.kind).inc()
                 continue
             owner = owners[event.seller_id]
             if role != names.REROUTE_TOPIC and owner != message.partition:
-                reroute.append((message, event.seller_id, owner))
+                group.reroute.append((message, event.seller_id, owner))
                 outcome_counts[(message.topic, "rerouted")] += 1
                 continue
             occurred = event.occurred_at.timestamp()
-            clocks[owner] = max(clocks.get(owner, 0.0), occurred)
-            event_role = events.TOPIC_OF_TYPE[type(event)]
-            per_partition[owner].append((self.topic_name[event_role], event))
-            latencies[self.topic_name[event_role]].append(wall - occurred)
+            if occurred > clocks.get(owner, 0.0):
+                clocks[owner] = occurred
+            topic = self.topic_name[events.TOPIC_OF_TYPE[type(event)]]
+            applied.append((topic, event))
+            latencies[topic].append(wall - occurred)
+        group.records += len(records)
         for topic, values in latencies.items():
             self.metrics.observe_latencies(topic, values)
         if clocks:
             self.event_clock = max(self.event_clock, max(clocks.values()))
-        now = self.now()
-        for partition, applied in per_partition.items():
-            result = self.book.apply(applied, now)
-            outcome_counts.update(result.outcomes)
-            for marketplace, count in result.new_orders.items():
-                self.metrics.orders.labels(marketplace).inc(count)
-            for (marketplace, reason), count in result.new_faults.items():
-                group = names.REASON_GROUP_OF.get(reason, "other")
-                self.metrics.seller_faults.labels(marketplace, group).inc(count)
-            for (marketplace, cause), count in result.new_excluded.items():
-                self.metrics.excluded.labels(marketplace, cause).inc(count)
-            self.dirty.update(result.touched)
-            if settings.clock == "event":
+        self.book.feed(group.pending, applied, self.now())
+
+    def commit(self) -> "Group":
+        """Write the open group's buckets (each once) and count its outcomes; returns the group."""
+        group, self.group = self.group, None
+        result = self.book.finish(group.pending)
+        outcome_counts = group.outcomes
+        outcome_counts.update(result.outcomes)
+        for marketplace, count in result.new_orders.items():
+            self.metrics.orders.labels(marketplace).inc(count)
+        for (marketplace, reason), count in result.new_faults.items():
+            reason_group = names.REASON_GROUP_OF.get(reason, "other")
+            self.metrics.seller_faults.labels(marketplace, reason_group).inc(count)
+        for (marketplace, cause), count in result.new_excluded.items():
+            self.metrics.excluded.labels(marketplace, cause).inc(count)
+        self.dirty.update(result.touched)
+        if self.settings.clock == "event":
+            for partition, clock in group.clocks.items():
                 key = f"{CLOCK_PREFIX}{SEPARATOR}{partition}".encode()
                 stored = self.store.get(key)
-                value = int(clocks[partition] * 1_000_000)
+                value = int(clock * 1_000_000)
                 if stored is None or int(stored) < value:
                     self.store[key] = str(value).encode()
         for (topic, outcome), count in outcome_counts.items():
             self.metrics.events.labels(topic, outcome).inc(count)
-        return dead, reroute
+        return group
 
     # -- alerts ----------------------------------------------------------------
     def dashboard_url(self, seller_id: str, marketplace: str) -> str:
@@ -470,7 +514,9 @@ class Runtime:
                         lag[(tp.topic, tp.partition)] = max(0, highwater - done)
             except Exception as error:  # the consumer may be mid-rebalance; lag is best effort
                 log.debug("lag unavailable: %r", error)
-        keys = len(self.store.table.data._key_index) if self.store is not None else 0
+        # one key per seller and marketplace, and one per bucket holding orders
+        keys = (len(self.book.sellers) + sum(len(state.buckets) for state in self.book.sellers.values())
+                if self.book is not None else 0)
         alerts = [(a.labels[names.LABEL_ALERTNAME], a.labels[names.LABEL_SEVERITY])
                   for per_seller in self.alerts.values() for a in per_seller.values()]
         return ScrapeState(self.summaries, lag, {TABLE_NAME: keys}, alerts,
@@ -545,6 +591,9 @@ def build_app(settings: Settings, policy: policy_module.Policy) -> tuple[faust.A
         broker_max_poll_records=FETCH_MAX_RECORDS,
         consumer_max_fetch_size=FETCH_MAX_PARTITION_BYTES,
         producer_linger=0.005,
+        # The table's changelog goes out in one batch per partition and group (TableStore).
+        producer_max_batch_size=CHANGELOG_BATCH_BYTES,
+        producer_max_request_size=CHANGELOG_BATCH_BYTES + 64 * 1024,
         logging_config=None,
         broker_session_timeout=settings.session_timeout_seconds,
         # faust lets generic variables (WEB_BIND, WEB_PORT, BROKER_URL, ...) override the
@@ -568,7 +617,7 @@ def build_app(settings: Settings, policy: policy_module.Policy) -> tuple[faust.A
                       options={"write_buffer_size": 4 * 1024 * 1024, "max_write_buffer_number": 2,
                                "block_cache_size": 64 * 1024 * 1024,
                                "block_cache_compressed_size": 16 * 1024 * 1024})
-    runtime.store = TableStore(table, settings.orders_topic, runtime.owners)
+    runtime.store = TableStore(table, runtime.owners)
     runtime.metrics.attach(lambda: runtime.scrape_state(app))
 
     @table.on_recover
@@ -580,16 +629,30 @@ def build_app(settings: Settings, policy: policy_module.Policy) -> tuple[faust.A
 
     @app.agent(source)
     async def apply_events(stream):
-        """Applies whole fetches of the source topics (handed over by BatchingConsumer)."""
+        """Applies the fetches of the source topics (handed over by BatchingConsumer) in groups
+        of up to GROUP_RECORDS records: each group writes each touched bucket once, sends its
+        changelog records and dead letters, and only then acknowledges its events."""
         while not app.should_stop:
             fetch = await runtime.fetches.get()
-            if fetch.generation != app.consumer_generation_id:
-                continue   # fetched before a rebalance: faust reads it again from the committed offsets
+            generation = app.consumer_generation_id
+            if fetch.generation != generation or (runtime.group and runtime.group.fetches[0].generation
+                                                  != generation):
+                runtime.group = None   # fetched before a rebalance: read again from the committed offsets
+                if fetch.generation != generation:
+                    continue
             if runtime.book is None:
                 runtime.rebuild()
-            dead, reroute = runtime.process(fetch.records)
+            runtime.process(fetch.records)
+            fetch.records = None     # applied: only the offsets are kept, to acknowledge them
+            runtime.group.fetches.append(fetch)
+            fetch = None
+            if runtime.group.records < GROUP_RECORDS:
+                await asyncio.sleep(0)    # a fetch waiting to be handed over joins the group
+                if not runtime.fetches.empty():
+                    continue
+            group = runtime.commit()
             sends = []
-            for message, bad in dead:
+            for message, bad in group.dead:
                 headers = [
                     (HEADER_PREFIX + "error.kind", bad.kind.encode()),
                     (HEADER_PREFIX + "error.reason", bad.reason.encode()),
@@ -599,7 +662,7 @@ def build_app(settings: Settings, policy: policy_module.Policy) -> tuple[faust.A
                 ]
                 sends.append(await dead_letter_topic.send(key=message.key, value=message.value or b"",
                                                           headers=headers))
-            for message, seller_id, owner in reroute:
+            for message, seller_id, owner in group.reroute:
                 headers = [
                     (HEADER_PREFIX + "source.topic", message.topic.encode()),
                     (HEADER_PREFIX + "source.partition", str(message.partition).encode()),
@@ -607,9 +670,12 @@ def build_app(settings: Settings, policy: policy_module.Policy) -> tuple[faust.A
                 ]
                 sends.append(await reroute_topic.send(key=seller_id.encode(), value=message.value,
                                                       partition=owner, headers=headers))
+            await runtime.store.flush()
             if sends:
                 await asyncio.gather(*sends)
-            app.consumer.ack_fetch(fetch)
+            for applied in group.fetches:
+                app.consumer.ack_fetch(applied)
+            group = sends = None
             if runtime.dirty and runtime.settings.clock == "event":
                 runtime.evaluate()
             runtime.last_fetch_applied = time.monotonic()
@@ -630,6 +696,7 @@ def build_app(settings: Settings, policy: policy_module.Policy) -> tuple[faust.A
     @app.timer(interval=EXPIRY_SECONDS)
     async def expire() -> None:
         runtime.expire()
+        await runtime.store.flush()
 
     @app.page("/sellers/{seller_id}")
     async def seller(web, request, seller_id: str):

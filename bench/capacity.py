@@ -27,10 +27,11 @@ SETTLE_SECONDS = 3.0
 _loads: dict[int, dict] = {}
 
 
-def loaded(sellers: int, workdir: Path) -> dict:
-    """RSS and series of a worker before and after `sellers` active sellers (cached per size)."""
-    if sellers in _loads:
-        return _loads[sellers]
+def loaded(sellers: int, workdir: Path, attempt: int = 0) -> dict:
+    """RSS and series of a fresh worker before and after `sellers` active sellers (cached per
+    size and attempt)."""
+    if (sellers, attempt) in _loads:
+        return _loads[(sellers, attempt)]
     base = tag(f"load{sellers}")
     orders, cancellations = f"{base}-orders", f"{base}-cancellations"
     create_topics([orders, cancellations])
@@ -56,7 +57,7 @@ def loaded(sellers: int, workdir: Path) -> dict:
         result["rss_bytes_per_seller"] = (result["loaded_rss_bytes"] - idle_rss) / sellers
         log(f"load {sellers} sellers: {result['rss_bytes_per_seller']:.0f} B RSS per seller, "
             f"{result['loaded_series']} series")
-        _loads[sellers] = result
+        _loads[(sellers, attempt)] = result
         return result
     finally:
         worker.stop()
@@ -64,11 +65,18 @@ def loaded(sellers: int, workdir: Path) -> dict:
 
 
 def memory(sizes: dict, workdir: Path) -> dict:
-    loads = [loaded(n, workdir) for n in sizes["memory_sellers"]]
+    """Per size, `memory_runs` fresh workers; the run with the median RSS per seller stands for
+    the size, with the spread of all runs beside it (RSS after a burst varies from run to run
+    with where the heap's long-lived objects landed)."""
+    loads = []
+    for sellers in sizes["memory_sellers"]:
+        runs = sorted((loaded(sellers, workdir, attempt) for attempt in range(sizes["memory_runs"])),
+                      key=lambda load: load["rss_bytes_per_seller"])
+        per_seller = [load["rss_bytes_per_seller"] for load in runs]
+        loads.append({**runs[(len(runs) - 1) // 2], "runs_rss_bytes_per_seller": per_seller})
     worst = max(load["rss_bytes_per_seller"] for load in loads)
-    # What one more seller costs, the worker's fixed costs (bucket cache, RocksDB write
-    # buffers, the heap a fetch of 20,000 events leaves behind) taken out: the slope
-    # between the smallest and the largest load.
+    # What one more seller costs, the worker's fixed costs (RocksDB write buffers, the heap
+    # a burst leaves behind) taken out: the slope between the smallest and the largest load.
     small, large = min(loads, key=lambda l: l["sellers"]), max(loads, key=lambda l: l["sellers"])
     marginal = None
     if large["sellers"] > small["sellers"]:

@@ -36,7 +36,7 @@ FULL = {
     # alert latency
     "crossings": 200, "background_rate": 500.0, "crossing_timeout": 10.0, "crossing_gap": 0.05,
     # memory, series, state and recovery
-    "memory_sellers": [10_000, 100_000], "series_sellers": [1_000, 100_000],
+    "memory_sellers": [10_000, 100_000], "memory_runs": 3, "series_sellers": [1_000, 100_000],
     "state_orders": 1_000_000, "state_ingest_cap_seconds": 600.0, "recovery_cap_seconds": 240.0,
 }
 QUICK = {
@@ -44,7 +44,7 @@ QUICK = {
     "sellers": 200, "events": 100_000, "repetitions": 1, "cap_seconds": 20.0, "faust_cap_seconds": 10.0,
     "worker_cap_seconds": 40.0, "profile_seconds": 10.0, "scaleout_events": 50_000,
     "crossings": 30, "background_rate": 200.0,
-    "memory_sellers": [10_000], "series_sellers": [1_000, 10_000],
+    "memory_sellers": [10_000], "memory_runs": 1, "series_sellers": [1_000, 10_000],
     "state_orders": 50_000, "state_ingest_cap_seconds": 180.0, "recovery_cap_seconds": 60.0,
 }
 

@@ -7,7 +7,7 @@ events/s however little the agent does. `BatchingConsumer` keeps faust's
 consumer (group membership, assignment, table recovery, flow suspension,
 offset tracking, gaps and commits) and changes one thing: the records of the
 source topics named in `batch_topics` are handed over per fetch, as they come
-from aiokafka (`await handoff(fetch)`), and acknowledged per fetch
+from aiokafka (through a `Mailbox`), and acknowledged per fetch
 (`ack_fetch(fetch)`) after the agent applied them, so offsets are committed
 only for applied records, exactly as before.
 
@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable, Sequence
+from typing import Sequence
 
 from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers import aiokafka as aiokafka_driver
@@ -53,19 +53,44 @@ class Fetch:
     generation: int
     records: list = field(default_factory=list)        # aiokafka ConsumerRecords
     offsets: dict = field(default_factory=dict)        # TP -> [offset, ...]
+    full: bool = False                                 # as many records as a fetch holds: more wait
 
 
-Handoff = Callable[[Fetch], Awaitable[None]]
+class Mailbox:
+    """Fetches from the consumer to the agent, one at a time.
+
+    The consumer reads the next fetch only once the agent has taken the previous
+    one, so the records of at most two fetches are alive: the one being applied
+    and the next one, read in the meantime."""
+
+    def __init__(self) -> None:
+        self._queue: asyncio.Queue = asyncio.Queue(maxsize=1)
+        self._taken = asyncio.Event()
+
+    def has_room(self) -> bool:
+        return self._queue.empty()
+
+    async def room(self) -> None:
+        while not self._queue.empty():
+            self._taken.clear()
+            await self._taken.wait()
+
+    async def put(self, fetch: Fetch) -> None:
+        await self._queue.put(fetch)
+
+    async def get(self) -> Fetch:
+        fetch = await self._queue.get()
+        self._taken.set()
+        return fetch
 
 
 class BatchingConsumer(aiokafka_driver.Consumer):
     batch_topics: frozenset[str] = frozenset()
-    handoff: Handoff | None = None
+    mailbox: Mailbox | None = None
 
     @classmethod
-    def for_topics(cls, topics: Sequence[str], handoff: Handoff) -> type["BatchingConsumer"]:
-        return type("BatchingConsumer", (cls,), {"batch_topics": frozenset(topics),
-                                                 "handoff": staticmethod(handoff)})
+    def for_topics(cls, topics: Sequence[str], mailbox: Mailbox) -> type["BatchingConsumer"]:
+        return type("BatchingConsumer", (cls,), {"batch_topics": frozenset(topics), "mailbox": mailbox})
 
     def ack_fetch(self, fetch: Fetch) -> None:
         """Acknowledge every record of an applied fetch."""
@@ -95,7 +120,8 @@ class BatchingConsumer(aiokafka_driver.Consumer):
         commit_every = self._commit_every
         acks_enabled_for = self.app.topics.acks_enabled_for
         batch_topics = self.batch_topics
-        handoff = self.handoff
+        mailbox = self.mailbox
+        max_records = self.app.conf.broker_max_poll_records
         to_message = self._to_message
         try:
             while not (consumer_should_stop() or fetcher_should_stop()):
@@ -103,6 +129,8 @@ class BatchingConsumer(aiokafka_driver.Consumer):
                 await self.sleep(0)
                 if self.should_stop:
                     break
+                if not mailbox.has_room():
+                    await self.wait_first(mailbox.room(), self.suspend_flow.wait())
                 records, active = await self._wait_next_records(1.0)
                 if not records or self.should_stop:
                     unset_flag(CONSUMER_FETCHING)
@@ -111,7 +139,8 @@ class BatchingConsumer(aiokafka_driver.Consumer):
                     await self.perform_seek()   # as faust's getmany: read again from the committed offsets
                     unset_flag(CONSUMER_FETCHING)
                     continue
-                fetch = Fetch(self.app.consumer_generation_id)
+                fetch = Fetch(self.app.consumer_generation_id,
+                              full=max_records is not None and sum(map(len, records.values())) >= max_records)
                 for tp, batch in records.items():
                     if not batch or not (active is None or tp in active or tp in self._buffered_partitions):
                         continue
@@ -134,7 +163,7 @@ class BatchingConsumer(aiokafka_driver.Consumer):
                     self._n_acked = 0
                     await self.commit()
                 if fetch.records:
-                    handed = asyncio.ensure_future(handoff(fetch))
+                    handed = asyncio.ensure_future(mailbox.put(fetch))
                     await self.wait_first(handed, self.suspend_flow.wait())
                     if not handed.done():
                         # Flow suspended for a rebalance: drop the fetch; faust seeks

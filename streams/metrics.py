@@ -109,9 +109,9 @@ class Metrics:
 class ScrapeState:
     """The worker's state as the collector sees it."""
 
-    def __init__(self, summaries: dict, lag: dict, table_keys: dict, alerts: Iterable[tuple[str, str]],
+    def __init__(self, summaries, lag: dict, table_keys: dict, alerts: Iterable[tuple[str, str]],
                  queue: int, clock: float) -> None:
-        self.summaries = summaries      # (seller_id, marketplace) -> SellerSummary
+        self.summaries = summaries      # .items(): ((seller_id, marketplace), SellerSummary)
         self.lag = lag                  # (topic, partition) -> messages
         self.table_keys = table_keys    # table -> keys
         self.alerts = alerts            # (alertname, severity) per firing alert

@@ -18,7 +18,7 @@ in the worker, a dict in tests).
 from __future__ import annotations
 
 import dataclasses
-from collections import Counter, OrderedDict
+from collections import Counter
 from typing import Iterable, Iterator, MutableMapping
 
 from streams import events, ledger, names, window
@@ -31,6 +31,7 @@ SEEN = "~"
 
 # Bucket numbers shared by every seller's dict of buckets (one int object per hour, not per seller).
 _BUCKET_NUMBERS: dict[int, int] = {}
+_MARKETPLACES = {marketplace: marketplace for marketplace in names.MARKETPLACES}
 
 
 def bucket_key(seller_id: str, marketplace: str, bucket: int) -> bytes:
@@ -85,12 +86,13 @@ def _bump(counts: dict[str, int] | None, key: str, sign: int) -> dict[str, int] 
 class SellerState:
     """Derived totals of one seller in one marketplace."""
 
-    __slots__ = ("seller_id", "marketplace", "buckets", "listing")
+    __slots__ = ("seller_id", "marketplace", "buckets", "listing", "summary")
 
     def __init__(self, seller_id: str, marketplace: str) -> None:
         self.seller_id = seller_id
-        self.marketplace = marketplace
+        self.marketplace = _MARKETPLACES.get(marketplace, marketplace)   # one str per marketplace
         self.buckets: dict[int, BucketTotals | int] = {}
+        self.summary = None     # the worker's last evaluation (metrics.SellerSummary), shared
         # sku -> latest orders containing it, newest first: (purchase, order_id, seller-fault for this sku)
         self.listing: dict[str, tuple[tuple[int, str, bool], ...]] | None = None
 
@@ -172,8 +174,7 @@ class BatchResult:
 class Book:
     """All sellers' derived totals, and the rules to change them from events."""
 
-    def __init__(self, policy: Policy, store: MutableMapping[bytes, bytes],
-                 cache_orders: int = 20_000) -> None:
+    def __init__(self, policy: Policy, store: MutableMapping[bytes, bytes]) -> None:
         self.policy = policy
         self.store = store
         self.sellers: dict[tuple[str, str], SellerState] = {}
@@ -181,11 +182,6 @@ class Book:
         # marketplace -> buckets of its longest rate window (older events are "late")
         self._rate_buckets = {marketplace: max(policy.window_buckets(w) for w in policy.windows(marketplace))
                               for marketplace in names.MARKETPLACES}
-        # Decoded buckets recently written, so a busy seller's current bucket is not
-        # decoded again for every batch; bounded by the orders it holds.
-        self._cache: OrderedDict[bytes, ledger.Bucket] = OrderedDict()
-        self._cache_limit = cache_orders
-        self._cached_orders = 0
 
     # -- reading -------------------------------------------------------------
     def seller(self, seller_id: str, marketplace: str) -> SellerState | None:
@@ -195,11 +191,15 @@ class Book:
         return (state for (_, mkt), state in self.sellers.items() if mkt == marketplace)
 
     def _state(self, seller_id: str, marketplace: str) -> SellerState:
-        key = (seller_id, marketplace)
-        state = self.sellers.get(key)
+        state = self.sellers.get((seller_id, marketplace))
         if state is None:
-            state = self.sellers[key] = SellerState(seller_id, marketplace)
+            state = self._new_state(seller_id, marketplace)
             self.store[seen_key(seller_id, marketplace)] = b""
+        return state
+
+    def _new_state(self, seller_id: str, marketplace: str) -> SellerState:
+        state = SellerState(seller_id, marketplace)
+        self.sellers[(state.seller_id, state.marketplace)] = state
         return state
 
     def _listing_depth(self, marketplace: str) -> int:
@@ -216,7 +216,7 @@ class Book:
             seller_id, marketplace, bucket = parsed
             state = self.sellers.get((seller_id, marketplace))
             if state is None:
-                state = self.sellers[(seller_id, marketplace)] = SellerState(seller_id, marketplace)
+                state = self._new_state(seller_id, marketplace)
             if bucket is None:
                 continue
             depth = self._listing_depth(marketplace)
@@ -280,7 +280,6 @@ class Book:
             if not originals:
                 continue
             self.store[key] = ledger.encode_bucket(orders)
-            self._remember(key, orders)
             result.writes += 1
             depth = self._listing_depth(state.marketplace)
             for order_id, old in originals.items():
@@ -292,27 +291,9 @@ class Book:
         return result
 
     def _open(self, key: bytes) -> ledger.Bucket:
-        """A private copy of the bucket's records (from the cache, or decoded from the store)."""
-        cached = self._cache.get(key)
-        if cached is not None:
-            return dict(cached)
+        """The bucket's records, decoded from the store (a private copy for the batch)."""
         raw = self.store.get(key)
         return ledger.decode_bucket(raw) if raw else {}
-
-    def _remember(self, key: bytes, orders: ledger.Bucket) -> None:
-        previous = self._cache.pop(key, None)
-        if previous is not None:
-            self._cached_orders -= len(previous)
-        self._cache[key] = orders
-        self._cached_orders += len(orders)
-        while self._cached_orders > self._cache_limit and self._cache:
-            _, evicted = self._cache.popitem(last=False)
-            self._cached_orders -= len(evicted)
-
-    def _forget(self, key: bytes) -> None:
-        evicted = self._cache.pop(key, None)
-        if evicted is not None:
-            self._cached_orders -= len(evicted)
 
     @staticmethod
     def _count_news(marketplace: str, old: Record | None, new: Record, result: BatchResult) -> None:
@@ -334,7 +315,6 @@ class Book:
         for state in self.sellers.values():
             for bucket in state.drop_before(oldest_bucket, oldest_purchase):
                 key = bucket_key(state.seller_id, state.marketplace, bucket)
-                self._forget(key)
                 if key in self.store:
                     del self.store[key]
                 deleted += 1

@@ -46,7 +46,7 @@ from kafka.errors import KafkaError, NoBrokersAvailable, TopicAlreadyExistsError
 
 from streams import alerting, events, names, policy as policy_module, settings as settings_module, window
 from streams.alertmanager import Alert, AlertSender
-from streams.consumer import BatchingConsumer
+from streams.consumer import BatchingConsumer, Mailbox
 from streams.metrics import Metrics, ScrapeState, SellerSummary, rate_band
 from streams.settings import Settings
 from streams.state import Book, SEPARATOR
@@ -58,8 +58,10 @@ TABLE_NAME = "order-buckets"
 CLOCK_PREFIX = "~clock"
 ALERT_TICK_SECONDS = 0.05
 EXPIRY_SECONDS = 300.0
-FETCH_MAX_RECORDS = 5_000                      # records per fetch handed to the agent
+FETCH_MAX_RECORDS = 1_000                      # records per fetch handed to the agent
 GROUP_RECORDS = 20_000                         # records applied, written and acknowledged together
+GROUP_BUCKETS = 4_000                          # buckets a group holds open (decoded), at most
+GROUP_WAIT_SECONDS = 0.5                       # longest wait for the next fetch of a group
 FETCH_MAX_PARTITION_BYTES = 8 * 1024 * 1024    # bytes per partition per fetch request
 HEADER_PREFIX = "cancelwatch."
 CHANGELOG_BATCH_BYTES = 512 * 1024             # changelog records per produce batch (bytes)
@@ -242,6 +244,20 @@ def _described(admin: KafkaAdminClient, topics: list[str], timeout: float = 30.0
         time.sleep(0.2)
 
 
+class Summaries:
+    """(seller_id, marketplace) -> SellerSummary of every evaluated seller, read at scrape time
+    (the summary is kept on the seller's state, not in a dict of its own)."""
+
+    def __init__(self, book: Book | None) -> None:
+        self.book = book
+
+    def items(self) -> Iterator[tuple[tuple[str, str], SellerSummary]]:
+        if self.book is None:
+            return iter(())
+        return (((state.seller_id, state.marketplace), state.summary)
+                for state in self.book.sellers.values() if state.summary is not None)
+
+
 class Group:
     """Fetches applied together: their events go into one batch of the book, which is
     written (each touched bucket once), flushed and acknowledged as one."""
@@ -256,6 +272,10 @@ class Group:
         self.outcomes: Counter = Counter()      # (topic, outcome) -> events
         self.dead: list = []                    # (record, BadEvent)
         self.reroute: list = []                 # (record, seller_id, owner partition)
+
+    def complete(self) -> bool:
+        """Large enough to commit without waiting for more fetches."""
+        return self.records >= GROUP_RECORDS or len(self.pending.buckets) >= GROUP_BUCKETS
 
 
 class Runtime:
@@ -272,7 +292,6 @@ class Runtime:
         self.owners = Owners(settings.partitions)
         self.event_clock = 0.0
         self.dirty: set[tuple[str, str]] = set()
-        self.summaries: dict[tuple[str, str], SellerSummary] = {}
         self._summary_pool: dict[tuple, SellerSummary] = {}
         self.alerts: dict[tuple[str, str], dict] = {}   # seller -> {AlertKey: Alert}
         self.evaluated_bucket: int | None = None
@@ -281,7 +300,7 @@ class Runtime:
         self.ready = asyncio.Event()
         self.last_fetch_applied = 0.0   # monotonic time the agent last applied a fetch
         # Whole fetches of the source topics, from BatchingConsumer to the agent.
-        self.fetches: asyncio.Queue = asyncio.Queue(maxsize=1)
+        self.fetches = Mailbox()
         self.group: Group | None = None
         self.role = {
             settings.orders_topic: names.ORDERS_TOPIC,
@@ -320,7 +339,6 @@ class Runtime:
         owned = set(book.sellers)
         for seller in [s for s in self.alerts if s not in owned]:
             self.alerts.pop(seller)      # the new owner re-fires them; do not resolve
-        self.summaries = {key: value for key, value in self.summaries.items() if key in owned}
         self.dirty = set(owned)
         self.group = None           # applied to the book just replaced; its fetches are read again
         self.evaluated_bucket = None
@@ -438,7 +456,7 @@ class Runtime:
                 continue
             windows = window.seller_windows(state.buckets, state.marketplace, self.policy, now_bucket)
             first = windows[0]
-            self.summaries[key] = self._shared_summary(
+            state.summary = self._shared_summary(
                 max((w.status for w in windows), key=names.STATUSES.index),
                 rate_band(first.orders, first.cancelled),
                 tuple((w.window.days, w.orders, w.cancelled, w.window.limit_bps) for w in windows),
@@ -519,7 +537,7 @@ class Runtime:
                 if self.book is not None else 0)
         alerts = [(a.labels[names.LABEL_ALERTNAME], a.labels[names.LABEL_SEVERITY])
                   for per_seller in self.alerts.values() for a in per_seller.values()]
-        return ScrapeState(self.summaries, lag, {TABLE_NAME: keys}, alerts,
+        return ScrapeState(Summaries(self.book), lag, {TABLE_NAME: keys}, alerts,
                            self.sender.pending() if self.sender else 0, self.now())
 
 
@@ -625,60 +643,82 @@ def build_app(settings: Settings, policy: policy_module.Policy) -> tuple[faust.A
         runtime.rebuild()
 
     app.transport.Consumer = BatchingConsumer.for_topics(
-        [settings.orders_topic, settings.cancellations_topic, settings.reroute_topic], runtime.fetches.put)
+        [settings.orders_topic, settings.cancellations_topic, settings.reroute_topic], runtime.fetches)
 
     @app.agent(source)
     async def apply_events(stream):
         """Applies the fetches of the source topics (handed over by BatchingConsumer) in groups
         of up to GROUP_RECORDS records: each group writes each touched bucket once, sends its
         changelog records and dead letters, and only then acknowledges its events."""
-        while not app.should_stop:
-            fetch = await runtime.fetches.get()
-            generation = app.consumer_generation_id
-            if fetch.generation != generation or (runtime.group and runtime.group.fetches[0].generation
-                                                  != generation):
-                runtime.group = None   # fetched before a rebalance: read again from the committed offsets
-                if fetch.generation != generation:
+        taking = None
+        try:
+            while not app.should_stop:
+                if taking is None:
+                    taking = asyncio.ensure_future(runtime.fetches.get())
+                if runtime.group is not None and not taking.done():
+                    # The last fetch was full, so the next one is on its way; a group is not
+                    # held open longer than GROUP_WAIT_SECONDS for it.
+                    await asyncio.wait({taking}, timeout=GROUP_WAIT_SECONDS)
+                    if not taking.done():
+                        await commit_group()
+                        continue
+                fetch = await taking
+                taking = None
+                generation = app.consumer_generation_id
+                if fetch.generation != generation or (runtime.group and runtime.group.fetches[0].generation
+                                                      != generation):
+                    runtime.group = None   # fetched before a rebalance: read again from the committed offsets
+                    if fetch.generation != generation:
+                        continue
+                if runtime.book is None:
+                    runtime.rebuild()
+                runtime.process(fetch.records)
+                fetch.records = None     # applied: only the offsets are kept, to acknowledge them
+                runtime.group.fetches.append(fetch)
+                more_waiting, fetch = fetch.full, None
+                if more_waiting and not runtime.group.complete():
                     continue
-            if runtime.book is None:
-                runtime.rebuild()
-            runtime.process(fetch.records)
-            fetch.records = None     # applied: only the offsets are kept, to acknowledge them
-            runtime.group.fetches.append(fetch)
-            fetch = None
-            if runtime.group.records < GROUP_RECORDS:
-                await asyncio.sleep(0)    # a fetch waiting to be handed over joins the group
-                if not runtime.fetches.empty():
-                    continue
-            group = runtime.commit()
-            sends = []
-            for message, bad in group.dead:
-                headers = [
-                    (HEADER_PREFIX + "error.kind", bad.kind.encode()),
-                    (HEADER_PREFIX + "error.reason", bad.reason.encode()),
-                    (HEADER_PREFIX + "source.topic", message.topic.encode()),
-                    (HEADER_PREFIX + "source.partition", str(message.partition).encode()),
-                    (HEADER_PREFIX + "source.offset", str(message.offset).encode()),
-                ]
-                sends.append(await dead_letter_topic.send(key=message.key, value=message.value or b"",
-                                                          headers=headers))
-            for message, seller_id, owner in group.reroute:
-                headers = [
-                    (HEADER_PREFIX + "source.topic", message.topic.encode()),
-                    (HEADER_PREFIX + "source.partition", str(message.partition).encode()),
-                    (HEADER_PREFIX + "source.offset", str(message.offset).encode()),
-                ]
-                sends.append(await reroute_topic.send(key=seller_id.encode(), value=message.value,
-                                                      partition=owner, headers=headers))
-            await runtime.store.flush()
-            if sends:
-                await asyncio.gather(*sends)
-            for applied in group.fetches:
-                app.consumer.ack_fetch(applied)
-            group = sends = None
-            if runtime.dirty and runtime.settings.clock == "event":
-                runtime.evaluate()
-            runtime.last_fetch_applied = time.monotonic()
+                await commit_group()
+        finally:
+            if taking is not None and not taking.done():
+                taking.cancel()   # a fetch it would take stays unacknowledged: read again after restart
+
+    async def commit_group() -> None:
+        """Write the open group, send its changelog, dead letters and reroutes, then acknowledge it."""
+        if runtime.group is None:
+            return
+        if runtime.group.fetches[0].generation != app.consumer_generation_id:
+            runtime.group = None   # fetched before a rebalance: read again from the committed offsets
+            return
+        group = runtime.commit()
+        sends = []
+        for message, bad in group.dead:
+            headers = [
+                (HEADER_PREFIX + "error.kind", bad.kind.encode()),
+                (HEADER_PREFIX + "error.reason", bad.reason.encode()),
+                (HEADER_PREFIX + "source.topic", message.topic.encode()),
+                (HEADER_PREFIX + "source.partition", str(message.partition).encode()),
+                (HEADER_PREFIX + "source.offset", str(message.offset).encode()),
+            ]
+            sends.append(await dead_letter_topic.send(key=message.key, value=message.value or b"",
+                                                      headers=headers))
+        for message, seller_id, owner in group.reroute:
+            headers = [
+                (HEADER_PREFIX + "source.topic", message.topic.encode()),
+                (HEADER_PREFIX + "source.partition", str(message.partition).encode()),
+                (HEADER_PREFIX + "source.offset", str(message.offset).encode()),
+            ]
+            sends.append(await reroute_topic.send(key=seller_id.encode(), value=message.value,
+                                                  partition=owner, headers=headers))
+        await runtime.store.flush()
+        if sends:
+            await asyncio.gather(*sends)
+        for applied in group.fetches:
+            app.consumer.ack_fetch(applied)
+        group = sends = None
+        if runtime.dirty and runtime.settings.clock == "event":
+            runtime.evaluate()
+        runtime.last_fetch_applied = time.monotonic()
 
     @app.task
     async def alert_loop() -> None:

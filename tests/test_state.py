@@ -157,3 +157,31 @@ def test_expiry_deletes_old_buckets_from_store_and_totals():
     assert book.expire(NOW.timestamp() + 3 * 86400) == 1
     assert list(store) == [b"S1\x1fUS\x1f~"]
     assert book.seller("S1", "US").buckets == {}
+
+
+@hyp_settings(max_examples=100, deadline=None)
+@given(order_streams())
+def test_a_group_fed_in_slices_writes_each_bucket_once_and_matches_the_oracle(case):
+    # The worker feeds a group's fetches one by one (Book.feed) and writes at the end
+    # (Book.finish): each touched bucket is written once per group, whatever the slices.
+    stream, seed = case
+    now = NOW.timestamp()
+    writes: dict = {}
+
+    class CountingStore(dict):
+        def __setitem__(self, key, value):
+            writes[key] = writes.get(key, 0) + 1
+            super().__setitem__(key, value)
+
+    store = CountingStore()
+    book = Book(POLICY, store)
+    slices = deliver(stream, seed)
+    for start in range(0, len(slices), 3):
+        pending = book.begin()
+        for batch in slices[start:start + 3]:
+            book.feed(pending, [(events.TOPIC_OF_TYPE[type(e)], e) for e in batch], now)
+        before = dict(writes)
+        book.finish(pending)
+        assert all(count - before.get(key, 0) <= 1 for key, count in writes.items()), \
+            "a bucket written twice by one group"
+    assert book_answers(book, now) == oracle.compute(stream, now, POLICY)

@@ -8,8 +8,9 @@ consumer (group membership, assignment, table recovery, flow suspension,
 offset tracking, gaps and commits) and changes one thing: the records of the
 source topics named in `batch_topics` are handed over per fetch, as they come
 from aiokafka (through a `Mailbox`), and acknowledged per fetch
-(`ack_fetch(fetch)`) after the agent applied them, so offsets are committed
-only for applied records, exactly as before.
+(`ack_fetch(fetch)`) once the agent has applied them and the broker has the
+changelog records of their writes, so offsets are committed only for applied
+records, exactly as before.
 
 Table recovery gets the same treatment. faust restores a table one changelog
 record at a time through the same per-message path (about 80 µs each, so a

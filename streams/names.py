@@ -163,7 +163,7 @@ METRICS = {
     ),
     "cancelwatch_table_keys": (
         "gauge", ("table",),
-        "Keys held in each state table on this worker.",
+        "Order buckets plus sellers held in each state table on this worker (its keys, near enough).",
     ),
     "cancelwatch_alerts_active": (
         "gauge", ("alertname", "severity"),

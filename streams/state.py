@@ -164,7 +164,7 @@ class Pending:
 @dataclasses.dataclass
 class BatchResult:
     outcomes: Counter  # (topic_role, outcome) -> events
-    touched: set       # (seller_id, marketplace) whose totals may have changed
+    touched: set       # SellerStates whose totals may have changed
     new_orders: Counter      # marketplace -> orders that entered a denominator
     new_faults: Counter      # (marketplace, reason) -> orders that became seller-fault
     new_excluded: Counter    # (marketplace, cause) -> orders newly excluded for a cause
@@ -177,7 +177,8 @@ class Book:
     def __init__(self, policy: Policy, store: MutableMapping[bytes, bytes]) -> None:
         self.policy = policy
         self.store = store
-        self.sellers: dict[tuple[str, str], SellerState] = {}
+        # marketplace -> seller_id -> state (no key tuple per seller)
+        self._markets: dict[str, dict[str, SellerState]] = {}
         self.listing_depth = policy.listing_consecutive
         # marketplace -> buckets of its longest rate window (older events are "late")
         self._rate_buckets = {marketplace: max(policy.window_buckets(w) for w in policy.windows(marketplace))
@@ -185,21 +186,34 @@ class Book:
 
     # -- reading -------------------------------------------------------------
     def seller(self, seller_id: str, marketplace: str) -> SellerState | None:
-        return self.sellers.get((seller_id, marketplace))
+        by_seller = self._markets.get(marketplace)
+        return by_seller.get(seller_id) if by_seller is not None else None
 
     def in_marketplace(self, marketplace: str) -> Iterator[SellerState]:
-        return (state for (_, mkt), state in self.sellers.items() if mkt == marketplace)
+        return iter(self._markets.get(marketplace, {}).values())
 
-    def _state(self, seller_id: str, marketplace: str) -> SellerState:
-        state = self.sellers.get((seller_id, marketplace))
+    def states(self) -> Iterator[SellerState]:
+        """Every seller's state, in every marketplace."""
+        for by_seller in self._markets.values():
+            yield from by_seller.values()
+
+    def __len__(self) -> int:
+        return sum(len(by_seller) for by_seller in self._markets.values())
+
+    def _state(self, seller_id: str, marketplace: str, mark: bool = False) -> SellerState:
+        """The seller's state, created when new. `mark`: the event leaves no order bucket behind
+        (AFN, too old), so a marker key keeps the seller known after a restart; a seller with a
+        bucket is known from the bucket's key."""
+        state = self.seller(seller_id, marketplace)
         if state is None:
             state = self._new_state(seller_id, marketplace)
-            self.store[seen_key(seller_id, marketplace)] = b""
+            if mark:
+                self.store[seen_key(seller_id, marketplace)] = b""
         return state
 
     def _new_state(self, seller_id: str, marketplace: str) -> SellerState:
         state = SellerState(seller_id, marketplace)
-        self.sellers[(state.seller_id, state.marketplace)] = state
+        self._markets.setdefault(state.marketplace, {})[seller_id] = state
         return state
 
     def _listing_depth(self, marketplace: str) -> int:
@@ -214,7 +228,7 @@ class Book:
             if parsed is None:
                 continue
             seller_id, marketplace, bucket = parsed
-            state = self.sellers.get((seller_id, marketplace))
+            state = self.seller(seller_id, marketplace)
             if state is None:
                 state = self._new_state(seller_id, marketplace)
             if bucket is None:
@@ -247,13 +261,13 @@ class Book:
         rate_buckets = self._rate_buckets
         for role, event in batch:
             if event.fulfillment_channel == "AFN":
-                self._state(event.seller_id, event.marketplace)
+                self._state(event.seller_id, event.marketplace, mark=True)
                 outcomes[(role, "afn")] += 1
                 continue
             bucket = window.bucket_of(event.purchase_date.timestamp(), bucket_seconds)
             late = bucket <= now_bucket - rate_buckets[event.marketplace]
             if bucket <= now_bucket - keep_buckets:
-                self._state(event.seller_id, event.marketplace)
+                self._state(event.seller_id, event.marketplace, mark=True)
                 outcomes[(role, "late")] += 1
                 continue
             opened = open_buckets.get((event.seller_id, event.marketplace, bucket))
@@ -286,7 +300,7 @@ class Book:
                 new = orders[order_id]
                 state.change(bucket, order_id, old, new, depth)
                 self._count_news(state.marketplace, old, new, result)
-            result.touched.add((state.seller_id, state.marketplace))
+            result.touched.add(state)
         pending.buckets.clear()
         return result
 
@@ -312,10 +326,13 @@ class Book:
         oldest_purchase = int(now) - policy.retention_seconds
         oldest_bucket = window.bucket_of(oldest_purchase, policy.bucket_seconds)
         deleted = 0
-        for state in self.sellers.values():
-            for bucket in state.drop_before(oldest_bucket, oldest_purchase):
+        for state in self.states():
+            dropped = state.drop_before(oldest_bucket, oldest_purchase)
+            for bucket in dropped:
                 key = bucket_key(state.seller_id, state.marketplace, bucket)
                 if key in self.store:
                     del self.store[key]
                 deleted += 1
+            if dropped and not state.buckets:   # its last bucket gone: a marker keeps it known
+                self.store[seen_key(state.seller_id, state.marketplace)] = b""
         return deleted

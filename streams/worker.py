@@ -66,6 +66,7 @@ FETCH_MAX_PARTITION_BYTES = 8 * 1024 * 1024    # bytes per partition per fetch r
 HEADER_PREFIX = "cancelwatch."
 CHANGELOG_BATCH_BYTES = 512 * 1024             # changelog records per produce batch (bytes)
 TRIM_QUIET_SECONDS = 1.0                       # trim the heap once fetches paused this long
+TRIM_IDLE_SECONDS = 10.0                       # and again this often while they stay paused
 SUMMARY_POOL_SIZE = 100_000                    # distinct seller summaries kept for sharing
 GC_THRESHOLD = 50_000                          # allocations between young collections (default 700)
 
@@ -255,7 +256,7 @@ class Summaries:
         if self.book is None:
             return iter(())
         return (((state.seller_id, state.marketplace), state.summary)
-                for state in self.book.sellers.values() if state.summary is not None)
+                for state in self.book.states() if state.summary is not None)
 
 
 class Group:
@@ -291,7 +292,7 @@ class Runtime:
         self.store: TableStore | None = None
         self.owners = Owners(settings.partitions)
         self.event_clock = 0.0
-        self.dirty: set[tuple[str, str]] = set()
+        self.dirty: set = set()     # SellerStates to evaluate
         self._summary_pool: dict[tuple, SellerSummary] = {}
         self.alerts: dict[tuple[str, str], dict] = {}   # seller -> {AlertKey: Alert}
         self.evaluated_bucket: int | None = None
@@ -336,13 +337,13 @@ class Runtime:
         orders = book.load(items)
         self.book = book
         self.event_clock = max(self.event_clock, clock)
-        owned = set(book.sellers)
+        owned = {(state.seller_id, state.marketplace) for state in book.states()}
         for seller in [s for s in self.alerts if s not in owned]:
             self.alerts.pop(seller)      # the new owner re-fires them; do not resolve
-        self.dirty = set(owned)
+        self.dirty = set(book.states())
         self.group = None           # applied to the book just replaced; its fetches are read again
         self.evaluated_bucket = None
-        log.info("state rebuilt: %d sellers, %d orders in %.2fs", len(owned), orders,
+        log.info("state rebuilt: %d sellers, %d orders in %.2fs", len(book), orders,
                  time.monotonic() - started)
         self.ready.set()
 
@@ -443,17 +444,15 @@ class Runtime:
             waited = time.monotonic() - self.last_full_end
             if waited >= 10 * self.last_full_seconds:
                 self.evaluated_bucket = now_bucket
-                self.dirty = set(self.book.sellers)
+                self.dirty = set(self.book.states())
                 full = True
         if not self.dirty:
             return
         started = time.monotonic()
         dirty, self.dirty = self.dirty, set()
         starts = datetime.now(timezone.utc)
-        for key in dirty:
-            state = self.book.sellers.get(key)
-            if state is None:
-                continue
+        for state in dirty:
+            key = (state.seller_id, state.marketplace)
             windows = window.seller_windows(state.buckets, state.marketplace, self.policy, now_bucket)
             first = windows[0]
             state.summary = self._shared_summary(
@@ -533,7 +532,7 @@ class Runtime:
             except Exception as error:  # the consumer may be mid-rebalance; lag is best effort
                 log.debug("lag unavailable: %r", error)
         # one key per seller and marketplace, and one per bucket holding orders
-        keys = (len(self.book.sellers) + sum(len(state.buckets) for state in self.book.sellers.values())
+        keys = (len(self.book) + sum(len(state.buckets) for state in self.book.states())
                 if self.book is not None else 0)
         alerts = [(a.labels[names.LABEL_ALERTNAME], a.labels[names.LABEL_SEVERITY])
                   for per_seller in self.alerts.values() for a in per_seller.values()]
@@ -632,7 +631,7 @@ def build_app(settings: Settings, policy: policy_module.Policy) -> tuple[faust.A
                                            "min.cleanable.dirty.ratio": "0.2"},
                       # RocksDB's faust defaults (64 MiB x 3 write buffers and a 2 GiB block cache
                       # per partition) would dwarf the state itself; the values are small and hot.
-                      options={"write_buffer_size": 4 * 1024 * 1024, "max_write_buffer_number": 2,
+                      options={"write_buffer_size": 512 * 1024, "max_write_buffer_number": 2,
                                "block_cache_size": 64 * 1024 * 1024,
                                "block_cache_compressed_size": 16 * 1024 * 1024})
     runtime.store = TableStore(table, runtime.owners)
@@ -729,7 +728,9 @@ def build_app(settings: Settings, policy: policy_module.Policy) -> tuple[faust.A
         while not app.should_stop:
             await asyncio.sleep(ALERT_TICK_SECONDS)
             runtime.evaluate()
-            if trimmed < runtime.last_fetch_applied < time.monotonic() - TRIM_QUIET_SECONDS:
+            quiet_since = time.monotonic() - TRIM_QUIET_SECONDS
+            if runtime.last_fetch_applied < quiet_since and (trimmed < runtime.last_fetch_applied
+                                                             or trimmed < quiet_since - TRIM_IDLE_SECONDS):
                 release_memory()
                 trimmed = time.monotonic()
 

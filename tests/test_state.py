@@ -89,7 +89,8 @@ def deliver(stream, seed):
 def book_answers(book: Book, now: float) -> dict:
     answers = {}
     now_bucket = window.bucket_of(now, POLICY.bucket_seconds)
-    for (seller, marketplace), state in book.sellers.items():
+    for state in book.states():
+        seller, marketplace = state.seller_id, state.marketplace
         windows = window.seller_windows(state.buckets, marketplace, POLICY, now_bucket)
         view = window.seller_json(seller, marketplace, windows, now)
         wanted = alerting.desired(state, POLICY, now, "http://grafana")
@@ -153,10 +154,14 @@ def test_expiry_deletes_old_buckets_from_store_and_totals():
         fulfillment_channel="MFN", purchase_date=NOW - timedelta(days=29), occurred_at=NOW - timedelta(days=29),
         order_status="Unshipped")
     book.apply([("orders", placed)], NOW.timestamp())
-    assert len(store) == 2  # the bucket and the seller's seen marker
+    assert list(store) == [b"S1\x1fUS\x1f" + str(window.bucket_of(placed.purchase_date.timestamp(), 3600)).encode()]
     assert book.expire(NOW.timestamp() + 3 * 86400) == 1
+    # its last bucket gone, a marker keeps the seller known after a restart
     assert list(store) == [b"S1\x1fUS\x1f~"]
     assert book.seller("S1", "US").buckets == {}
+    rebuilt = Book(POLICY, dict(store))
+    rebuilt.load(store.items())
+    assert rebuilt.seller("S1", "US") is not None
 
 
 @hyp_settings(max_examples=100, deadline=None)

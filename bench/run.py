@@ -32,7 +32,7 @@ FULL = {
     # throughput and scale-out: the simulator's topics
     "sellers": 2000, "duration": "2d", "events": 1_100_000, "repetitions": 3,
     "cap_seconds": 45.0, "faust_cap_seconds": 30.0, "worker_cap_seconds": 60.0, "profile_seconds": 30.0,
-    "scaleout_events": 200_000, "scaleout_repetitions": 1,
+    "scaleout_events": 1_100_000, "scaleout_repetitions": 1,
     # alert latency
     "crossings": 200, "background_rate": 500.0, "crossing_timeout": 10.0, "crossing_gap": 0.05,
     # memory, series, state and recovery

@@ -132,7 +132,10 @@ class TableStore(MutableMapping):
         return self.owners[head]
 
     def _db(self, key: bytes):
-        return self.table.data._db_for_partition(self.partition_of(key))
+        return self._partition_db(self.partition_of(key))
+
+    def _partition_db(self, partition: int):
+        return self.table.data._db_for_partition(partition)
 
     def get(self, key: bytes, default=None):
         value = self._db(key).get(key)
@@ -146,12 +149,12 @@ class TableStore(MutableMapping):
 
     def __setitem__(self, key: bytes, value: bytes) -> None:
         partition = self.partition_of(key)
-        self.table.data._db_for_partition(partition).put(key, value)
+        self._partition_db(partition).put(key, value)
         self._log(partition, key, value)
 
     def __delitem__(self, key: bytes) -> None:
         partition = self.partition_of(key)
-        db = self.table.data._db_for_partition(partition)
+        db = self._partition_db(partition)
         if db.get(key) is None:
             raise KeyError(key)
         db.delete(key)
@@ -173,12 +176,12 @@ class TableStore(MutableMapping):
             batch.append(timestamp=None, key=key, value=value)   # the first record always fits
             self._batches.setdefault(partition, []).append(batch)
 
-    async def flush(self) -> int:
-        """Send the changelog records of every write so far; returns the records sent."""
+    async def flush(self) -> None:
+        """Send the changelog records of every write so far and wait until the broker has them."""
         async with self._flushing:
             batches, self._batches = self._batches, {}
             if not batches:
-                return 0
+                return
             producer = self.table.app.producer._ensure_producer()
             topic = self.table.changelog_topic.get_topic_name()
             sent = []
@@ -192,7 +195,6 @@ class TableStore(MutableMapping):
                 last[partition] = max(last.get(partition, -1), metadata.offset + count - 1)
             for partition, offset in last.items():
                 self.table.data.set_persisted_offset(TP(topic, partition), offset)
-            return sum(count for _, count, _ in sent)
 
 
 def ensure_topics(settings: Settings) -> None:

@@ -391,6 +391,13 @@ class Runtime:
             self.event_clock = max(self.event_clock, max(clocks.values()))
         self.book.feed(group.pending, applied, self.now())
 
+    def drop_stale_group(self, generation: int) -> None:
+        """Forget an open group fetched before a rebalance (`generation` is the consumer's now):
+        nothing of it was written or acknowledged, so faust reads it again from the committed
+        offsets, on whichever worker owns it now."""
+        if self.group is not None and self.group.fetches[0].generation != generation:
+            self.group = None
+
     def commit(self) -> "Group":
         """Write the open group's buckets (each once) and count its outcomes; returns the group."""
         group, self.group = self.group, None
@@ -666,11 +673,9 @@ def build_app(settings: Settings, policy: policy_module.Policy) -> tuple[faust.A
                 fetch = await taking
                 taking = None
                 generation = app.consumer_generation_id
-                if fetch.generation != generation or (runtime.group and runtime.group.fetches[0].generation
-                                                      != generation):
-                    runtime.group = None   # fetched before a rebalance: read again from the committed offsets
-                    if fetch.generation != generation:
-                        continue
+                runtime.drop_stale_group(generation)
+                if fetch.generation != generation:
+                    continue   # fetched before a rebalance: read again from the committed offsets
                 if runtime.book is None:
                     runtime.rebuild()
                 runtime.process(fetch.records)
@@ -686,10 +691,8 @@ def build_app(settings: Settings, policy: policy_module.Policy) -> tuple[faust.A
 
     async def commit_group() -> None:
         """Write the open group, send its changelog, dead letters and reroutes, then acknowledge it."""
+        runtime.drop_stale_group(app.consumer_generation_id)
         if runtime.group is None:
-            return
-        if runtime.group.fetches[0].generation != app.consumer_generation_id:
-            runtime.group = None   # fetched before a rebalance: read again from the committed offsets
             return
         group = runtime.commit()
         sends = []

@@ -138,3 +138,80 @@ def _listing(state: SellerState, policy: Policy, now: float, dashboard_url: str,
                     f"seller; Amazon may remove the offer after consecutive seller cancellations.",
                     first, reason, dashboard_url)))
     return found
+
+
+# --- what to send: a pure function of (previous alerts, wanted alerts) ------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Firing:
+    """An alert this worker has fired and not resolved: enough to resolve it, or fire it again."""
+
+    labels: Mapping[str, str]
+    annotations: Mapping[str, str]
+    starts_at: float           # epoch seconds
+
+    @property
+    def key(self) -> AlertKey:
+        return frozenset(self.labels.items())
+
+
+@dataclasses.dataclass(frozen=True)
+class Decision:
+    firing: dict           # AlertKey -> Firing: what is firing after the decision
+    fire: list             # Firing: new or changed, to send now
+    resolve: list          # Firing: to resolve now
+    changed: bool          # the set of firing alerts changed (persist it before sending)
+
+
+def decide(previous: Mapping[AlertKey, Firing], wanted: Mapping[AlertKey, Wanted], now: float,
+           hold: bool = False) -> Decision:
+    """What to fire, resolve or keep, from the alerts firing before and those wanted now.
+
+    A wanted alert keeps the start of its previous firing; one not wanted any more is
+    resolved. `hold` (the seller's partition is catching up on a backlog, so `wanted`
+    comes from partial counts): nothing new fires and nothing firing resolves; alerts
+    already firing keep firing, with their annotations brought up to date."""
+    firing: dict[AlertKey, Firing] = {}
+    fire: list[Firing] = []
+    resolve: list[Firing] = []
+    for key, want in wanted.items():
+        before = previous.get(key)
+        if before is None and hold:
+            continue
+        alert = Firing(want.labels, want.annotations, before.starts_at if before is not None else now)
+        firing[key] = alert
+        if alert != before:
+            fire.append(alert)
+    for key, before in previous.items():
+        if key in wanted:
+            continue
+        if hold:
+            firing[key] = before
+        else:
+            resolve.append(before)
+    return Decision(firing, fire, resolve, firing.keys() != previous.keys())
+
+
+def firing_identity(firing: Mapping[AlertKey, Firing]) -> list[list]:
+    """The durable form of a seller's firing set: [alertname, window_days, sku, starts_at] each."""
+    return sorted([alert.labels[names.LABEL_ALERTNAME], alert.labels[names.LABEL_WINDOW_DAYS],
+                   alert.labels.get(names.LABEL_SKU, ""), alert.starts_at] for alert in firing.values())
+
+
+def firing_from_identity(seller_id: str, marketplace: str, identity: list[list]) -> dict[AlertKey, Firing]:
+    """The firing set back from its durable form (annotations are filled at the next evaluation)."""
+    firing = {}
+    for alertname, days, sku, starts_at in identity:
+        labels = {
+            names.LABEL_ALERTNAME: alertname,
+            names.LABEL_SELLER: seller_id,
+            names.LABEL_MARKETPLACE: marketplace,
+            names.LABEL_SEVERITY: names.ALERT_SEVERITY[alertname],
+            names.LABEL_WINDOW_DAYS: days,
+        }
+        if sku:
+            labels[names.LABEL_SKU] = sku
+        alert = Firing(labels, {}, float(starts_at))
+        firing[alert.key] = alert
+    return firing

@@ -25,7 +25,7 @@ import re
 import threading
 import types
 from datetime import datetime, timedelta, timezone
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import aiohttp
 
@@ -168,17 +168,33 @@ class AlertSender:
         self._firing[key] = alert
         self._enqueue(key, _Update(alert, None))
 
-    def resolve(self, labels: Mapping[str, str]) -> None:
+    def resolve(self, labels: Mapping[str, str], alert: Alert | None = None) -> None:
         """Mark the alert with these labels resolved (endsAt = now), if it is firing.
 
         Labels that are not firing are ignored, so calling it on every
-        evaluation for every clear condition costs a dictionary look-up.
+        evaluation for every clear condition costs a dictionary look-up;
+        unless `alert` is given: an alert fired before this sender knew it (by
+        the seller's previous owner, or before a restart) is resolved anyway.
         """
         key = frozenset(labels.items())
-        alert = self._firing.pop(key, None)
-        if alert is None:
+        firing = self._firing.pop(key, None) or alert
+        if firing is None:
             return
-        self._enqueue(key, _Update(alert, self._clock()))
+        self._enqueue(key, _Update(firing, self._clock()))
+
+    def forget(self, keys: Iterable[AlertKey]) -> int:
+        """Stop re-sending these alerts WITHOUT resolving them: another worker owns them now
+        and takes them over. Resolutions still queued are sent (they were decided while this
+        worker owned the alert). Returns how many firing alerts were forgotten."""
+        forgotten = 0
+        for key in list(keys):
+            if self._firing.pop(key, None) is not None:
+                forgotten += 1
+            for target in self._targets:
+                update = target.queue.get(key)
+                if update is not None and update.resolved_at is None:
+                    del target.queue[key]
+        return forgotten
 
     def firing(self) -> dict[AlertKey, Alert]:
         return dict(self._firing)

@@ -91,6 +91,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("CANCELWATCH_SESSION_TIMEOUT_SECONDS", "10",
             "How long the consumer group waits for a silent (crashed) worker before moving its "
             "partitions to the others, and a restarted worker waits for its old session to end."),
+    Setting("CANCELWATCH_FAILPOINT", "",
+            "For tests only: `after-changelog`, `after-local-write` or `before-commit` makes the worker "
+            "exit hard (code 70) at that point of a state commit, to prove each crash point."),
+    Setting("CANCELWATCH_FAILPOINT_AT", "1",
+            "For tests only: which state commit (1 = the first that writes) reaches the fail point."),
 )
 
 _DEFAULTS = {setting.variable: setting.default for setting in SETTINGS}
@@ -149,6 +154,8 @@ class Settings:
     kafka_security: KafkaSecurity
     log_level: str
     session_timeout_seconds: float = 60.0
+    failpoint: str = ""
+    failpoint_at: int = 1
 
     @property
     def bootstrap_servers(self) -> list[str]:
@@ -158,6 +165,17 @@ class Settings:
     @property
     def faust_broker(self) -> str:
         return ";".join(self.broker_urls)
+
+
+FAILPOINTS = ("after-changelog", "after-local-write", "before-commit")
+
+
+def _failpoint(env: Mapping[str, str]) -> str:
+    value = _get(env, "CANCELWATCH_FAILPOINT")
+    if value and value not in FAILPOINTS:
+        raise SettingError("CANCELWATCH_FAILPOINT", f"{value!r} is not one of {', '.join(FAILPOINTS)} "
+                                                    "(or empty: no fail point)")
+    return value
 
 
 def _get(env: Mapping[str, str], variable: str) -> str:
@@ -320,6 +338,8 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         kafka_security=_security(env),
         log_level=_choice(env, "CANCELWATCH_LOG_LEVEL", ("crit", "error", "warn", "info", "debug")),
         session_timeout_seconds=_seconds(env, "CANCELWATCH_SESSION_TIMEOUT_SECONDS", 6, 1800),
+        failpoint=_failpoint(env),
+        failpoint_at=_integer(env, "CANCELWATCH_FAILPOINT_AT", 1, 1_000_000),
     )
 
 

@@ -1,0 +1,450 @@
+"""The worker's runtime: apply fetches in groups, commit them, evaluate alerts, answer views.
+
+Everything the agent, the timers and the web views share lives on one
+`Runtime`. It owns the derived state (`state.Book`), the transaction
+(`TableStore`), the firing alerts of the sellers this worker owns, and the
+order of a write: apply (`process`), commit (`commit`: buckets staged, then
+logged and written by `TableStore.commit`), evaluate (`evaluate`: what to
+fire or resolve, the firing set staged with the rest), and only after the
+commit, send (`deliver`).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import dataclasses
+import logging
+import time
+from collections import Counter, defaultdict
+from datetime import datetime, timezone
+from typing import Iterator
+
+import msgspec
+
+from streams import alerting, events, names, policy as policy_module, state as state_module, window
+from streams.alertmanager import Alert, AlertSender
+from streams.metrics import Metrics, ScrapeState, SellerSummary, rate_band
+from streams.settings import Settings
+from streams.state import Book
+from streams.worker.ownership import Owners
+from streams.worker.table_store import TableStore
+
+log = logging.getLogger("cancelwatch.worker")
+
+VERSION = "0.1.0"
+GROUP_RECORDS = 20_000                         # records applied, written and acknowledged together
+GROUP_BUCKETS = 4_000                          # buckets a group holds open (decoded), at most
+SUMMARY_POOL_SIZE = 100_000                    # distinct seller summaries kept for sharing
+
+_libc_trim = None
+_firing_encoder = msgspec.msgpack.Encoder()
+_firing_decoder = msgspec.msgpack.Decoder(list[tuple[str, str, str, float]])
+
+
+def release_memory() -> None:
+    """Hand the heap's free pages back to the system (glibc's malloc_trim).
+
+    A fetch of 20,000 events allocates tens of MiB of short-lived objects; once
+    freed they stay in the process unless trimmed."""
+    global _libc_trim
+    if _libc_trim is None:
+        try:
+            _libc_trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _libc_trim = False          # not glibc: nothing to do
+    if _libc_trim:
+        _libc_trim(0)
+
+
+class Summaries:
+    """(seller_id, marketplace) -> SellerSummary of every evaluated seller, read at scrape time
+    (the summary is kept on the seller's state, not in a dict of its own)."""
+
+    def __init__(self, book: Book | None) -> None:
+        self.book = book
+
+    def items(self) -> Iterator[tuple[tuple[str, str], SellerSummary]]:
+        if self.book is None:
+            return iter(())
+        return (((state.seller_id, state.marketplace), state.summary)
+                for state in self.book.states() if state.summary is not None)
+
+
+class Group:
+    """Fetches applied together: their events go into one batch of the book, which is
+    written (each touched bucket once), committed and acknowledged as one."""
+
+    __slots__ = ("pending", "fetches", "records", "clocks", "outcomes", "dead", "reroute")
+
+    def __init__(self, pending) -> None:
+        self.pending = pending
+        self.fetches: list = []                 # consumer.Fetch, records dropped once applied
+        self.records = 0
+        self.clocks: dict[int, float] = {}      # partition -> latest occurred_at
+        self.outcomes: Counter = Counter()      # (topic, outcome) -> events
+        self.dead: list = []                    # (record, BadEvent)
+        self.reroute: list = []                 # (record, seller_id, owner partition)
+
+    def complete(self) -> bool:
+        """Large enough to commit without waiting for more fetches."""
+        return self.records >= GROUP_RECORDS or len(self.pending.buckets) >= GROUP_BUCKETS
+
+
+@dataclasses.dataclass
+class Outbox:
+    """Alert decisions waiting for their commit; sent only if the epoch did not change."""
+
+    epoch: int
+    fire: list = dataclasses.field(default_factory=list)       # alerting.Firing
+    resolve: list = dataclasses.field(default_factory=list)    # alerting.Firing
+
+    def __bool__(self) -> bool:
+        return bool(self.fire or self.resolve)
+
+
+class IndexLoader:
+    """The order index as `Book.load` rebuilds it: collected per partition, written at once."""
+
+    def __init__(self, store: TableStore) -> None:
+        self.store = store
+        self.by_partition: dict[int, list] = defaultdict(list)
+
+    def __setitem__(self, key: bytes, value: bytes) -> None:
+        self.by_partition[self.store.partition_of(key)].append((key, value))
+
+    def write(self) -> int:
+        self.store.write_local_now(self.by_partition)
+        written = sum(map(len, self.by_partition.values()))
+        self.by_partition.clear()
+        return written
+
+
+class Runtime:
+    """Everything the agent, timers and web views share."""
+
+    def __init__(self, settings: Settings, policy: policy_module.Policy) -> None:
+        self.settings = settings
+        self.policy = policy
+        self.metrics = Metrics(VERSION, settings.clock, settings.top_k)
+        self.sender = AlertSender(settings.alertmanager_urls, settings.alert_resend_seconds,
+                                  on_delivery=self._delivered) if settings.alertmanager_urls else None
+        self.book: Book | None = None
+        self.store: TableStore | None = None
+        self.owners = Owners(settings.partitions)
+        self.event_clock = 0.0
+        self.epoch = 0              # +1 at every revocation and rebuild: decisions of an older one are void
+        self.dirty: set = set()     # SellerStates to evaluate
+        self._summary_pool: dict[tuple, SellerSummary] = {}
+        self.alerts: dict[tuple[str, str], dict] = {}   # seller -> {AlertKey: alerting.Firing}
+        self.evaluated_bucket: int | None = None
+        self.last_full_end = 0.0
+        self.last_full_seconds = 0.0
+        self.last_fetch_applied = 0.0   # monotonic time the agent last applied a fetch
+        self.group: Group | None = None
+        self.role = {
+            settings.orders_topic: names.ORDERS_TOPIC,
+            settings.cancellations_topic: names.CANCELLATIONS_TOPIC,
+            settings.reroute_topic: names.REROUTE_TOPIC,
+        }
+        self.topic_name = {
+            names.ORDERS_TOPIC: settings.orders_topic,
+            names.CANCELLATIONS_TOPIC: settings.cancellations_topic,
+        }
+
+    # -- clock ---------------------------------------------------------------
+    def now(self) -> float:
+        if self.settings.clock == "event":
+            return self.event_clock
+        return time.time()
+
+    def _delivered(self, outcome: str, count: int) -> None:
+        self.metrics.deliveries.labels(outcome).inc(count)
+
+    def partition_of(self, key: bytes) -> int:
+        """The partition a store key lives on: its seller's, or the one an internal key names."""
+        seller_id = state_module.seller_of_key(key)
+        if seller_id is not None:
+            return self.owners[seller_id]
+        partition = state_module.clock_partition(key)
+        if partition is None:
+            raise ValueError(f"store key {key!r} names neither a seller nor a partition")
+        return partition
+
+    # -- ownership changes -----------------------------------------------------
+    def revoked(self) -> None:
+        """Partitions are moving (a rebalance began): stop sending this worker's alerts without
+        resolving them (the new owner takes them over from the durable firing sets), and drop
+        what is staged and not committed (its events were never acknowledged)."""
+        self.epoch += 1
+        if self.sender is not None:
+            self.sender.forget(alert.key for firing in self.alerts.values() for alert in firing.values())
+        self.alerts = {}
+        self.book = None
+        self.group = None
+        self.dirty = set()
+        if self.store is not None:
+            self.store.abandon()
+
+    def rebuild(self) -> Outbox:
+        """Derive totals and firing alerts from the table's active partitions (after every
+        recovery); returns the resolutions owed for alerts of sellers that are gone."""
+        started = time.monotonic()
+        self.epoch += 1
+        index = IndexLoader(self.store)
+        book = Book(self.policy, self.store, self.store.local)
+        clock = 0.0
+        items = []
+        firing: dict[tuple[str, str], dict] = {}
+        for key, value in self.store.table.items():
+            if state_module.clock_partition(key) is not None:
+                clock = max(clock, int(value) / 1_000_000)
+                continue
+            parsed = state_module.parse_key(key)
+            if parsed is not None and parsed.kind == state_module.KIND_ALERTS:
+                firing[(parsed.seller_id, parsed.marketplace)] = alerting.firing_from_identity(
+                    parsed.seller_id, parsed.marketplace, _firing_decoder.decode(value))
+                continue
+            items.append((key, value))
+        orders = book.load(items, index=index)
+        indexed = index.write()
+        del items
+        if self.sender is not None:   # anything this worker still sends that it does not own now
+            owned_now = {alert.key for alerts in firing.values() for alert in alerts.values()}
+            self.sender.forget(key for key in self.sender.firing() if key not in owned_now)
+        self.book = book
+        self.event_clock = max(self.event_clock, clock)
+        self.alerts = {}
+        outbox = Outbox(self.epoch)
+        for seller, alerts in firing.items():
+            if book.seller(*seller) is None:     # no state left for it: nothing can still hold
+                outbox.resolve.extend(alerts.values())
+                del self.store[state_module.alerts_key(*seller)]
+            else:
+                self.alerts[seller] = alerts
+        self.dirty = set(book.states())
+        self.group = None           # applied to the book just replaced; its fetches are read again
+        self.evaluated_bucket = None
+        log.info("state rebuilt: %d sellers, %d orders (%d indexed), %d sellers with alerts, in %.2fs",
+                 len(book), orders, indexed, len(self.alerts), time.monotonic() - started)
+        return outbox
+
+    # -- applying --------------------------------------------------------------
+    def process(self, records) -> None:
+        """Decode a fetch's records and apply them to the open group (nothing is written yet)."""
+        group = self.group
+        if group is None:
+            group = self.group = Group(self.book.begin())
+        wall = time.time()
+        wall_dt = datetime.fromtimestamp(wall, timezone.utc)
+        applied = []
+        clocks = group.clocks
+        outcome_counts = group.outcomes
+        latencies: dict[str, list[float]] = defaultdict(list)
+        owners = self.owners
+        for message in records:
+            role = self.role[message.topic]
+            try:
+                if role == names.REROUTE_TOPIC:
+                    event = events.decode(message.value, wall_dt)
+                else:
+                    event = events.decode_on(role, message.value, wall_dt)
+            except events.BadEvent as bad:
+                group.dead.append((message, bad))
+                outcome_counts[(message.topic, "dead_letter")] += 1
+                self.metrics.dead_letters.labels(message.topic, bad.kind).inc()
+                continue
+            owner = owners[event.seller_id]
+            if role != names.REROUTE_TOPIC and owner != message.partition:
+                group.reroute.append((message, event.seller_id, owner))
+                outcome_counts[(message.topic, "rerouted")] += 1
+                continue
+            occurred = event.occurred_at.timestamp()
+            if occurred > clocks.get(owner, 0.0):
+                clocks[owner] = occurred
+            topic = self.topic_name[events.TOPIC_OF_TYPE[type(event)]]
+            applied.append((topic, event))
+            latencies[topic].append(wall - occurred)
+        group.records += len(records)
+        for topic, values in latencies.items():
+            self.metrics.observe_latencies(topic, values)
+        if clocks:
+            self.event_clock = max(self.event_clock, max(clocks.values()))
+        self.book.feed(group.pending, applied, self.now())
+
+    def drop_stale_group(self, generation: int) -> None:
+        """Forget an open group fetched before a rebalance (`generation` is the consumer's now):
+        nothing of it was written or acknowledged, so faust reads it again from the committed
+        offsets, on whichever worker owns it now."""
+        if self.group is not None and self.group.fetches and self.group.fetches[0].generation != generation:
+            self.group = None
+
+    def commit(self) -> "Group":
+        """Stage the open group's buckets (each once) and count its outcomes; returns the group.
+        The caller commits the store before it acknowledges the group's records."""
+        group, self.group = self.group, None
+        result = self.book.finish(group.pending)
+        outcome_counts = group.outcomes
+        outcome_counts.update(result.outcomes)
+        for marketplace, count in result.new_orders.items():
+            self.metrics.orders.labels(marketplace).inc(count)
+        for (marketplace, reason), count in result.new_faults.items():
+            reason_group = names.REASON_GROUP_OF.get(reason, "other")
+            self.metrics.seller_faults.labels(marketplace, reason_group).inc(count)
+        for (marketplace, cause), count in result.new_excluded.items():
+            self.metrics.excluded.labels(marketplace, cause).inc(count)
+        self.dirty.update(result.touched)
+        if self.settings.clock == "event":
+            for partition, clock in group.clocks.items():
+                key = state_module.clock_key(partition)
+                stored = self.store.get(key)
+                value = int(clock * 1_000_000)
+                if stored is None or int(stored) < value:
+                    self.store[key] = str(value).encode()
+        for (topic, outcome), count in outcome_counts.items():
+            self.metrics.events.labels(topic, outcome).inc(count)
+        return group
+
+    # -- alerts ----------------------------------------------------------------
+    def dashboard_url(self, seller_id: str, marketplace: str) -> str:
+        return (f"{self.settings.grafana_url}/d/{names.DASHBOARD_UIDS['seller']}"
+                f"?var-seller_id={seller_id}&var-marketplace={marketplace}")
+
+    def _shared_summary(self, status: str, band: str, windows: tuple) -> SellerSummary:
+        """One SellerSummary object per distinct summary: most sellers share theirs with others."""
+        signature = (status, band, windows)
+        summary = self._summary_pool.get(signature)
+        if summary is None:
+            if len(self._summary_pool) >= SUMMARY_POOL_SIZE:
+                self._summary_pool.clear()
+            summary = self._summary_pool[signature] = SellerSummary(status, band, windows)
+        return summary
+
+    def evaluate(self) -> Outbox:
+        """Re-evaluate dirty sellers, or all of them when the clock entered a new bucket. The
+        firing sets that changed are staged in the store; the caller commits the store, then
+        hands the outbox to `deliver`."""
+        outbox = Outbox(self.epoch)
+        if self.book is None:
+            return outbox
+        now = self.now()
+        now_bucket = window.bucket_of(now, self.policy.bucket_seconds)
+        full = False
+        if now_bucket != self.evaluated_bucket:
+            # A new bucket moves every seller's windows. A full pass is cheap with few
+            # sellers and seconds with hundreds of thousands; during a fast replay the
+            # clock crosses buckets constantly, so full passes are spaced to take at
+            # most a tenth of the time (touched sellers are still evaluated at once).
+            waited = time.monotonic() - self.last_full_end
+            if waited >= 10 * self.last_full_seconds:
+                self.evaluated_bucket = now_bucket
+                self.dirty = set(self.book.states())
+                full = True
+        if not self.dirty:
+            return outbox
+        started = time.monotonic()
+        dirty, self.dirty = self.dirty, set()
+        for state in dirty:
+            key = (state.seller_id, state.marketplace)
+            windows = window.seller_windows(state.buckets, state.marketplace, self.policy, now_bucket)
+            first = windows[0]
+            state.summary = self._shared_summary(
+                max((w.status for w in windows), key=names.STATUSES.index),
+                rate_band(first.orders, first.cancelled),
+                tuple((w.window.days, w.orders, w.cancelled, w.window.limit_bps) for w in windows),
+            )
+            previous = self.alerts.get(key, {})
+            if not previous and not any(w.cancelled for w in windows) and not _listing_faults(state):
+                continue  # no seller-fault cancel anywhere: no alert can fire
+            wanted = alerting.desired(state, self.policy, now, self.dashboard_url(*key))
+            if not wanted and not previous:
+                continue
+            decision = alerting.decide(previous, wanted, time.time())
+            if decision.changed:
+                store_key = state_module.alerts_key(*key)
+                if decision.firing:
+                    self.store[store_key] = _firing_encoder.encode(alerting.firing_identity(decision.firing))
+                elif store_key in self.store:
+                    del self.store[store_key]
+            outbox.fire.extend(decision.fire)
+            outbox.resolve.extend(decision.resolve)
+            if decision.firing:
+                self.alerts[key] = decision.firing
+            else:
+                self.alerts.pop(key, None)
+        if full:
+            self.last_full_end = time.monotonic()
+            self.last_full_seconds = self.last_full_end - started
+        return outbox
+
+    def deliver(self, outbox: Outbox) -> None:
+        """Send the decisions of a committed evaluation (dropped if ownership moved meanwhile)."""
+        if self.sender is None or not outbox or outbox.epoch != self.epoch:
+            return
+        for firing in outbox.fire:
+            self.sender.fire(_alert(firing))
+        for firing in outbox.resolve:
+            self.sender.resolve(firing.labels, _alert(firing))
+
+    def expire(self) -> None:
+        if self.book is not None:
+            deleted = self.book.expire(self.now())
+            if deleted:
+                log.info("expired %d order buckets past retention", deleted)
+
+    # -- views -----------------------------------------------------------------
+    def seller_view(self, seller_id: str, marketplace: str, extra_cancels: int = 0) -> dict | None:
+        state = self.book.seller(seller_id, marketplace) if self.book else None
+        if state is None:
+            return None
+        now = self.now()
+        now_bucket = window.bucket_of(now, self.policy.bucket_seconds)
+        windows = window.seller_windows(state.buckets, marketplace, self.policy, now_bucket)
+        if extra_cancels:
+            windows = [w.with_more_cancels(extra_cancels) for w in windows]
+        return window.seller_json(seller_id, marketplace, windows, now)
+
+    def at_risk(self, marketplace: str, limit: int) -> list[dict]:
+        if self.book is None:
+            return []
+        now = self.now()
+        now_bucket = window.bucket_of(now, self.policy.bucket_seconds)
+        ranked = []
+        for state in self.book.in_marketplace(marketplace):
+            windows = window.seller_windows(state.buckets, marketplace, self.policy, now_bucket)
+            if not window.at_risk(windows):
+                continue
+            ranked.append((window.risk_key_of_totals(windows) + (state.seller_id,), state.seller_id, windows))
+        ranked.sort(key=lambda item: item[0])
+        return [window.seller_json(seller_id, marketplace, windows, now)
+                for _, seller_id, windows in ranked[:limit]]
+
+    def scrape_state(self, consumer) -> ScrapeState:
+        lag = {}
+        if consumer is not None:
+            try:
+                for tp in consumer.assignment():
+                    if tp.topic not in self.role:
+                        continue
+                    highwater = consumer.highwater(tp)
+                    position = consumer._read_offset.get(tp)
+                    if highwater is not None:
+                        done = position + 1 if position is not None else 0
+                        lag[(tp.topic, tp.partition)] = max(0, highwater - done)
+            except Exception as error:  # the consumer may be mid-rebalance; lag is best effort
+                log.debug("lag unavailable: %r", error)
+        # one key per seller and marketplace, and one per bucket holding orders
+        keys = (len(self.book) + sum(len(state.buckets) for state in self.book.states())
+                if self.book is not None else 0)
+        alerts = [(a.labels[names.LABEL_ALERTNAME], a.labels[names.LABEL_SEVERITY])
+                  for per_seller in self.alerts.values() for a in per_seller.values()]
+        return ScrapeState(Summaries(self.book), lag, {"order-buckets": keys}, alerts,
+                           self.sender.pending() if self.sender else 0, self.now())
+
+
+def _alert(firing: alerting.Firing) -> Alert:
+    return Alert(firing.labels, firing.annotations, datetime.fromtimestamp(firing.starts_at, timezone.utc))
+
+
+def _listing_faults(state) -> bool:
+    return bool(state.listing) and any(entry[2] for latest in state.listing.values() for entry in latest)

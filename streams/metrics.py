@@ -181,6 +181,11 @@ class _StateCollector:
         lag = _gauge("cancelwatch_consumer_lag_messages")
         for (topic, partition), messages in sorted(state.lag.items()):
             lag.add_metric([topic, str(partition)], messages)
+        # Every dead-letter series of the source topics consumed starts at 0 (from the next
+        # scrape), so panels show 0 rather than no data and the first dead letter is an increase.
+        for topic in {topic for topic, _ in state.lag}:
+            for kind in names.DEAD_LETTER_KINDS:
+                metrics.dead_letters.labels(topic, kind)
         keys = _gauge("cancelwatch_table_keys")
         for table, count in sorted(state.table_keys.items()):
             keys.add_metric([table], count)

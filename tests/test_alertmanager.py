@@ -107,6 +107,28 @@ def test_fire_unchanged_does_not_queue_again_and_resolve_of_unknown_is_ignored()
     assert sender.pending() == 1  # the resolution replaced the firing update: latest state only
 
 
+def test_forget_stops_resending_without_resolving_and_keeps_resolutions_queued():
+    sender = AlertSender(["http://127.0.0.1:9"])
+    handed_over, cleared = seller_alert("A1"), seller_alert("A2")
+    sender.fire(handed_over)
+    sender.fire(cleared)
+    sender.resolve(cleared.labels)
+    assert sender.forget([handed_over.key, cleared.key]) == 1
+    assert sender.firing() == {}
+    assert sender.pending() == 1                  # only the resolution of A2 is still to go out
+    sender.forget([handed_over.key])              # forgetting twice changes nothing
+    assert sender.pending() == 1
+
+
+def test_resolve_of_an_alert_fired_by_another_owner_is_sent_when_the_alert_is_given():
+    sender = AlertSender(["http://127.0.0.1:9"])
+    alert = seller_alert("A1")
+    sender.resolve(alert.labels)
+    assert sender.pending() == 0
+    sender.resolve(alert.labels, alert)
+    assert sender.pending() == 1 and sender.firing() == {}
+
+
 def test_a_single_url_string_is_refused():
     with pytest.raises(TypeError, match="wrap a single URL"):
         AlertSender("http://127.0.0.1:9093")

@@ -61,6 +61,7 @@ BOUNDS: dict[str, Bound] = {
         f"M × {CAUSES} causes", lambda p: p.marketplaces * CAUSES),
     "cancelwatch_processing_latency_seconds": Bound("T", lambda p: p.topics),
     "cancelwatch_consumer_lag_messages": Bound("T × P", lambda p: p.topics * p.partitions),
+    "cancelwatch_partition_catching_up": Bound("P", lambda p: p.partitions),
     "cancelwatch_sellers": Bound(f"M × {STATUSES} statuses", lambda p: p.marketplaces * STATUSES),
     "cancelwatch_seller_rate_band": Bound(f"M × {BANDS} bands", lambda p: p.marketplaces * BANDS),
     "cancelwatch_fleet_window_orders": Bound("M × W", lambda p: p.marketplaces * p.windows),

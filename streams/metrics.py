@@ -110,13 +110,14 @@ class ScrapeState:
     """The worker's state as the collector sees it."""
 
     def __init__(self, summaries, lag: dict, table_keys: dict, alerts: Iterable[tuple[str, str]],
-                 queue: int, clock: float) -> None:
+                 queue: int, clock: float, catching_up: dict | None = None) -> None:
         self.summaries = summaries      # .items(): ((seller_id, marketplace), SellerSummary)
         self.lag = lag                  # (topic, partition) -> messages
         self.table_keys = table_keys    # table -> keys
         self.alerts = alerts            # (alertname, severity) per firing alert
         self.queue = queue
         self.clock = clock
+        self.catching_up = catching_up or {}   # partition -> bool, for the partitions owned
 
 
 def _gauge(name: str) -> GaugeMetricFamily:
@@ -186,6 +187,10 @@ class _StateCollector:
         for topic in {topic for topic, _ in state.lag}:
             for kind in names.DEAD_LETTER_KINDS:
                 metrics.dead_letters.labels(topic, kind)
+        catching_up = _gauge("cancelwatch_partition_catching_up")
+        for partition, flag in sorted(state.catching_up.items()):
+            catching_up.add_metric([str(partition)], 1 if flag else 0)
+        yield catching_up
         keys = _gauge("cancelwatch_table_keys")
         for table, count in sorted(state.table_keys.items()):
             keys.add_metric([table], count)

@@ -128,6 +128,11 @@ METRICS = {
         "gauge", ("topic", "partition"),
         "Messages in a source partition not yet processed by this worker.",
     ),
+    "cancelwatch_partition_catching_up": (
+        "gauge", ("partition",),
+        "1 while a partition this worker owns is catching up on a backlog (lag above "
+        "CANCELWATCH_CATCHUP_LAG on a source topic): its new alerts are held; 0 once caught up.",
+    ),
     "cancelwatch_sellers": (
         "gauge", ("marketplace", "status"),
         "Seller-marketplaces owned by this worker, by status (ok, warning, breach).",

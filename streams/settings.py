@@ -91,6 +91,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("CANCELWATCH_SESSION_TIMEOUT_SECONDS", "10",
             "How long the consumer group waits for a silent (crashed) worker before moving its "
             "partitions to the others, and a restarted worker waits for its old session to end."),
+    Setting("CANCELWATCH_CATCHUP_LAG", "1000",
+            "A partition whose lag on any source topic (orders, cancellations, reroute) is above this "
+            "many messages is catching up: its counts are partial, so it sends no new alert and "
+            "resolves none until caught up (contract section 9). A worker keeping up stays under "
+            "one fetch (1,000 records) behind; see docs/alerts.md."),
     Setting("CANCELWATCH_FAILPOINT", "",
             "For tests only: `after-changelog`, `after-local-write` or `before-commit` makes the worker "
             "exit hard (code 70) at that point of a state commit, to prove each crash point."),
@@ -154,6 +159,7 @@ class Settings:
     kafka_security: KafkaSecurity
     log_level: str
     session_timeout_seconds: float = 60.0
+    catchup_lag: int = 1000
     failpoint: str = ""
     failpoint_at: int = 1
 
@@ -338,6 +344,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         kafka_security=_security(env),
         log_level=_choice(env, "CANCELWATCH_LOG_LEVEL", ("crit", "error", "warn", "info", "debug")),
         session_timeout_seconds=_seconds(env, "CANCELWATCH_SESSION_TIMEOUT_SECONDS", 6, 1800),
+        catchup_lag=_integer(env, "CANCELWATCH_CATCHUP_LAG", 0, 100_000_000),
         failpoint=_failpoint(env),
         failpoint_at=_integer(env, "CANCELWATCH_FAILPOINT_AT", 1, 1_000_000),
     )

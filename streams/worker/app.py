@@ -289,7 +289,11 @@ def build_app(settings: Settings, policy: policy_module.Policy) -> tuple[faust.A
             ]
             sends.append(await reroute_topic.send(key=seller_id.encode(), value=message.value,
                                                   partition=owner, headers=headers))
-        outbox = runtime.evaluate() if runtime.settings.clock == "event" else None
+        runtime.acknowledged(group.fetches)
+        outbox = None
+        if runtime.settings.clock == "event":
+            runtime.refresh_catch_up(app.consumer)
+            outbox = runtime.evaluate()
         await store.commit()
         if sends:
             await asyncio.gather(*sends)
@@ -311,6 +315,7 @@ def build_app(settings: Settings, policy: policy_module.Policy) -> tuple[faust.A
         trimmed = 0.0
         while not app.should_stop:
             await asyncio.sleep(ALERT_TICK_SECONDS)
+            runtime.refresh_catch_up(app.consumer)
             outbox = runtime.evaluate()
             if outbox or store.staged:
                 await committed(outbox)

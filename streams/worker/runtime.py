@@ -142,6 +142,9 @@ class Runtime:
         self.last_full_seconds = 0.0
         self.last_fetch_applied = 0.0   # monotonic time the agent last applied a fetch
         self.group: Group | None = None
+        self.applied: dict = {}             # TP -> last offset applied and committed here
+        self.lag: dict = {}                 # (topic, partition) -> messages not yet applied
+        self.catching_up: set[int] = set()  # owned partitions whose new alerts are held
         self.role = {
             settings.orders_topic: names.ORDERS_TOPIC,
             settings.cancellations_topic: names.CANCELLATIONS_TOPIC,
@@ -183,6 +186,7 @@ class Runtime:
         self.book = None
         self.group = None
         self.dirty = set()
+        self.applied = {}
         if self.store is not None:
             self.store.abandon()
 
@@ -305,6 +309,54 @@ class Runtime:
             self.metrics.events.labels(topic, outcome).inc(count)
         return group
 
+    # -- catch-up ----------------------------------------------------------------
+    def acknowledged(self, fetches) -> None:
+        """Record the offsets of committed fetches: what this worker's state includes."""
+        applied = self.applied
+        for fetch in fetches:
+            for tp, offsets in fetch.offsets.items():
+                if offsets and offsets[-1] > applied.get(tp, -1):
+                    applied[tp] = offsets[-1]
+
+    def refresh_catch_up(self, consumer) -> None:
+        """Per owned partition: lag of each source topic from the offsets applied and committed
+        here to the partition's high watermark. A partition is catching up while any of its
+        source topics is more than CANCELWATCH_CATCHUP_LAG behind, or its high watermark is not
+        known yet. When one catches up, every seller is evaluated again at once, so what the
+        caught-up state warrants (firing or resolving) goes out."""
+        if consumer is None:
+            return
+        lag: dict[tuple[str, int], int] = {}
+        behind: set[int] = set()
+        owned: set[int] = set()
+        try:
+            assignment = consumer.assignment()
+            for tp in assignment:
+                if tp.topic not in self.role:
+                    continue
+                owned.add(tp.partition)
+                highwater = consumer.highwater(tp)
+                done = self.applied.get(tp)
+                if done is None:
+                    committed = consumer._committed_offset.get(tp)
+                    done = committed - 1 if committed is not None else -1
+                if highwater is None:
+                    behind.add(tp.partition)
+                    continue
+                messages = max(0, highwater - (done + 1))
+                lag[(tp.topic, tp.partition)] = messages
+                if messages > self.settings.catchup_lag:
+                    behind.add(tp.partition)
+        except Exception as error:  # the consumer may be mid-rebalance: keep the last view
+            log.debug("lag unavailable: %r", error)
+            return
+        self.lag = lag
+        caught_up = self.catching_up - behind
+        if caught_up and self.book is not None:
+            log.info("partitions %s caught up: evaluating their sellers", sorted(caught_up))
+            self.dirty = set(self.book.states())
+        self.catching_up = behind & owned
+
     # -- alerts ----------------------------------------------------------------
     def dashboard_url(self, seller_id: str, marketplace: str) -> str:
         return (f"{self.settings.grafana_url}/d/{names.DASHBOARD_UIDS['seller']}"
@@ -359,7 +411,8 @@ class Runtime:
             wanted = alerting.desired(state, self.policy, now, self.dashboard_url(*key))
             if not wanted and not previous:
                 continue
-            decision = alerting.decide(previous, wanted, time.time())
+            decision = alerting.decide(previous, wanted, time.time(),
+                                       hold=self.owners[state.seller_id] in self.catching_up)
             if decision.changed:
                 store_key = state_module.alerts_key(*key)
                 if decision.firing:
@@ -402,7 +455,9 @@ class Runtime:
         windows = window.seller_windows(state.buckets, marketplace, self.policy, now_bucket)
         if extra_cancels:
             windows = [w.with_more_cancels(extra_cancels) for w in windows]
-        return window.seller_json(seller_id, marketplace, windows, now)
+        view = window.seller_json(seller_id, marketplace, windows, now)
+        view["catching_up"] = self.owners[seller_id] in self.catching_up
+        return view
 
     def at_risk(self, marketplace: str, limit: int) -> list[dict]:
         if self.book is None:
@@ -420,26 +475,16 @@ class Runtime:
                 for _, seller_id, windows in ranked[:limit]]
 
     def scrape_state(self, consumer) -> ScrapeState:
-        lag = {}
-        if consumer is not None:
-            try:
-                for tp in consumer.assignment():
-                    if tp.topic not in self.role:
-                        continue
-                    highwater = consumer.highwater(tp)
-                    position = consumer._read_offset.get(tp)
-                    if highwater is not None:
-                        done = position + 1 if position is not None else 0
-                        lag[(tp.topic, tp.partition)] = max(0, highwater - done)
-            except Exception as error:  # the consumer may be mid-rebalance; lag is best effort
-                log.debug("lag unavailable: %r", error)
+        self.refresh_catch_up(consumer)
         # one key per seller and marketplace, and one per bucket holding orders
         keys = (len(self.book) + sum(len(state.buckets) for state in self.book.states())
                 if self.book is not None else 0)
         alerts = [(a.labels[names.LABEL_ALERTNAME], a.labels[names.LABEL_SEVERITY])
                   for per_seller in self.alerts.values() for a in per_seller.values()]
-        return ScrapeState(Summaries(self.book), lag, {"order-buckets": keys}, alerts,
-                           self.sender.pending() if self.sender else 0, self.now())
+        owned = {partition for _, partition in self.lag}
+        return ScrapeState(Summaries(self.book), dict(self.lag), {"order-buckets": keys}, alerts,
+                           self.sender.pending() if self.sender else 0, self.now(),
+                           {partition: partition in self.catching_up for partition in owned})
 
 
 def _alert(firing: alerting.Firing) -> Alert:

@@ -36,3 +36,10 @@ bench: install ## Run the benchmarks (bench/run.py; BENCH_ARGS=--quick for a smo
 		|| .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[bench]'
 	@if [[ -f bench/run.py ]]; then .venv/bin/python bench/run.py $(BENCH_ARGS); \
 	else echo "bench: benchmarks are not written yet (bench/run.py is missing)" >&2; exit 1; fi
+
+PROMETHEUS_URL ?= http://127.0.0.1:$(or $(PROMETHEUS_PORT),9090)
+.PHONY: dashboards-render
+dashboards-render: ## Draw each dashboard from Prometheus into .render/<uid>.png (PROMETHEUS_URL=..., RENDER_ARGS=...)
+	@.venv/bin/python -c 'import matplotlib' 2>/dev/null \
+		|| .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dashboards]'
+	@.venv/bin/python -m dashboards.render --prometheus-url $(PROMETHEUS_URL) $(RENDER_ARGS)

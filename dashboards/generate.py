@@ -10,7 +10,9 @@ that JSON through dashboards/provisioning. docs/metrics.md is written from
 
 Every query references metric names from `streams.names`, so a rename there
 changes the dashboards on the next run, and tests/test_dashboards.py fails
-until the regenerated JSON is committed.
+until the regenerated JSON is committed. Limits come from the packaged
+policy (streams/policy.yaml): rates are drawn as a share of the limit in
+force in their marketplace, so one 100% line is every marketplace's limit.
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from fractions import Fraction
 from pathlib import Path
+from typing import Callable
 
 from grafana_foundation_sdk.builders import common as common_builders
 from grafana_foundation_sdk.builders import dashboard as dashboard_builders
@@ -31,6 +35,7 @@ from grafana_foundation_sdk.models.dashboard import (
     DataSourceRef,
     DataTransformerConfig,
     DynamicConfigValue,
+    FieldColorModeId,
     Threshold,
     ThresholdsMode,
     VariableRefresh,
@@ -39,19 +44,18 @@ from grafana_foundation_sdk.models.dashboard import (
 from grafana_foundation_sdk.models.prometheus import PromQueryFormat
 
 from dashboards import metrics_reference
-from streams import names
+from streams import names, policy
 
 DASHBOARDS_DIR = Path(__file__).resolve().parent
 REPOSITORY_ROOT = DASHBOARDS_DIR.parent
 METRICS_DOC = REPOSITORY_ROOT / "docs" / "metrics.md"
+# The policy the worker loads when CANCELWATCH_POLICY is not set (contract section 4).
+POLICY_FILE = REPOSITORY_ROOT / "streams" / "policy.yaml"
 
 PROMETHEUS = DataSourceRef(type_val="prometheus", uid=names.PROMETHEUS_DATASOURCE_UID)
 # Grafana's own annotation store, where `cancelwatch grafana-annotations` writes.
 GRAFANA_ANNOTATIONS = DataSourceRef(type_val="grafana", uid="-- Grafana --")
 
-# The default policy's levels (contract section 4); IN uses 1.6% and 2.0%.
-WARNING_LEVEL = 0.02
-LIMIT = 0.025
 RATE_WINDOW_DAYS = "7"
 
 # Colours of the four reason groups the seller-facing advice is built on.
@@ -90,12 +94,129 @@ def recorded(rule: str) -> str:
     return rule
 
 
-def rate_thresholds() -> dashboard_builders.ThresholdsConfig:
-    return (dashboard_builders.ThresholdsConfig().mode(ThresholdsMode.ABSOLUTE).steps([
-        Threshold(value=None, color="green"),
-        Threshold(value=WARNING_LEVEL, color="orange"),
-        Threshold(value=LIMIT, color="red"),
-    ]))
+def selector(*matchers: str) -> str:
+    """`{a="1", b="2"}` of the non-empty matchers, or "" when there are none."""
+    present = [matcher for matcher in matchers if matcher]
+    return "{" + ", ".join(present) + "}" if present else ""
+
+
+# --- Limits in force (the packaged policy) ---------------------------------------
+
+class Limits:
+    """The policy's limit and warning level per marketplace, as the dashboards draw them.
+
+    A rate is divided by its marketplace's limit, so 1.0 (100%) is the limit
+    everywhere and `warning_share` the warning level. That needs one limit per
+    marketplace (all its windows) and one warning level / limit ratio in the
+    whole policy; a policy without them is refused, naming what differs.
+    """
+
+    def __init__(self, rules: policy.Policy) -> None:
+        self.default_bps = self._one_limit("the default windows", rules.default_windows)
+        self.bps = {marketplace: self._one_limit(f"marketplace {marketplace}", rules.windows(marketplace))
+                    for marketplace in names.MARKETPLACES}
+        self.warning_bps = {marketplace: rules.windows(marketplace)[0].warning_bps
+                            for marketplace in names.MARKETPLACES}
+        every = list(rules.default_windows) + [w for ws in rules.marketplace_windows.values() for w in ws]
+        shares = {Fraction(w.warning_bps, w.limit_bps) for w in every}
+        if len(shares) != 1:
+            raise ValueError(f"{POLICY_FILE}: warning levels are {sorted(map(float, shares))} of the "
+                             "limit in different windows; the dashboards draw one warning line as a "
+                             "share of the limit, so every window needs the same warning_bps / limit_bps")
+        self.warning_share = float(shares.pop())
+
+    @staticmethod
+    def _one_limit(where: str, windows) -> int:
+        found = {w.limit_bps for w in windows}
+        if len(found) != 1:
+            raise ValueError(f"{POLICY_FILE}: {where} has windows with limits {sorted(found)} bps; "
+                             "the dashboards divide each marketplace's rates by one limit")
+        return found.pop()
+
+    def exceptions(self) -> dict[int, list[str]]:
+        """Limit (bps) -> marketplaces whose limit is not the default's."""
+        groups: dict[int, list[str]] = {}
+        for marketplace, bps in self.bps.items():
+            if bps != self.default_bps:
+                groups.setdefault(bps, []).append(marketplace)
+        return groups
+
+    def share_of_limit(self, expression: Callable[[str], str]) -> str:
+        """`expression(matcher)` divided by the limit in force, one term per limit.
+
+        `expression` is given a marketplace matcher (or "") to put in each of its
+        selectors; marketplaces with the default limit come first.
+        """
+        exceptions = self.exceptions()
+        excluded = sorted(m for group in exceptions.values() for m in group)
+        terms = [f"{expression(_marketplace_matcher(excluded, negate=True))} / {self.default_bps / 10000:g}"]
+        for bps, marketplaces in sorted(exceptions.items()):
+            terms.append(f"{expression(_marketplace_matcher(marketplaces))} / {bps / 10000:g}")
+        return " or ".join(terms)
+
+    def describe(self) -> str:
+        """The levels in words, for panel descriptions."""
+        def levels(bps: int, warning_bps: int) -> str:
+            return f"{bps / 100:.1f}% limit, {warning_bps / 100:.1f}% warning level"
+        first = next(m for m, bps in self.bps.items() if bps == self.default_bps)
+        text = f"100% is the marketplace's limit and {self.warning_share:.0%} its warning level " \
+               f"(default: {levels(self.default_bps, self.warning_bps[first])}"
+        for bps, marketplaces in sorted(self.exceptions().items()):
+            text += f"; {', '.join(marketplaces)}: {levels(bps, self.warning_bps[marketplaces[0]])}"
+        return text + ")"
+
+
+def _marketplace_matcher(marketplaces: list[str], negate: bool = False) -> str:
+    if not marketplaces:
+        return ""
+    if len(marketplaces) == 1:
+        return f'{names.LABEL_MARKETPLACE}{"!=" if negate else "="}"{marketplaces[0]}"'
+    return f'{names.LABEL_MARKETPLACE}{"!~" if negate else "=~"}"{"|".join(marketplaces)}"'
+
+
+POLICY = policy.load(POLICY_FILE)
+LIMITS = Limits(POLICY)
+
+
+# --- Colours: thresholds of every stat panel, and of the rate lines ---------------------
+# A threshold list is ((from value, colour), ...), the first from None (the base).
+# Colours mean the same everywhere: green healthy, orange look soon, red act now,
+# blue a count that is neither good nor bad.
+
+Levels = tuple[tuple[float | None, str], ...]
+
+UP = ((None, "red"), (1, "green"))                        # 0 down, 1 up
+BAD_WHEN_ANY = ((None, "green"), (1, "red"))              # breaches, critical alerts
+WARN_WHEN_ANY = ((None, "green"), (1, "orange"))          # warnings, dead letters
+NEUTRAL = ((None, "blue"),)                               # ok sellers, other counts
+# Headroom: 0 red (the next seller-fault cancel breaches, or it is breached),
+# up to the policy's headroom_low orange (SellerCancelRateHeadroomLow fires), above green.
+HEADROOM = ((None, "red"), (1, "orange"), (POLICY.headroom_low + 1, "green")) \
+    if POLICY.headroom_low >= 1 else ((None, "red"), (1, "green"))
+# Messages waiting on the source topics; 1000 is CancelwatchConsumerLagGrowing's threshold.
+CONSUMER_LAG = ((None, "green"), (1000, "orange"), (10000, "red"))
+# Seconds the worker's clock is behind the wall clock (live mode: about a scrape interval).
+CLOCK_BEHIND = ((None, "green"), (60, "orange"), (300, "red"))
+# Alert updates waiting for Alertmanager: any is in flight, hundreds means delivery is stuck.
+ALERT_QUEUE = ((None, "green"), (1, "orange"), (100, "red"))
+# A rate as a share of the limit in force.
+SHARE_OF_LIMIT = ((None, "green"), (LIMITS.warning_share, "orange"), (1.0, "red"))
+
+SEVERITY_LEVELS = {"critical": BAD_WHEN_ANY, "warning": WARN_WHEN_ANY}
+STATUS_LEVELS = {names.STATUS_OK: NEUTRAL, names.STATUS_WARNING: WARN_WHEN_ANY,
+                 names.STATUS_BREACH: BAD_WHEN_ANY}
+# Bands of the absolute 7-day rate (streams.metrics.rate_band), coloured by the default
+# policy: 2-2.5% is at the warning level, 2.5%+ breached.
+BAND_LEVELS = dict(zip(names.RATE_BANDS, (NEUTRAL, NEUTRAL, WARN_WHEN_ANY, BAD_WHEN_ANY)))
+
+
+def thresholds(levels: Levels) -> dashboard_builders.ThresholdsConfig:
+    return (dashboard_builders.ThresholdsConfig().mode(ThresholdsMode.ABSOLUTE)
+            .steps([Threshold(value=value, color=colour) for value, colour in levels]))
+
+
+def fixed_colour(colour: str) -> DynamicConfigValue:
+    return DynamicConfigValue(id_val="color", value={"mode": "fixed", "fixedColor": colour})
 
 
 def series_panel(panel_id: int, title: str, description: str, *targets,
@@ -115,22 +236,32 @@ def series_panel(panel_id: int, title: str, description: str, *targets,
     return panel
 
 
-def rate_panel(panel_id: int, title: str, description: str, *targets, width: int = 12
-               ) -> timeseries.Panel:
-    """A rate over time with the warning level and the limit drawn as dashed lines."""
+def share_panel(panel_id: int, title: str, description: str, *targets, width: int = 12
+                ) -> timeseries.Panel:
+    """A rate as a share of the limit in force, with the warning level and the limit dashed."""
     return (series_panel(panel_id, title, description, *targets, unit="percentunit", width=width)
-            .min(0).decimals(2).thresholds(rate_thresholds())
+            .min(0).axis_soft_max(1.0).decimals(0).thresholds(thresholds(SHARE_OF_LIMIT))
             .thresholds_style(common_builders.GraphThresholdsStyleConfig()
                               .mode(common.GraphThresholdsStyleMode.DASHED)))
 
 
-def stat_panel(panel_id: int, title: str, description: str, *targets, unit: str = "short",
-               width: int = 6, height: int = 6) -> stat.Panel:
+def stat_panel(panel_id: int, title: str, description: str, *targets, levels: Levels,
+               by_name: dict[str, Levels] | None = None, unit: str = "short",
+               width: int = 6, height: int = 6, no_value: str | None = None) -> stat.Panel:
+    """Big numbers coloured by `levels` (and per field by `by_name`, keyed by legend)."""
     panel = (stat.Panel().id(panel_id).title(title).description(description)
              .datasource(PROMETHEUS).unit(unit).span(width).height(height)
              .graph_mode(common.BigValueGraphMode.NONE)
+             .color_mode(common.BigValueColorMode.BACKGROUND)
              .text_mode(common.BigValueTextMode.VALUE_AND_NAME)
+             .color_scheme(dashboard_builders.FieldColor().mode(FieldColorModeId.THRESHOLDS))
+             .thresholds(thresholds(levels))
              .reduce_options(common_builders.ReduceDataOptions().calcs(["lastNotNull"])))
+    for name, field_levels in (by_name or {}).items():
+        panel = panel.override_by_name(name, [DynamicConfigValue(
+            id_val="thresholds", value=thresholds(field_levels).build())])
+    if no_value is not None:
+        panel = panel.no_value(no_value)
     for target in targets:
         panel = panel.with_target(target)
     return panel
@@ -138,8 +269,7 @@ def stat_panel(panel_id: int, title: str, description: str, *targets, unit: str 
 
 def reason_group_overrides(panel: timeseries.Panel) -> timeseries.Panel:
     for group, colour in REASON_GROUP_COLOURS.items():
-        panel = panel.override_by_name(group, [DynamicConfigValue(
-            id_val="color", value={"mode": "fixed", "fixedColor": colour})])
+        panel = panel.override_by_name(group, [fixed_colour(colour)])
     return panel
 
 
@@ -202,15 +332,31 @@ def base_dashboard(key: str, title: str, description: str) -> dashboard_builders
 
 # --- Overview ----------------------------------------------------------------
 
+def fleet_rate(marketplace_matcher: str) -> str:
+    """Seller-fault cancelled / orders over the rate window, summed over a marketplace's sellers."""
+    matchers = (f'{names.LABEL_WINDOW_DAYS}="{RATE_WINDOW_DAYS}"', marketplace_matcher)
+    by = f"sum by ({names.LABEL_MARKETPLACE})"
+    return (f"{by} (cancelwatch_fleet_window_cancelled{selector(*matchers)})"
+            f" / ({by} (cancelwatch_fleet_window_orders{selector(*matchers)}) > 0)")
+
+
+def per_seller(metric: str, marketplace_matcher: str = "") -> str:
+    """A top-K gauge by seller, marketplace and window, without job and instance."""
+    labels = f"{names.LABEL_SELLER}, {names.LABEL_MARKETPLACE}, {names.LABEL_WINDOW_DAYS}"
+    return f"max by ({labels}) ({metric}{selector(marketplace_matcher)})"
+
+
+def per_minute(counter: str, by: str, matcher: str = "") -> str:
+    """Events per minute of a counter, whatever the zoom (`$__rate_interval` only smooths)."""
+    return f"60 * sum by ({by}) (rate({counter}{selector(matcher)}[$__rate_interval]))"
+
+
 def overview() -> dashboard_builders.Dashboard:
-    marketplace = names.LABEL_MARKETPLACE
-    window = f'{names.LABEL_WINDOW_DAYS}="{RATE_WINDOW_DAYS}"'
-    fleet_rate = (f"sum by ({marketplace}) (cancelwatch_fleet_window_cancelled{{{window}}})"
-                  f" / sum by ({marketplace}) (cancelwatch_fleet_window_orders{{{window}}})")
     seller_link = (f"/d/{names.DASHBOARD_UIDS['seller']}/?var-{names.LABEL_MARKETPLACE}="
                    f"${{__data.fields.{names.LABEL_MARKETPLACE}}}&var-{names.LABEL_SELLER}="
                    f"${{__data.fields.{names.LABEL_SELLER}}}&${{__url_time_range}}")
     at_risk_columns = {
+        "Value #E": "of limit",
         "Value #A": "rate",
         "Value #B": "headroom",
         "Value #C": "orders",
@@ -219,92 +365,117 @@ def overview() -> dashboard_builders.Dashboard:
     at_risk = (
         table.Panel().id(4).title("Sellers at risk (top-K)")
         .description("The top-K sellers at risk exported by the workers (setting "
-                     "CANCELWATCH_TOP_K): rate, headroom, orders and seller-fault cancelled "
-                     "orders per window. Click a seller for its dashboard.")
+                     "CANCELWATCH_TOP_K), one row per window, highest share of the limit first: "
+                     f"rate as a share of the limit in force ({LIMITS.describe()}), rate, headroom, "
+                     "orders and seller-fault cancelled orders. Click a seller for its dashboard.")
         .datasource(PROMETHEUS).span(24).height(10)
-        .with_target(query("cancelwatch_seller_rate", ref_id="A", instant=True, as_table=True))
-        .with_target(query("cancelwatch_seller_headroom", ref_id="B", instant=True, as_table=True))
-        .with_target(query("cancelwatch_seller_window_orders", ref_id="C", instant=True, as_table=True))
-        .with_target(query("cancelwatch_seller_window_cancelled", ref_id="D", instant=True, as_table=True))
+        .with_target(query(per_seller("cancelwatch_seller_rate"), ref_id="A", instant=True, as_table=True))
+        .with_target(query(per_seller("cancelwatch_seller_headroom"), ref_id="B", instant=True, as_table=True))
+        .with_target(query(per_seller("cancelwatch_seller_window_orders"), ref_id="C", instant=True,
+                           as_table=True))
+        .with_target(query(per_seller("cancelwatch_seller_window_cancelled"), ref_id="D", instant=True,
+                           as_table=True))
+        .with_target(query(LIMITS.share_of_limit(lambda matcher: per_seller("cancelwatch_seller_rate", matcher)),
+                           ref_id="E", instant=True, as_table=True))
         .with_transformation(DataTransformerConfig(id_val="merge", options={}))
         .with_transformation(DataTransformerConfig(id_val="organize", options={
-            "excludeByName": {"Time": True, "__name__": True, "job": True, "instance": True},
+            "excludeByName": {"Time": True},
             "indexByName": {names.LABEL_SELLER: 0, names.LABEL_MARKETPLACE: 1,
-                            names.LABEL_WINDOW_DAYS: 2, "Value #A": 3, "Value #B": 4,
-                            "Value #C": 5, "Value #D": 6},
+                            names.LABEL_WINDOW_DAYS: 2, "Value #E": 3, "Value #A": 4,
+                            "Value #B": 5, "Value #C": 6, "Value #D": 7},
             "renameByName": at_risk_columns,
         }))
         .with_transformation(DataTransformerConfig(id_val="sortBy", options={
-            "sort": [{"field": "headroom", "desc": False}]}))
+            "sort": [{"field": "of limit", "desc": True}]}))
+        .override_by_name("of limit", [
+            DynamicConfigValue(id_val="unit", value="percentunit"),
+            DynamicConfigValue(id_val="decimals", value=0),
+            DynamicConfigValue(id_val="thresholds", value=thresholds(SHARE_OF_LIMIT).build()),
+            DynamicConfigValue(id_val="custom.cellOptions", value={"type": "color-background"}),
+        ])
         .override_by_name("rate", [
             DynamicConfigValue(id_val="unit", value="percentunit"),
             DynamicConfigValue(id_val="decimals", value=2),
-            DynamicConfigValue(id_val="thresholds", value=rate_thresholds().build()),
-            DynamicConfigValue(id_val="custom.cellOptions", value={"type": "color-background"}),
+        ])
+        .override_by_name("headroom", [
+            DynamicConfigValue(id_val="thresholds", value=thresholds(HEADROOM).build()),
+            DynamicConfigValue(id_val="custom.cellOptions", value={"type": "color-text"}),
         ])
         .override_by_name(names.LABEL_SELLER, [DynamicConfigValue(id_val="links", value=[
             {"title": "Seller dashboard", "url": seller_link}])])
     )
     return (
         base_dashboard("overview", "cancelwatch / Overview",
-                       "Fleet cancellation rate per marketplace, sellers at risk, why orders "
-                       "are cancelled, and the alerts firing.")
+                       "Fleet cancellation rate per marketplace as a share of its limit, sellers "
+                       "at risk, why orders are cancelled, and the alerts firing.")
         .annotation(built_in_annotations(enabled=True))
         .annotation(firing_alerts_annotation())
         .annotation(prometheus_alerts_annotation())
         .annotation(alert_annotations("Seller alerts", [ANNOTATION_TAG], "orange"))
-        .with_panel(rate_panel(
-            1, "Fleet cancellation rate by marketplace (7 days)",
-            "Seller-fault cancelled orders / orders over 7 days, summed over all sellers of "
-            "the marketplace. Dashed lines: warning level 2.0% and limit 2.5% (IN: 1.6% and 2.0%).",
-            query(fleet_rate, "{{marketplace}}"), width=24))
         .with_panel(stat_panel(
-            2, "Sellers by status", "Seller-marketplaces by status (ok, warning, breach).",
+            2, "Sellers by status",
+            "Seller-marketplaces by status: ok (blue), warning (orange when any), breach "
+            "(red when any).",
             query("sum by (status) (cancelwatch_sellers)", "{{status}}", instant=True),
-            width=12))
+            levels=NEUTRAL, by_name=STATUS_LEVELS, width=12, height=5))
         .with_panel(stat_panel(
-            3, "Sellers by 7-day rate band", "Seller-marketplaces by the band their 7-day rate falls in.",
-            query("sum by (band) (cancelwatch_seller_rate_band)", "{{band}}", instant=True),
-            width=12))
-        .with_panel(at_risk)
-        .with_panel(reason_group_overrides(series_panel(
-            5, "Seller-fault cancellations by reason group",
-            "Orders that became seller-fault cancelled per interval, by reason group "
-            "(inventory, order_error, payment, policy, and the rest).",
-            query("sum by (reason_group) (increase(cancelwatch_seller_fault_cancellations_total"
-                  "[$__rate_interval]))", "{{reason_group}}"),
-            stacked=True)))
-        .with_panel(series_panel(
-            6, "Excluded cancellations by cause",
-            "Cancelled orders that do not count against the seller, per interval, by cause.",
-            query("sum by (cause) (increase(cancelwatch_excluded_cancellations_total"
-                  "[$__rate_interval]))", "{{cause}}"),
-            stacked=True))
-        .with_panel(rate_panel(
-            8, "Seller-fault cancellations per new order (14m burn)",
-            "Seller-fault cancellations per order entering the rate over the last 14 minutes, "
-            "by marketplace: the short-window ratio the marketplace burn-rate alerts use. "
-            "Against the same 2.0% and 2.5% lines.",
-            query(recorded("marketplace:cancelwatch_seller_fault_cancellations_per_order:ratio_rate14m"),
-                  "{{marketplace}}"),
-            width=24))
+            3, "Sellers by 7-day rate band",
+            "Seller-marketplaces by the band their 7-day rate falls in. The bands are absolute "
+            "rates, coloured by the default policy (2-2.5% warning, 2.5%+ breached); in IN, "
+            "whose limit is 2.0%, 2-2.5% is already a breach.",
+            query("sum by (band) (cancelwatch_seller_rate_band)", "{{band}}",
+                  instant=True),
+            levels=NEUTRAL, by_name=BAND_LEVELS, width=12, height=5))
         .with_panel(stat_panel(
-            7, "Alerts firing", "Alerts currently firing from the workers, by name.",
+            7, "Alerts firing",
+            "Alerts currently firing from the workers, by name: red when a critical one fires, "
+            "orange for warnings.",
             query(f"sum by ({names.LABEL_ALERTNAME}) (cancelwatch_alerts_active)",
                   "{{alertname}}", instant=True),
-            width=24, height=5))
+            levels=WARN_WHEN_ANY,
+            by_name={name: SEVERITY_LEVELS[severity] for name, severity in names.ALERT_SEVERITY.items()},
+            width=24, height=4))
+        .with_panel(share_panel(
+            1, "Fleet cancellation rate by marketplace, share of its limit (7 days)",
+            "Seller-fault cancelled orders / orders over 7 days, summed over all sellers of the "
+            f"marketplace, divided by the marketplace's limit: {LIMITS.describe()}.",
+            query(LIMITS.share_of_limit(fleet_rate), "{{marketplace}}"), width=24))
+        .with_panel(at_risk)
+        .with_panel(reason_group_overrides(series_panel(
+            5, "Seller-fault cancellations per minute by reason group",
+            "Orders that became seller-fault cancelled, per minute, by reason group "
+            "(inventory, order_error, payment, policy, and the rest).",
+            query(per_minute("cancelwatch_seller_fault_cancellations_total", "reason_group"),
+                  "{{reason_group}}"),
+            unit="cpm", stacked=True)))
+        .with_panel(series_panel(
+            6, "Excluded cancellations per minute by cause",
+            "Cancelled orders that do not count against the seller, per minute, by cause.",
+            query(per_minute("cancelwatch_excluded_cancellations_total", "cause"), "{{cause}}"),
+            unit="cpm", stacked=True))
+        .with_panel(share_panel(
+            8, "Seller-fault cancellations per new order, share of the limit (14m burn)",
+            "Seller-fault cancellations per order entering the rate over the last 14 minutes, "
+            "by marketplace, divided by the marketplace's limit: the burn rate the marketplace "
+            "burn-rate alerts use (100% spends exactly the limit; the page fires at 1440%). "
+            f"{LIMITS.describe()}.",
+            query(LIMITS.share_of_limit(lambda matcher: recorded(
+                "marketplace:cancelwatch_seller_fault_cancellations_per_order:ratio_rate14m")
+                + selector(matcher)), "{{marketplace}}"),
+            width=24))
     )
 
 
 # --- Seller --------------------------------------------------------------------
 
 def seller() -> dashboard_builders.Dashboard:
-    selector = (f'{names.LABEL_SELLER}="${names.LABEL_SELLER}", '
-                f'{names.LABEL_MARKETPLACE}="${names.LABEL_MARKETPLACE}"')
+    seller_matchers = (f'{names.LABEL_SELLER}="${names.LABEL_SELLER}"',
+                       f'{names.LABEL_MARKETPLACE}="${names.LABEL_MARKETPLACE}"')
+    chosen = selector(*seller_matchers)
     by_window = "{{window_days}} days"
     return (
         base_dashboard("seller", "cancelwatch / Seller",
-                       "One seller in one marketplace: rate per window against the limit, "
+                       "One seller in one marketplace: rate per window as a share of the limit, "
                        "headroom, orders and cancellations, and its alerts. Sellers come from "
                        "the top-K sellers at risk.")
         .with_variable(dashboard_builders.QueryVariable(names.LABEL_MARKETPLACE)
@@ -323,31 +494,35 @@ def seller() -> dashboard_builders.Dashboard:
             "Alerts of this seller",
             [ANNOTATION_TAG, tag(names.LABEL_SELLER, f"${names.LABEL_SELLER}"),
              tag(names.LABEL_MARKETPLACE, f"${names.LABEL_MARKETPLACE}")], "red"))
-        .with_panel(rate_panel(
-            1, "Cancellation rate per window",
-            "The seller's rate in each window of its marketplace. Dashed lines: warning level "
-            "2.0% and limit 2.5% (IN: 1.6% and 2.0%).",
-            query(f"cancelwatch_seller_rate{{{selector}}}", by_window), width=16))
+        .with_panel(share_panel(
+            1, "Cancellation rate per window, share of the limit",
+            "The seller's rate in each window of its marketplace divided by the marketplace's "
+            f"limit: {LIMITS.describe()}. A seller's own stricter target (contract section 10) "
+            "is not drawn: no metric carries it yet.",
+            query(LIMITS.share_of_limit(
+                lambda matcher: f"cancelwatch_seller_rate{selector(*seller_matchers, matcher)}"),
+                by_window),
+            width=16))
         .with_panel(stat_panel(
             2, "Headroom", "More seller-fault cancellations the seller can absorb and stay under "
-            "the limit, per window.",
-            query(f"cancelwatch_seller_headroom{{{selector}}}", by_window, instant=True),
-            width=8, height=8))
+            "the limit, per window: red at 0, orange at the headroom-low alert's level, green above.",
+            query(f"cancelwatch_seller_headroom{chosen}", by_window, instant=True),
+            levels=HEADROOM, width=8, height=8))
         .with_panel(series_panel(
             3, "Orders in window", "Orders in each window (rate denominator).",
-            query(f"cancelwatch_seller_window_orders{{{selector}}}", by_window)))
+            query(f"cancelwatch_seller_window_orders{chosen}", by_window)))
         .with_panel(series_panel(
             4, "Seller-fault cancelled orders in window",
             "Seller-fault cancelled orders in each window (rate numerator).",
-            query(f"cancelwatch_seller_window_cancelled{{{selector}}}", by_window)))
+            query(f"cancelwatch_seller_window_cancelled{chosen}", by_window)))
         .with_panel(reason_group_overrides(series_panel(
-            5, "Seller-fault cancellations in the marketplace by reason group",
-            "Marketplace-wide reason groups for context; this seller's dominant reason and the "
-            "suggested action are in its alert annotations.",
-            query(f'sum by (reason_group) (increase(cancelwatch_seller_fault_cancellations_total'
-                  f'{{{names.LABEL_MARKETPLACE}="${names.LABEL_MARKETPLACE}"}}[$__rate_interval]))',
+            5, "Seller-fault cancellations per minute in the marketplace by reason group",
+            "Marketplace-wide reason groups per minute, for context; this seller's dominant reason "
+            "and the suggested action are in its alert annotations.",
+            query(per_minute("cancelwatch_seller_fault_cancellations_total", "reason_group",
+                             f'{names.LABEL_MARKETPLACE}="${names.LABEL_MARKETPLACE}"'),
                   "{{reason_group}}"),
-            width=24, stacked=True)))
+            unit="cpm", width=24, stacked=True)))
     )
 
 
@@ -361,19 +536,42 @@ def pipeline() -> dashboard_builders.Dashboard:
         .annotation(built_in_annotations(enabled=True))
         .annotation(prometheus_alerts_annotation())
         .with_panel(stat_panel(
-            1, "Workers up", "1 when Prometheus scraped the worker's /metrics successfully.",
+            1, "Workers up", "1 (green) when Prometheus scraped the worker's /metrics "
+            "successfully, 0 (red) when not.",
             query(f'up{{job="{names.PROMETHEUS_JOB}"}}', "{{instance}}", instant=True),
-            width=8, height=5))
+            levels=UP, width=4, height=5))
+        .with_panel(stat_panel(
+            11, "Consumer lag (largest topic)",
+            "Messages not yet processed on the source topic furthest behind: orange from 1,000 "
+            "(the lag alert's level), red from 10,000.",
+            query(f"max ({recorded('job_topic:cancelwatch_consumer_lag_messages:sum')})", "messages",
+                  instant=True),
+            levels=CONSUMER_LAG, width=4, height=5))
+        .with_panel(stat_panel(
+            13, "Partitions catching up",
+            "Partitions whose backlog is above CANCELWATCH_CATCHUP_LAG: their new seller alerts "
+            "are held until they catch up. Orange when any.",
+            query("sum (cancelwatch_partition_catching_up)", "partitions", instant=True),
+            levels=WARN_WHEN_ANY, width=4, height=5))
         .with_panel(stat_panel(
             2, "Worker clock behind wall clock",
-            "Wall clock minus the worker's now: about 0 in live mode, the replay position in "
-            "event-clock mode.",
+            "Wall clock minus the worker's now: about 0 in live mode (orange from 1 minute, red "
+            "from 5); in event-clock mode the replay position, red while replaying history.",
             query("time() - cancelwatch_clock_seconds", "{{instance}}", instant=True),
-            unit="s", width=8, height=5))
+            levels=CLOCK_BEHIND, unit="s", width=4, height=5))
         .with_panel(stat_panel(
-            3, "Alert updates queued", "Alert updates waiting for delivery to Alertmanager.",
+            12, "Dead letters (last hour)",
+            "Messages sent to the dead-letter topic in the last hour, over all source topics: "
+            "orange when any.",
+            query("round(sum (increase(cancelwatch_dead_letters_total[1h])))", "dead letters",
+                  instant=True),
+            levels=WARN_WHEN_ANY, width=4, height=5, no_value="0"))
+        .with_panel(stat_panel(
+            3, "Alert updates queued",
+            "Alert updates waiting for delivery to Alertmanager: orange while any is in flight, "
+            "red from 100 (deliveries failing).",
             query("sum (cancelwatch_alert_queue_alerts)", "queued", instant=True),
-            width=8, height=5))
+            levels=ALERT_QUEUE, width=4, height=5))
         .with_panel(series_panel(
             4, "Events consumed by topic and outcome",
             "Events per second, by source topic and outcome.",
@@ -393,22 +591,27 @@ def pipeline() -> dashboard_builders.Dashboard:
                   "p99 {{topic}}", "B"),
             unit="s"))
         .with_panel(series_panel(
-            7, "Dead letters by kind", "Messages sent to the dead-letter topic per second, over 5m.",
-            query(f"sum by (topic, kind) ({recorded('job_topic_kind:cancelwatch_dead_letters:rate5m')})",
-                  "{{topic}} {{kind}}"),
-            unit="ops", stacked=True))
+            7, "Dead letters per minute by kind",
+            "Messages sent to the dead-letter topic per minute (over 5m), by kind; 0 until the "
+            "first one.",
+            query(f"60 * sum by (kind) ({recorded('job_topic_kind:cancelwatch_dead_letters:rate5m')})",
+                  "{{kind}}"),
+            unit="cpm", stacked=True).no_value("0"))
         .with_panel(series_panel(
-            8, "Alert deliveries by outcome",
-            "Alert batches posted to Alertmanager per second, over 5m.",
-            query(f"sum by (outcome) ({recorded('job_outcome:cancelwatch_alert_deliveries:rate5m')})",
-                  "{{outcome}}"),
-            unit="ops", stacked=True))
+            8, "Alert deliveries per minute by outcome",
+            "Alert batches posted to Alertmanager per minute (over 5m): sent (green) or failed (red).",
+            query(f"60 * sum by (outcome) "
+                  f"({recorded('job_outcome:cancelwatch_alert_deliveries:rate5m')})", "{{outcome}}"),
+            unit="cpm", stacked=True)
+            .override_by_name("sent", [fixed_colour("green")])
+            .override_by_name("failed", [fixed_colour("red")]))
         .with_panel(series_panel(
             9, "State table keys", "Keys held in each state table, summed over workers.",
             query("sum by (table) (cancelwatch_table_keys)", "{{table}}")))
         .with_panel(series_panel(
             10, "Alerts firing by name", "Alerts currently firing from the workers.",
-            query(f"sum by ({names.LABEL_ALERTNAME}) (cancelwatch_alerts_active)", "{{alertname}}")))
+            query(f"sum by ({names.LABEL_ALERTNAME}) (cancelwatch_alerts_active)", "{{alertname}}"),
+            width=24))
     )
 
 

@@ -9,6 +9,7 @@ tests/test_dashboards_live.py runs the same queries against real data.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import shutil
@@ -21,7 +22,7 @@ from grafana_foundation_sdk.cog import plugins
 from grafana_foundation_sdk.models import prometheus as prometheus_models
 from grafana_foundation_sdk.models.dashboard import Dashboard
 
-from dashboards import generate, metrics_reference, queries
+from dashboards import generate, metrics_reference, queries, render
 from streams import names
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -260,14 +261,292 @@ def test_sellers_at_risk_links_to_the_seller_dashboard():
     assert f"var-{names.LABEL_MARKETPLACE}=${{__data.fields.{names.LABEL_MARKETPLACE}}}" in url
 
 
-def test_fleet_rate_panel_draws_the_warning_level_and_the_limit():
-    panel = ALL["overview"]["panels"][0]
-    steps = [step["value"] for step in panel["fieldConfig"]["defaults"]["thresholds"]["steps"]]
-    assert steps == [None, 0.02, 0.025]
-    assert panel["fieldConfig"]["defaults"]["custom"]["thresholdsStyle"]["mode"] == "dashed"
-    assert panel["targets"][0]["expr"] == (
-        'sum by (marketplace) (cancelwatch_fleet_window_cancelled{window_days="7"})'
-        ' / sum by (marketplace) (cancelwatch_fleet_window_orders{window_days="7"})')
+def panel_titled(key: str, start: str) -> dict:
+    return next(panel for panel in ALL[key]["panels"] if panel["title"].startswith(start))
+
+
+# Panels that draw a rate divided by the limit in force in its marketplace.
+SHARE_PANELS = (("overview", "Fleet cancellation rate"), ("overview", "Seller-fault cancellations per new order"),
+                ("seller", "Cancellation rate per window"))
+
+
+@pytest.mark.parametrize("key, title", SHARE_PANELS)
+def test_rate_panels_draw_the_limit_at_100_percent_and_the_warning_level_at_80(key, title):
+    defaults = panel_titled(key, title)["fieldConfig"]["defaults"]
+    assert defaults["unit"] == "percentunit"
+    assert [(step["value"], step["color"]) for step in defaults["thresholds"]["steps"]] == [
+        (None, "green"), (0.8, "orange"), (1.0, "red")]
+    assert defaults["custom"]["thresholdsStyle"]["mode"] == "dashed"
+
+
+def test_no_panel_draws_the_default_policy_levels_for_every_marketplace():
+    for key, dashboard in ALL.items():
+        for panel in dashboard["panels"]:
+            configs = [panel["fieldConfig"]["defaults"]] + [
+                prop["value"] for override in panel["fieldConfig"]["overrides"]
+                for prop in override["properties"] if prop["id"] == "thresholds"]
+            for config in configs:
+                steps = (config.get("thresholds") or config).get("steps", [])
+                assert not {0.02, 0.025} & {step["value"] for step in steps}, (key, panel["title"])
+
+
+def promql_values(tmp_path: Path, series: dict[str, float], expr: str) -> dict[str, float]:
+    """`expr` evaluated by promtool over constant `series`: labels -> value rounded to 0.001."""
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool is needed: apt-get install -y prometheus"
+    test = {"rule_files": [], "evaluation_interval": "1m", "tests": [{
+        "interval": "1m",
+        "input_series": [{"series": name, "values": f"{value}x10"} for name, value in series.items()],
+        "promql_expr_test": [{"expr": f"round(({expr}), 0.001)", "eval_time": "5m", "exp_samples": []}],
+    }]}
+    path = tmp_path / "promql_test.yml"
+    path.write_text(yaml.safe_dump(test), encoding="utf-8")
+    result = subprocess.run([promtool, "test", "rules", str(path)], capture_output=True, text=True, check=False)
+    got = re.search(r"^\s*got: (.*)$", result.stdout + result.stderr, re.M)
+    if got is None:  # promtool found what the empty expectation says: no sample at all
+        assert result.returncode == 0, result.stdout + result.stderr
+        return {}
+    return {labels: float(value) for labels, value in re.findall(r"(\{[^}]*\}) ([-+.\dEe]+)", got.group(1))}
+
+
+# One seller-marketplace in the US (limit 2.5%, warning 2.0%) and one in IN (2.0% and 1.6%),
+# contract section 4. The same 1.8% is 72% of the US limit and 90% of India's.
+LIMIT_INPUT = {
+    'cancelwatch_fleet_window_cancelled{marketplace="US", window_days="7"}': 18,
+    'cancelwatch_fleet_window_orders{marketplace="US", window_days="7"}': 1000,
+    'cancelwatch_fleet_window_cancelled{marketplace="IN", window_days="7"}': 18,
+    'cancelwatch_fleet_window_orders{marketplace="IN", window_days="7"}': 1000,
+    'cancelwatch_fleet_window_cancelled{marketplace="IN", window_days="30"}': 50,
+    'cancelwatch_fleet_window_orders{marketplace="IN", window_days="30"}': 1000,
+    'cancelwatch_seller_rate{seller_id="S1", marketplace="IN", window_days="7", instance="w1"}': 0.016,
+    'cancelwatch_seller_rate{seller_id="S1", marketplace="IN", window_days="30", instance="w1"}': 0.02,
+    'cancelwatch_seller_rate{seller_id="S2", marketplace="US", window_days="7", instance="w2"}': 0.016,
+    'marketplace:cancelwatch_seller_fault_cancellations_per_order:ratio_rate14m{marketplace="US"}': 0.05,
+    'marketplace:cancelwatch_seller_fault_cancellations_per_order:ratio_rate14m{marketplace="IN"}': 0.01,
+}
+
+
+def test_fleet_rate_is_a_share_of_each_marketplace_limit(tmp_path):
+    [target] = panel_titled("overview", "Fleet cancellation rate")["targets"]
+    assert promql_values(tmp_path, LIMIT_INPUT, target["expr"]) == {
+        '{marketplace="US"}': 0.72, '{marketplace="IN"}': 0.9}
+
+
+def test_burn_rate_is_a_share_of_each_marketplace_limit(tmp_path):
+    [target] = panel_titled("overview", "Seller-fault cancellations per new order")["targets"]
+    assert promql_values(tmp_path, LIMIT_INPUT, target["expr"]) == {
+        '{marketplace="US"}': 2.0, '{marketplace="IN"}': 0.5}
+
+
+def test_sellers_at_risk_show_the_rate_as_a_share_of_the_limit(tmp_path):
+    table = panel_titled("overview", "Sellers at risk")
+    share = next(target for target in table["targets"] if target["refId"] == "E")
+    assert promql_values(tmp_path, LIMIT_INPUT, share["expr"]) == {
+        '{marketplace="IN", seller_id="S1", window_days="30"}': 1.0,
+        '{marketplace="IN", seller_id="S1", window_days="7"}': 0.8,
+        '{marketplace="US", seller_id="S2", window_days="7"}': 0.64}
+    renamed = table["transformations"][1]["options"]["renameByName"]
+    assert renamed["Value #E"] == "of limit"
+    assert table["transformations"][2]["options"]["sort"] == [{"field": "of limit", "desc": True}]
+
+
+def test_seller_rate_is_a_share_of_its_marketplace_limit(tmp_path):
+    [target] = panel_titled("seller", "Cancellation rate per window")["targets"]
+    expr = queries.fill_variables(target["expr"], {"seller_id": "S1", "marketplace": "IN"})
+    assert promql_values(tmp_path, LIMIT_INPUT, expr) == {
+        '{instance="w1", marketplace="IN", seller_id="S1", window_days="30"}': 1.0,
+        '{instance="w1", marketplace="IN", seller_id="S1", window_days="7"}': 0.8}
+
+
+def test_limits_follow_the_policy():
+    policy_module = generate.policy
+    window = policy_module.Window
+    policy = dataclasses.replace(generate.POLICY, marketplace_windows={
+        "IN": (window(7, 200, 160), window(30, 200, 160)),
+        "JP": (window(7, 300, 240),),
+        "SG": (window(7, 200, 160),),
+    })
+    limits = generate.Limits(policy)
+    assert limits.share_of_limit(lambda matcher: f"r{generate.selector(matcher)}") == (
+        'r{marketplace!~"IN|JP|SG"} / 0.025 or r{marketplace=~"IN|SG"} / 0.02 or r{marketplace="JP"} / 0.03')
+    assert limits.warning_share == 0.8
+    uneven = dataclasses.replace(policy, marketplace_windows={"IN": (window(7, 200, 150),)})
+    with pytest.raises(ValueError, match="warning_bps / limit_bps"):
+        generate.Limits(uneven)
+    split = dataclasses.replace(policy, marketplace_windows={"IN": (window(7, 200, 160), window(30, 250, 200))})
+    with pytest.raises(ValueError, match="marketplace IN"):
+        generate.Limits(split)
+
+
+# --- Colours of stat panels --------------------------------------------------------------
+
+GOOD, WARN, BAD, NEUTRAL = "good", "warn", "bad", "neutral"
+COLOUR_MEANINGS = ((("red",), BAD), (("orange", "yellow"), WARN), (("green",), GOOD),
+                   (("blue", "text", "purple"), NEUTRAL))
+
+
+def meaning(colour: str) -> str:
+    for words, what in COLOUR_MEANINGS:
+        if any(word in colour.lower() for word in words):
+            return what
+    raise AssertionError(f"colour {colour!r} has no agreed meaning")
+
+
+def colour_at(thresholds: dict, value: float) -> str:
+    steps = thresholds["steps"]
+    colour = steps[0]["color"]
+    for step in steps[1:]:
+        if value >= step["value"]:
+            colour = step["color"]
+    return colour
+
+
+def field_thresholds(panel: dict, field: str | None) -> dict:
+    for override in panel["fieldConfig"]["overrides"]:
+        if field is not None and override["matcher"] == {"id": "byName", "options": field}:
+            found = [prop["value"] for prop in override["properties"] if prop["id"] == "thresholds"]
+            if found:
+                return found[0]
+    return panel["fieldConfig"]["defaults"]["thresholds"]
+
+
+ZERO_OR_ANY = {0: GOOD, 1: BAD, 3: BAD}
+# (dashboard, stat panel) -> field shown (None: every field without an override) -> value -> meaning
+STAT_COLOURS = {
+    ("pipeline", "Workers up"): {None: {0: BAD, 1: GOOD}},
+    ("pipeline", "Consumer lag (largest topic)"): {None: {0: GOOD, 999: GOOD, 1000: WARN, 50000: BAD}},
+    ("pipeline", "Worker clock behind wall clock"): {None: {0: GOOD, 20: GOOD, 60: WARN, 3600: BAD}},
+    ("pipeline", "Dead letters (last hour)"): {None: {0: GOOD, 1: WARN, 500: WARN}},
+    ("pipeline", "Partitions catching up"): {None: {0: GOOD, 1: WARN, 4: WARN}},
+    ("pipeline", "Alert updates queued"): {None: {0: GOOD, 1: WARN, 1000: BAD}},
+    ("overview", "Sellers by status"): {
+        "ok": {0: NEUTRAL, 1: NEUTRAL, 100000: NEUTRAL},
+        "warning": {0: GOOD, 1: WARN, 40: WARN},
+        "breach": ZERO_OR_ANY},
+    ("overview", "Sellers by 7-day rate band"): {
+        "0-1%": {0: NEUTRAL, 100000: NEUTRAL}, "1-2%": {0: NEUTRAL, 100000: NEUTRAL},
+        "2-2.5%": {0: GOOD, 1: WARN}, "2.5%+": ZERO_OR_ANY},
+    ("overview", "Alerts firing"): {
+        alertname: ZERO_OR_ANY if severity == "critical" else {0: GOOD, 1: WARN, 3: WARN}
+        for alertname, severity in names.ALERT_SEVERITY.items()},
+    ("seller", "Headroom"): {None: {0: BAD, 1: WARN, 2: GOOD, 500: GOOD}},
+}
+
+
+def test_every_stat_panel_has_agreed_colours():
+    stats = {(key, panel["title"]) for key, dashboard in ALL.items() for panel in dashboard["panels"]
+             if panel["type"] == "stat"}
+    assert stats == set(STAT_COLOURS), "give each stat panel its colour semantics in STAT_COLOURS"
+
+
+@pytest.mark.parametrize("key, title", sorted(STAT_COLOURS))
+def test_stat_panel_colours_match_their_meaning(key, title):
+    panel = next(panel for panel in ALL[key]["panels"] if panel["title"] == title)
+    defaults = panel["fieldConfig"]["defaults"]
+    assert defaults["color"] == {"mode": "thresholds"}, title
+    assert defaults["thresholds"]["mode"] == "absolute" and defaults["thresholds"]["steps"][0]["value"] is None
+    assert panel["options"]["colorMode"] in ("background", "value")
+    for field, expected in STAT_COLOURS[(key, title)].items():
+        thresholds = field_thresholds(panel, field)
+        got = {value: meaning(colour_at(thresholds, value)) for value in expected}
+        assert got == expected, f"{title} / {field or 'default'}: {got}"
+
+
+def test_sellers_at_risk_colour_the_share_of_the_limit_and_the_headroom():
+    table = panel_titled("overview", "Sellers at risk")
+    share = field_thresholds(table, "of limit")
+    assert {v: meaning(colour_at(share, v)) for v in (0.5, 0.8, 0.99, 1.0)} == {
+        0.5: GOOD, 0.8: WARN, 0.99: WARN, 1.0: BAD}
+    headroom = field_thresholds(table, "headroom")
+    assert {v: meaning(colour_at(headroom, v)) for v in (0, 1, 2)} == {0: BAD, 1: WARN, 2: GOOD}
+
+
+def test_dead_letter_panels_show_0_without_data():
+    for title in ("Dead letters (last hour)", "Dead letters per minute"):
+        assert panel_titled("pipeline", title)["fieldConfig"]["defaults"]["noValue"] == "0"
+
+
+def test_counts_are_per_minute_whatever_the_zoom():
+    """A count per query interval grows with the zoom; these are rates scaled to a minute."""
+    for key, dashboard in ALL.items():
+        for title, expr in queries.panel_queries(dashboard):
+            assert "increase(" not in expr or "[$__" not in expr, (title, expr)
+            if "per minute" in title:
+                assert expr.startswith("60 * "), (title, expr)
+
+
+# --- Render (dashboards/render.py) --------------------------------------------------------
+
+class FakePrometheus:
+    """Two series per query over the window, and one value per template variable."""
+
+    def __init__(self) -> None:
+        self.queries: list[str] = []
+
+    def range(self, expr, start, end, step):
+        self.queries.append(expr)
+        times = range(int(start), int(end) + 1, step)
+        return [{"metric": {"marketplace": marketplace, "status": status, "seller_id": "S1",
+                            "window_days": "7", "instance": "w1"},
+                 "values": [[t, str(index + (t - start) / (end - start))] for t in times]}
+                for index, (marketplace, status) in enumerate((("US", "ok"), ("IN", "breach")))]
+
+    def label_values(self, label, selector, start, end):
+        return {"marketplace": ["US", "IN"], "seller_id": ["S2", "S1"]}[label]
+
+
+@pytest.mark.parametrize("key", sorted(ALL))
+def test_render_draws_every_panel_of_a_dashboard(key, tmp_path):
+    source = FakePrometheus()
+    window = render.Window.last(60, render.scrape_interval_seconds(), end=1_800_000_000)
+    out = tmp_path / f"{ALL[key]['uid']}.png"
+    assert render.render_dashboard(source, ALL[key], window, {}, out) == (True, [])
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 20_000
+    assert len(source.queries) == len(queries.panel_queries(ALL[key]))
+    assert not any("$" in expr for expr in source.queries)
+    if key == "seller":
+        assert all('seller_id="S1"' in expr and 'marketplace="IN"' in expr
+                   for expr in source.queries if "seller_id" in expr)
+
+
+def test_render_fills_grafana_variables_from_the_scrape_interval():
+    window = render.Window.last(60, 15, end=1_800_000_000)
+    assert (window.step, window.variables) == (15, {
+        "__interval": "15s", "__rate_interval": "60s", "__range": "60m"})
+    assert render.Window.last(24 * 60, 15).variables["__rate_interval"] == "375s"
+
+
+def test_render_colours_a_stat_by_its_field_override():
+    panel = panel_titled("overview", "Sellers by status")
+    assert render.threshold_colour(render.field_config(panel, "breach"), 1) == render.rgb("red")
+    assert render.threshold_colour(render.field_config(panel, "breach"), 0) == render.rgb("green")
+    assert render.threshold_colour(render.field_config(panel, "ok"), 250) == render.rgb("blue")
+
+
+def test_render_table_merges_sorts_and_renames_like_grafana():
+    table = panel_titled("overview", "Sellers at risk")
+    labels = {"seller_id": "S1", "marketplace": "IN", "window_days": "7"}
+    other = dict(labels, seller_id="S2", marketplace="US")
+
+    def series(value, **extra):
+        return render.Series("", dict(extra), [0.0], [value])
+    data = {"A": [series(0.016, **labels), series(0.01, **other)], "B": [series(2, **labels)],
+            "C": [series(500, **labels)], "D": [series(8, **labels)],
+            "E": [series(0.8, **labels), series(0.4, **other)]}
+    columns, rows = render.table_rows(table, data)
+    assert columns == ["seller_id", "marketplace", "window_days", "of limit", "rate", "headroom",
+                       "orders", "cancelled"]
+    assert [row["seller_id"] for row in rows] == ["S1", "S2"]
+    assert rows[0]["of limit"] == 0.8 and rows[1].get("headroom") is None
+
+
+def test_render_formats_values_in_the_panel_unit():
+    assert render.format_value(0.8, "percentunit", 0) == "80%"
+    assert render.format_value(12.0, "cpm") == "12 /min"
+    assert render.format_value(90.0, "s") == "1.5 min"
+    assert render.format_value(15300.0) == "15.3K"
+    assert render.format_value(None) == "-"
+    assert render.legend("{{window_days}} days", {"window_days": "30"}) == "30 days"
 
 
 def test_seller_alert_annotations_filter_by_the_seller_tags():

@@ -200,7 +200,10 @@ class Runtime:
         clock = 0.0
         items = []
         firing: dict[tuple[str, str], dict] = {}
+        order_kind = ord(state_module.KIND_ORDER)
         for key, value in self.store.table.items():
+            if key[0] == order_kind:
+                continue            # the order index: rewritten from the buckets below
             if state_module.clock_partition(key) is not None:
                 clock = max(clock, int(value) / 1_000_000)
                 continue

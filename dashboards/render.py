@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import math
 import re
@@ -34,7 +35,7 @@ from pathlib import Path
 from typing import Protocol
 
 import yaml
-from matplotlib.dates import DateFormatter
+from matplotlib.dates import AutoDateLocator, DateFormatter
 from matplotlib.figure import Figure
 from matplotlib.patches import FancyBboxPatch, Rectangle
 from matplotlib.ticker import FuncFormatter, MaxNLocator
@@ -205,6 +206,9 @@ def rgb(colour: str) -> str:
     return GRAFANA_COLOURS.get(colour, colour)
 
 
+DURATIONS = ((86400, " day"), (3600, " h"), (60, " min"))
+
+
 def format_value(value: float | None, unit: str = "short", decimals: int | None = None) -> str:
     """A value in the panel's unit, close to how Grafana prints it."""
     if value is None or math.isnan(value):
@@ -214,9 +218,9 @@ def format_value(value: float | None, unit: str = "short", decimals: int | None 
     if unit == "percentunit":
         return f"{value * 100:.{1 if decimals is None else decimals}f}%"
     if unit == "s":
-        for size, suffix in ((86400, " day"), (3600, " h"), (60, " min")):
+        for size, suffix in DURATIONS:
             if abs(value) >= size:
-                return f"{value / size:.1f}{suffix}"
+                return f"{value / size:.3g}{suffix}"
         if abs(value) >= 1 or value == 0:
             return f"{value:.{1 if decimals is None else decimals}f} s"
         return f"{value * 1000:.0f} ms"
@@ -319,7 +323,8 @@ def message(figure: Figure, area: Box, text: str, colour: str = NO_DATA) -> None
               transform=axes.transAxes)
 
 
-def draw_timeseries(figure: Figure, panel: dict, area: Box, data: dict[str, list[Series]]) -> None:
+def draw_timeseries(figure: Figure, panel: dict, area: Box, data: dict[str, list[Series]],
+                    window: Window) -> None:
     series = [s for ref in sorted(data) for s in data[ref]]
     defaults = panel.get("fieldConfig", {}).get("defaults", {})
     custom = defaults.get("custom", {})
@@ -364,14 +369,24 @@ def draw_timeseries(figure: Figure, panel: dict, area: Box, data: dict[str, list
         high = max(high, max(step["value"] for step in steps[1:]) * 1.1)
     plot.set_ylim(low, high if high > low else low + 1)
     plot.yaxis.set_major_locator(MaxNLocator(5))
-    plot.yaxis.set_major_formatter(FuncFormatter(lambda value, _: format_value(value, unit, decimals)))
+    plot.yaxis.set_major_formatter(axis_formatter(unit, decimals, max(abs(low), abs(high))))
+    plot.set_xlim(datetime.fromtimestamp(window.start, timezone.utc),
+                  datetime.fromtimestamp(window.end, timezone.utc))
+    plot.xaxis.set_major_locator(AutoDateLocator(minticks=3, maxticks=8, tz=timezone.utc))
     plot.xaxis.set_major_formatter(DateFormatter("%H:%M", tz=timezone.utc))
-    plot.xaxis.set_major_locator(MaxNLocator(6))
     plot.tick_params(labelsize=7.5, colors="#464C54")
     plot.grid(True, color="#EEEEEE", linewidth=0.8)
     for spine in plot.spines.values():
         spine.set_color("#D8D9DA")
     draw_legend(figure, area.inset(left=area.width_inches - legend_width), series, colours, unit, decimals)
+
+
+def axis_formatter(unit: str, decimals: int | None, largest: float) -> FuncFormatter:
+    """Tick labels in the panel's unit; durations all in the unit of the largest tick, as Grafana."""
+    if unit == "s":
+        size, suffix = next(((size, suffix) for size, suffix in DURATIONS if largest >= size), (1, " s"))
+        return FuncFormatter(lambda value, _: f"{value / size:.3g}{suffix}")
+    return FuncFormatter(lambda value, _: format_value(value, unit, decimals))
 
 
 def draw_legend(figure: Figure, area: Box, series: list[Series], colours: list[str], unit: str,
@@ -382,16 +397,18 @@ def draw_legend(figure: Figure, area: Box, series: list[Series], colours: list[s
     line = 0.19  # inches per row
     fit = max(1, int(area.height_inches / line) - 1)
     shown = series if len(series) <= fit else series[:fit - 1]
-    axes.text(0.62, 1, "last", transform=axes.transAxes, fontsize=7, color="#6E7079", va="top", ha="right")
-    axes.text(0.98, 1, "max", transform=axes.transAxes, fontsize=7, color="#6E7079", va="top", ha="right")
+    characters = max(8, int(0.56 * area.width_inches * 72 / 4.0))  # about 4 points a character
+    axes.text(0.80, 1, "last", transform=axes.transAxes, fontsize=7, color="#6E7079", va="top", ha="right")
+    axes.text(0.99, 1, "max", transform=axes.transAxes, fontsize=7, color="#6E7079", va="top", ha="right")
     for row, (item, colour) in enumerate(zip(shown, colours), start=1):
         y = 1 - row * line / area.height_inches
         present = [v for v in item.values if not math.isnan(v)]
         axes.add_patch(Rectangle((0, y - 0.012), 0.04, 0.024 * 2, transform=axes.transAxes, color=colour))
-        axes.text(0.06, y, item.name[:28], transform=axes.transAxes, fontsize=7, va="center")
-        axes.text(0.62, y, format_value(item.last(), unit, decimals), transform=axes.transAxes,
+        name = item.name if len(item.name) <= characters else item.name[:characters - 1] + "…"
+        axes.text(0.06, y, name, transform=axes.transAxes, fontsize=7, va="center")
+        axes.text(0.80, y, format_value(item.last(), unit, decimals), transform=axes.transAxes,
                   fontsize=7, va="center", ha="right")
-        axes.text(0.98, y, format_value(max(present) if present else None, unit, decimals),
+        axes.text(0.99, y, format_value(max(present) if present else None, unit, decimals),
                   transform=axes.transAxes, fontsize=7, va="center", ha="right")
     if len(shown) < len(series):
         axes.text(0.06, 1 - (len(shown) + 1) * line / area.height_inches,
@@ -508,9 +525,6 @@ def draw_table(figure: Figure, panel: dict, area: Box, data: dict[str, list[Seri
                   fontsize=7.5, color="#6E7079", va="top")
 
 
-DRAWERS = {"timeseries": draw_timeseries, "stat": draw_stat, "table": draw_table}
-
-
 def render_dashboard(source: Source, dashboard: dict, window: Window, given: dict[str, str],
                      out: Path) -> tuple[bool, list[str]]:
     """Draw one dashboard into `out`: whether it was written, and the problems met."""
@@ -529,9 +543,11 @@ def render_dashboard(source: Source, dashboard: dict, window: Window, given: dic
                 fontsize=13, fontweight="bold", va="center", color="#202226")
     figure.text(0.995, 1 - 0.3 / (rows * ROW_INCHES + HEADER_INCHES), span, fontsize=9, va="center",
                 ha="right", color="#464C54")
+    drawers = {"timeseries": functools.partial(draw_timeseries, window=window),
+               "stat": draw_stat, "table": draw_table}
     for panel in panels:
         area = draw_frame(figure, panel, panel_box(panel, rows))
-        drawer = DRAWERS.get(panel["type"])
+        drawer = drawers.get(panel["type"])
         if drawer is None:
             message(figure, area, f"panel type {panel['type']!r} is not drawn")
             continue

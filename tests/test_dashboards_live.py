@@ -7,6 +7,7 @@ Grafana's `$__rate_interval` is replaced by a range wide enough for two scrapes.
 Panels over recording rules need Prometheus to have evaluated alerts/rules/*.yml.
 The `ALERTS` annotation (alerts Prometheus evaluates from alerts/rules) is only
 required to run: it is rightly empty while the pipeline is healthy.
+dashboards/render.py draws each dashboard from the same Prometheus.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import json
 import pytest
 import requests
 
-from dashboards import generate, queries
+from dashboards import generate, queries, render
 from streams import names
 
 pytestmark = pytest.mark.stack
@@ -80,3 +81,13 @@ def test_prometheus_annotation_queries_return_data(live_pipeline, key):
         result = instant(live_pipeline, filled)
         if "ALERTS" not in queries.metric_names(expr):
             assert result, f"annotation {name}: {filled} returned nothing"
+
+
+@pytest.mark.parametrize("key", sorted(DASHBOARDS))
+def test_render_draws_the_dashboard_from_live_data(live_pipeline, key, tmp_path):
+    window = render.Window.last(15, render.scrape_interval_seconds())
+    out = tmp_path / f"{DASHBOARDS[key]['uid']}.png"
+    written, problems = render.render_dashboard(render.Prometheus(live_pipeline), DASHBOARDS[key],
+                                                window, {}, out)
+    assert (written, problems) == (True, [])
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 50_000

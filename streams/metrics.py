@@ -49,7 +49,7 @@ class SellerSummary:
         self.windows = windows
 
     def risk(self, seller_id: str) -> tuple:
-        """Breached first, then least headroom, then highest rate (as the at-risk API)."""
+        """The at-risk API's ranking (contract section 8): breached, then share of the limit, then headroom."""
         return window.risk_key((orders, cancelled, limit) for _, orders, cancelled, limit in self.windows) \
             + (seller_id,)
 

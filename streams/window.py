@@ -149,19 +149,62 @@ def seller_json(seller_id: str, marketplace: str, windows: list[WindowTotals], n
     }
 
 
+class _ShareOfLimit:
+    """cancelled / (orders * limit_bps), compared exactly by cross-multiplication."""
+
+    __slots__ = ("cancelled", "scale")
+
+    def __init__(self, cancelled: int, scale: int) -> None:
+        self.cancelled = cancelled
+        self.scale = scale          # orders * limit_bps (> 0)
+
+    def __lt__(self, other: "_ShareOfLimit") -> bool:
+        return self.cancelled * other.scale < other.cancelled * self.scale
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _ShareOfLimit) and self.cancelled * other.scale == other.cancelled * self.scale
+
+
+_NO_SHARE = _ShareOfLimit(0, 1)
+
+
+def at_risk(windows: Iterable["WindowTotals"]) -> bool:
+    """Contract section 8: a seller with no seller-fault cancel in any window is not at risk."""
+    return any(w.cancelled for w in windows)
+
+
 def risk_key(windows: Iterable[tuple[int, int, int]]) -> tuple:
-    """Sort key of a seller from its windows' (orders, cancelled, limit_bps): breached
-    first, then least headroom, then highest rate. One ranking for the at-risk API,
-    its merge across workers and the top-K of /metrics."""
+    """Sort key of a seller from its windows' (orders, cancelled, limit_bps), contract
+    section 8: breached first, then the highest rate as a share of the limit (exact; a
+    seller at its warning level has a higher share than one below it, so warning comes
+    before ok), then least headroom. One ranking for the at-risk API, its merge across
+    workers and the top-K of /metrics."""
     is_breached = False
     least = float("inf")
-    worst_rate = 0.0
+    worst = _NO_SHARE
     for orders, cancelled, limit_bps in windows:
         if orders:
             is_breached = is_breached or breached(orders, cancelled, limit_bps)
             least = min(least, headroom(orders, cancelled, limit_bps))
-            worst_rate = max(worst_rate, cancelled / orders)
-    return (0 if is_breached else 1, least, -worst_rate)
+            share = _ShareOfLimit(cancelled, orders * limit_bps)
+            if worst < share:
+                worst = share
+    return (0 if is_breached else 1, _Descending(worst), least)
+
+
+class _Descending:
+    """Reverses the order of a share, so the highest sorts first."""
+
+    __slots__ = ("share",)
+
+    def __init__(self, share: _ShareOfLimit) -> None:
+        self.share = share
+
+    def __lt__(self, other: "_Descending") -> bool:
+        return other.share < self.share
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Descending) and self.share == other.share
 
 
 def risk_key_of_totals(windows: Iterable[WindowTotals]) -> tuple:

@@ -56,4 +56,5 @@ def test_top_k_are_the_sellers_most_at_risk():
     tight = SellerSummary("ok", "0-1%", ((7, 10, 0, 250),))
     easy = SellerSummary("ok", "0-1%", ((7, 1000, 1, 250),))
     ranked = sorted([("E", easy), ("T", tight), ("B", breached)], key=lambda item: item[1].risk(item[0]))
-    assert [seller for seller, _ in ranked] == ["B", "T", "E"]
+    # contract section 8: rate as a share of the limit before headroom; no seller-fault cancel ranks last
+    assert [seller for seller, _ in ranked] == ["B", "E", "T"]

@@ -194,15 +194,17 @@ def decide(previous: Mapping[AlertKey, Firing], wanted: Mapping[AlertKey, Wanted
 
 
 def firing_identity(firing: Mapping[AlertKey, Firing]) -> list[list]:
-    """The durable form of a seller's firing set: [alertname, window_days, sku, starts_at] each."""
+    """The durable form of a seller's firing set: [alertname, window_days, sku, starts_at,
+    annotations] each, so a new owner can keep the alerts alive exactly as they were sent."""
     return sorted([alert.labels[names.LABEL_ALERTNAME], alert.labels[names.LABEL_WINDOW_DAYS],
-                   alert.labels.get(names.LABEL_SKU, ""), alert.starts_at] for alert in firing.values())
+                   alert.labels.get(names.LABEL_SKU, ""), alert.starts_at, dict(alert.annotations)]
+                  for alert in firing.values())
 
 
-def firing_from_identity(seller_id: str, marketplace: str, identity: list[list]) -> dict[AlertKey, Firing]:
-    """The firing set back from its durable form (annotations are filled at the next evaluation)."""
+def firing_from_identity(seller_id: str, marketplace: str, identity: list) -> dict[AlertKey, Firing]:
+    """The firing set back from its durable form."""
     firing = {}
-    for alertname, days, sku, starts_at in identity:
+    for alertname, days, sku, starts_at, annotations in identity:
         labels = {
             names.LABEL_ALERTNAME: alertname,
             names.LABEL_SELLER: seller_id,
@@ -212,6 +214,6 @@ def firing_from_identity(seller_id: str, marketplace: str, identity: list[list])
         }
         if sku:
             labels[names.LABEL_SKU] = sku
-        alert = Firing(labels, {}, float(starts_at))
+        alert = Firing(labels, dict(annotations), float(starts_at))
         firing[alert.key] = alert
     return firing

@@ -39,7 +39,7 @@ SUMMARY_POOL_SIZE = 100_000                    # distinct seller summaries kept 
 
 _libc_trim = None
 _firing_encoder = msgspec.msgpack.Encoder()
-_firing_decoder = msgspec.msgpack.Decoder(list[tuple[str, str, str, float]])
+_firing_decoder = msgspec.msgpack.Decoder(list[tuple[str, str, str, float, dict[str, str]]])
 
 
 def release_memory() -> None:
@@ -229,6 +229,7 @@ class Runtime:
                 del self.store[state_module.alerts_key(*seller)]
             else:
                 self.alerts[seller] = alerts
+                outbox.fire.extend(alerts.values())   # kept alive as sent, until evaluated
         self.dirty = set(book.states())
         self.group = None           # applied to the book just replaced; its fetches are read again
         self.evaluated_bucket = None

@@ -1,0 +1,192 @@
+"""No false pages: alerts only from a caught-up view (contract section 9), on the real stack.
+
+A worker that starts on a backlog (a multi-day history, duplicates and
+reordering on), restarts after a SIGKILL with a backlog built up while it was
+down, or takes over another worker's partitions, evaluates partial and uneven
+counts until it has caught up. Each test runs the worker against an
+Alertmanager with the project's routing and an on-call receiver of its own,
+and checks:
+
+- the on-call receiver never gets an alert that both fired and resolved
+  (a page that resolves itself is a false page);
+- once caught up, the seller alerts active in Alertmanager are exactly those
+  the oracle's final counts warrant (breach, warning, headroom; the forecast
+  and listing alerts are not in the oracle and are left out of the comparison);
+- a live climb after catch-up is still warned before it breaches.
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+from datetime import timedelta
+
+import pytest
+
+from streams import names
+from tests.test_alerting_e2e import (ALERTMANAGER_CONFIG, PROJECT_WEBHOOK, Oncall, Seller, _warning_group_wait,
+                                     wait_for)
+from tests.test_alertmanager import LocalAlertmanager
+from tests.test_faults import settled_answers
+from tests.test_worker import expected_answers, publish, simulated_stream, strip_listing
+from tests.workers import Topics, WorkerProcess
+
+pytestmark = pytest.mark.stack
+
+# Alerts stay valid in Alertmanager for 4 re-send periods: longer than a killed worker's
+# session timeout plus its replacement's recovery, as with the default of 60 s.
+RESEND = "10"
+COMPARED = (names.ALERT_BREACHED, names.ALERT_WARNING, names.ALERT_HEADROOM_LOW)
+# Alertmanager sends a resolution at the next group_interval (30 s on the seller routes):
+# wait that long after catch-up before concluding that nothing fired and resolved.
+RESOLUTION_WAIT = 35.0
+SESSION = {"CANCELWATCH_SESSION_TIMEOUT_SECONDS": "10"}
+
+
+class Receiver:
+    """An Alertmanager with the project's routing and an on-call receiver, both of the test's own."""
+
+    def __init__(self, directory) -> None:
+        self.oncall = Oncall(directory)
+        config = ALERTMANAGER_CONFIG.read_text().replace(PROJECT_WEBHOOK, f"127.0.0.1:{self.oncall.port}")
+        self.alertmanager = LocalAlertmanager(directory, config)
+        self.alertmanager.start()
+
+    def worker(self, topics: Topics, state, **env) -> WorkerProcess:
+        extra = {"CANCELWATCH_ALERT_RESEND_SECONDS": RESEND, **SESSION, **env}
+        return WorkerProcess(topics, state, clock="event", alertmanager_url=self.alertmanager.url,
+                             extra_env=extra)
+
+    def flapped(self) -> list[tuple]:
+        """Alerts the receiver got both firing and resolved: (alertname, seller, window, sku)."""
+        seen = collections.defaultdict(set)
+        for notification in self.oncall.notifications():
+            for alert in notification["alerts"]:
+                labels = alert["labels"]
+                if labels.get(names.LABEL_SELLER):
+                    key = (labels[names.LABEL_ALERTNAME], labels[names.LABEL_SELLER],
+                           labels.get(names.LABEL_WINDOW_DAYS), labels.get(names.LABEL_SKU))
+                    seen[key].add(alert["status"])
+        return sorted(key for key, statuses in seen.items() if statuses >= {"firing", "resolved"})
+
+    def active(self) -> set[tuple[str, str, str]]:
+        return {(a["labels"][names.LABEL_ALERTNAME], a["labels"][names.LABEL_SELLER],
+                 a["labels"][names.LABEL_WINDOW_DAYS])
+                for a in self.alertmanager.active() if a["labels"].get(names.LABEL_ALERTNAME) in COMPARED}
+
+    def close(self) -> None:
+        self.alertmanager.stop()
+        self.oncall.stop()
+
+
+def warranted(expected: dict) -> set[tuple[str, str, str]]:
+    """The breach, warning and headroom alerts the oracle's counts warrant (contract section 9)."""
+    wanted = set()
+    for (seller, _), answer in expected.items():
+        windows = answer["windows"]
+        any_breached = any(w["status"] == "breach" for w in windows)
+        for w in windows:
+            days = str(w["days"])
+            if w["status"] == "breach":
+                wanted.add((names.ALERT_BREACHED, seller, days))
+                continue
+            if any_breached:
+                continue
+            if w["status"] == "warning":
+                wanted.add((names.ALERT_WARNING, seller, days))
+            if w["cancelled"] >= 1 and w["headroom"] is not None and w["headroom"] <= 1:
+                wanted.add((names.ALERT_HEADROOM_LOW, seller, days))
+    return wanted
+
+
+def settle(receiver: Receiver, worker: WorkerProcess, expected: dict) -> set:
+    """Wait until the worker answers the oracle's counts and Alertmanager holds exactly what they
+    warrant; then long enough for any resolution to reach the receiver."""
+    settled_answers(worker, strip_listing(expected), timeout=300)
+    want = warranted(expected)
+    wait_for(lambda: receiver.active() == want,
+             f"Alertmanager holding the {len(want)} alerts the oracle warrants", seconds=90)
+    time.sleep(RESOLUTION_WAIT)
+    return want
+
+
+@pytest.fixture
+def receiver(tmp_path):
+    receiver = Receiver(tmp_path)
+    yield receiver
+    receiver.close()
+
+
+def test_a_worker_starting_on_a_multi_day_backlog_pages_nobody_falsely(kafka_bootstrap, receiver, tmp_path):
+    stream = simulated_stream(seed=21, sellers=1000, days=1.5)
+    topics = Topics("catchup")
+    publish(kafka_bootstrap, topics, stream, seed=21)          # the whole backlog first
+    _, expected = expected_answers(stream)
+    worker = receiver.worker(topics, tmp_path / "state").start()
+    try:
+        worker.wait_ready(timeout=180)
+        want = settle(receiver, worker, expected)
+        assert want, "the history must warrant some alerts, or the test proves nothing"
+        assert receiver.flapped() == [], "alerts fired and resolved during the catch-up"
+        assert receiver.active() == want
+
+        # A live climb after catch-up is still warned before the breach.
+        seller = Seller("LIVE")
+        anchor = max(event.occurred_at for event in stream) - timedelta(hours=2)
+        placed = seller.orders(100, anchor)
+        sends = [*placed] + [seller.cancel(placed[n], anchor + timedelta(minutes=10 * n)) for n in (1, 2, 3)]
+        publish(kafka_bootstrap, topics, placed, seed=1)
+        for cancel in sends[100:]:
+            publish(kafka_bootstrap, topics, [cancel], seed=2)
+            time.sleep(_warning_group_wait() + 1.5)
+        first = wait_for(lambda: receiver.oncall.first(seller.seller_id, [names.ALERT_BREACHED]),
+                         "the live seller's breach at the receiver")
+        warned = receiver.oncall.first(seller.seller_id, names.WARNING_FAMILY)
+        assert warned is not None and warned[0] < first[0]
+    finally:
+        worker.stop()
+
+
+def test_a_restart_after_sigkill_with_a_backlog_pages_nobody_falsely(kafka_bootstrap, receiver, tmp_path):
+    stream = simulated_stream(seed=22, sellers=600, days=1.5)
+    half = len(stream) // 2
+    topics = Topics("catchup-kill")
+    worker = receiver.worker(topics, tmp_path / "state").start()
+    try:
+        worker.wait_ready(timeout=180)
+        publish(kafka_bootstrap, topics, stream[:half], seed=3)
+        _, expected = expected_answers(stream[:half])
+        settled_answers(worker, strip_listing(expected), timeout=300)
+        worker.kill()
+        publish(kafka_bootstrap, topics, stream[half:], seed=4)     # the backlog built while it was down
+        worker = receiver.worker(topics, tmp_path / "state", CANCELWATCH_WEB_PORT=str(worker.port)).start()
+        worker.wait_ready(timeout=180)
+        _, expected = expected_answers(stream)
+        settle(receiver, worker, expected)
+        assert receiver.flapped() == [], "alerts fired and resolved during the catch-up after the restart"
+    finally:
+        worker.stop()
+
+
+def test_a_takeover_with_a_backlog_pages_nobody_falsely(kafka_bootstrap, receiver, tmp_path):
+    stream = simulated_stream(seed=23, sellers=600, days=1.5)
+    half = len(stream) // 2
+    topics = Topics("catchup-takeover")
+    first = receiver.worker(topics, tmp_path / "a").start()
+    second = None
+    try:
+        first.wait_ready(timeout=180)
+        publish(kafka_bootstrap, topics, stream[:half], seed=5)
+        _, expected = expected_answers(stream[:half])
+        settled_answers(first, strip_listing(expected), timeout=300)
+        second = receiver.worker(topics, tmp_path / "b").start()
+        second.wait_ready(timeout=180)
+        first.kill()
+        publish(kafka_bootstrap, topics, stream[half:], seed=6)
+        _, expected = expected_answers(stream)
+        settle(receiver, second, expected)
+        assert receiver.flapped() == [], "alerts fired and resolved during the takeover's catch-up"
+    finally:
+        first.stop()
+        if second is not None:
+            second.stop()

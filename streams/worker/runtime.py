@@ -323,19 +323,25 @@ class Runtime:
                     applied[tp] = offsets[-1]
 
     def refresh_catch_up(self, consumer) -> None:
-        """Per owned partition: lag of each source topic from the offsets applied and committed
-        here to the partition's high watermark. A partition is catching up while any of its
-        source topics is more than CANCELWATCH_CATCHUP_LAG behind, or its high watermark is not
-        known yet. When one catches up, every seller is evaluated again at once, so what the
-        caught-up state warrants (firing or resolving) goes out."""
+        """Which owned partitions are catching up, from the offsets applied and committed here to
+        the high watermarks (`self.lag` per source partition, also exported as a metric).
+
+        A seller's events can wait on any partition of the orders and cancellations topics (a
+        producer that keys by something else: they are rerouted once read), so while any source
+        partition this worker reads is more than CANCELWATCH_CATCHUP_LAG behind, or its high
+        watermark is not known yet, every owned partition is catching up; otherwise a partition
+        is catching up while its own reroute partition is that far behind. When one catches
+        up, every seller is evaluated again at once, so what the caught-up state warrants
+        (firing or resolving) goes out."""
         if consumer is None:
             return
         lag: dict[tuple[str, int], int] = {}
         behind: set[int] = set()
         owned: set[int] = set()
+        sources_behind = False
+        reroute = self.settings.reroute_topic
         try:
-            assignment = consumer.assignment()
-            for tp in assignment:
+            for tp in consumer.assignment():
                 if tp.topic not in self.role:
                     continue
                 owned.add(tp.partition)
@@ -345,16 +351,20 @@ class Runtime:
                     committed = consumer._committed_offset.get(tp)
                     done = committed - 1 if committed is not None else -1
                 if highwater is None:
-                    behind.add(tp.partition)
-                    continue
-                messages = max(0, highwater - (done + 1))
-                lag[(tp.topic, tp.partition)] = messages
-                if messages > self.settings.catchup_lag:
-                    behind.add(tp.partition)
+                    messages = None
+                else:
+                    messages = lag[(tp.topic, tp.partition)] = max(0, highwater - (done + 1))
+                if messages is None or messages > self.settings.catchup_lag:
+                    if tp.topic == reroute:
+                        behind.add(tp.partition)
+                    else:
+                        sources_behind = True
         except Exception as error:  # the consumer may be mid-rebalance: keep the last view
             log.debug("lag unavailable: %r", error)
             return
         self.lag = lag
+        if sources_behind:
+            behind = set(owned)
         caught_up = self.catching_up - behind
         if caught_up and self.book is not None:
             log.info("partitions %s caught up: evaluating their sellers", sorted(caught_up))

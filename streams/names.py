@@ -14,6 +14,8 @@ DEAD_LETTER_TOPIC = "cancelwatch-dlq"
 # Internal: events whose Kafka key/partition does not match their seller are
 # forwarded here, keyed by seller_id, so one seller's state is never split.
 REROUTE_TOPIC = "cancelwatch-reroute"
+# Amazon's account-health reports, one envelope per fetched report (contract section 11).
+ACCOUNT_HEALTH_TOPIC = "account-health"
 APP_ID = "cancelwatch"
 DEFAULT_PARTITIONS = 4
 
@@ -69,6 +71,10 @@ ALERT_HEADROOM_LOW = "SellerCancelRateHeadroomLow"
 ALERT_FORECAST_BREACH = "SellerCancelRateForecastBreach"
 ALERT_BREACHED = "SellerCancelRateBreached"
 ALERT_LISTING = "ListingConsecutiveSellerCancellations"
+# Reconciliation with Amazon's account-health report (contract section 11).
+ALERT_DRIFT = "SellerCancelRateDrift"
+ALERT_ACCOUNT_AT_RISK = "SellerAccountAtRisk"
+RECONCILIATION_ALERTS = (ALERT_DRIFT, ALERT_ACCOUNT_AT_RISK)
 SELLER_ALERTS = (ALERT_WARNING, ALERT_HEADROOM_LOW, ALERT_FORECAST_BREACH, ALERT_BREACHED)
 WARNING_FAMILY = (ALERT_WARNING, ALERT_HEADROOM_LOW, ALERT_FORECAST_BREACH)
 ALERT_SEVERITY = {
@@ -77,6 +83,8 @@ ALERT_SEVERITY = {
     ALERT_FORECAST_BREACH: "warning",
     ALERT_BREACHED: "critical",
     ALERT_LISTING: "warning",
+    ALERT_DRIFT: "warning",
+    ALERT_ACCOUNT_AT_RISK: "critical",
 }
 LABEL_ALERTNAME = "alertname"
 LABEL_SELLER = "seller_id"
@@ -87,6 +95,13 @@ LABEL_SKU = "sku"
 ANNOTATION_KEYS = (
     "summary", "description", "rate", "headroom", "dominant_reason", "action", "dashboard",
 )
+# SellerCancelRateDrift adds Amazon's numbers and cancelwatch's over the report's range;
+# SellerAccountAtRisk adds the report's account status (no window_days label).
+DRIFT_ANNOTATION_KEYS = (
+    "amazon_rate", "cancelwatch_rate", "amazon_cancelled", "cancelwatch_cancelled",
+    "amazon_orders", "cancelwatch_orders",
+)
+ANNOTATION_ACCOUNT_STATUS = "account_status"
 
 STATUS_OK = "ok"
 STATUS_WARNING = "warning"

@@ -42,6 +42,20 @@ class Rule:
 
 
 @dataclasses.dataclass(frozen=True)
+class Reconciliation:
+    """When a comparison with Amazon's account-health report is drifting (contract section 11).
+
+    Drifting: |drift.cancelled| > max_cancelled_drift, or |drift.orders| above both
+    max_orders_drift and max_orders_drift_bps of Amazon's orderCount (100 bps = 1%).
+    """
+
+    max_cancelled_drift: int = 1
+    max_orders_drift: int = 5
+    max_orders_drift_bps: int = 100
+    report_lag_days: int = 3
+
+
+@dataclasses.dataclass(frozen=True)
 class Policy:
     bucket_seconds: int
     default_windows: tuple[Window, ...]
@@ -54,6 +68,7 @@ class Policy:
     listing_consecutive: int
     listing_order_window_days: int
     listing_marketplaces: frozenset[str]
+    reconciliation: Reconciliation
     retention_grace_hours: int
 
     def windows(self, marketplace: str) -> tuple[Window, ...]:
@@ -72,6 +87,12 @@ class Policy:
     @property
     def retention_seconds(self) -> int:
         return self.longest_window_days * 86400 + self.retention_grace_hours * 3600
+
+    @property
+    def reconciliation_retention_seconds(self) -> int:
+        """How far back purchase buckets must be kept for an account-health report whose range
+        ended `report_lag_days` ago to compare complete: the longest window plus that lag."""
+        return (self.longest_window_days + self.reconciliation.report_lag_days) * 86400
 
     def is_seller_fault(self, initiator: str, reason: str, buyer_requested: bool) -> bool:
         if any(rule.matches(initiator, reason, buyer_requested) for rule in self.exceptions):
@@ -187,7 +208,7 @@ class _Reader:
 
     def policy(self, root: yaml.Node) -> Policy:
         top = self.mapping(root, "the policy", {"version", "bucket_minutes", "default", "counting", "alerts"},
-                           {"marketplaces", "retention_grace_hours"})
+                           {"marketplaces", "retention_grace_hours", "reconciliation"})
         version = self.integer(top["version"], "version", 1, 1)
         del version
         bucket_minutes = self.integer(top["bucket_minutes"], "bucket_minutes", 1, 1440)
@@ -230,6 +251,8 @@ class _Reader:
             listing_consecutive=self.integer(listing["consecutive"], "consecutive", 1, 100),
             listing_order_window_days=self.integer(listing["order_window_days"], "order_window_days", 1, 366),
             listing_marketplaces=listing_marketplaces,
+            reconciliation=self.reconciliation(top["reconciliation"]) if "reconciliation" in top
+            else Reconciliation(),
             retention_grace_hours=grace,
         )
 
@@ -245,3 +268,19 @@ class _Reader:
                 raise self.fail(item, f"{code!r} is not a contract marketplace code")
             codes.append(code)
         return frozenset(codes)
+
+    def reconciliation(self, node: yaml.Node) -> Reconciliation:
+        keys = {"max_cancelled_drift", "max_orders_drift", "max_orders_drift_bps", "report_lag_days"}
+        entry = self.mapping(node, "reconciliation", set(), keys)
+        defaults = Reconciliation()
+        values = {key: getattr(defaults, key) for key in keys}
+        bounds = {
+            "max_cancelled_drift": ("max_cancelled_drift (orders)", 0, 1_000_000),
+            "max_orders_drift": ("max_orders_drift (orders)", 0, 1_000_000),
+            "max_orders_drift_bps": ("max_orders_drift_bps (basis points, 100 = 1%)", 0, 10000),
+            "report_lag_days": ("report_lag_days", 0, 366),
+        }
+        for key, value_node in entry.items():
+            what, low, high = bounds[key]
+            values[key] = self.integer(value_node, what, low, high)
+        return Reconciliation(**values)

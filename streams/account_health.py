@@ -105,10 +105,6 @@ class _Report(msgspec.Struct, frozen=True):
     accountStatuses: list[msgspec.Raw] = []
 
 
-class _MarketplaceId(msgspec.Struct, frozen=True):
-    marketplaceId: Text
-
-
 class _AccountStatus(msgspec.Struct, frozen=True):
     marketplaceId: Text
     status: Text
@@ -118,6 +114,7 @@ class _Metrics(msgspec.Struct, frozen=True):
     """The keys of a performanceMetrics entry that are read; every other metric is left alone.
     An absent key is an empty Raw."""
 
+    marketplaceId: Text
     preFulfillmentCancellationRate: msgspec.Raw = msgspec.Raw()
     prefulfillmentCancelRate: msgspec.Raw = msgspec.Raw()      # the schema's own example
     accountHealthRating: msgspec.Raw = msgspec.Raw()
@@ -143,7 +140,6 @@ class _HealthRating(msgspec.Struct, frozen=True):
 
 _envelope_decoder = msgspec.json.Decoder(_Envelope)
 _report_decoder = msgspec.json.Decoder(_Report)
-_id_decoder = msgspec.json.Decoder(_MarketplaceId)
 _status_decoder = msgspec.json.Decoder(_AccountStatus)
 _metrics_decoder = msgspec.json.Decoder(_Metrics)
 _rate_decoder = msgspec.json.Decoder(_CancellationRate)
@@ -175,17 +171,16 @@ def decode_envelope(raw: bytes, now: datetime | None = None) -> Envelope:
     skipped = 0
     for index, entry in enumerate(report.performanceMetrics):
         where = f"report.performanceMetrics[{index}]"
-        marketplace_id = _decode(_id_decoder, entry, where).marketplaceId
-        marketplace = MARKETPLACE_IDS.get(marketplace_id)
+        metrics = _decode(_metrics_decoder, entry, where)
+        marketplace = MARKETPLACE_IDS.get(metrics.marketplaceId)
         if marketplace is None:
             skipped += 1
             continue
-        metrics = _decode(_metrics_decoder, entry, where)
         health = MarketplaceHealth(marketplace, _cancellation(metrics, where),
                                    statuses.get(marketplace), _health_rating(metrics))
         if marketplace in marketplaces and marketplaces[marketplace] != health:
             raise BadReport("invalid_event", f"{where}: a second, different entry for marketplace "
-                                             f"{marketplace_id} ({marketplace})")
+                                             f"{metrics.marketplaceId} ({marketplace})")
         marketplaces[marketplace] = health
     if not marketplaces:
         known = f" ({skipped} skipped: marketplaceId not one of the contract's marketplaces)" if skipped else ""

@@ -10,6 +10,7 @@ from datetime import datetime, timedelta, timezone
 
 import msgspec
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from streams import account_health, events
 from streams.account_health import BadReport
@@ -459,3 +460,49 @@ def test_a_bad_account_status_is_refused_naming_the_field(status, field):
         report["accountStatuses"][0] = status
     error = refused(envelope(report_with(bad)))
     assert error.reason.startswith(f"{field}:"), error.reason
+
+
+# --- hostile input: an answer or a BadReport, never anything else -----------------------------
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats(allow_nan=False) | st.text(max_size=30),
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=10), children, max_size=3),
+    max_leaves=10)
+
+
+def paths(value, prefix=()):
+    """Every path to a value inside the example."""
+    yield prefix
+    if isinstance(value, dict):
+        for key, child in value.items():
+            yield from paths(child, prefix + (key,))
+    elif isinstance(value, list):
+        for index, child in enumerate(value):
+            yield from paths(child, prefix + (index,))
+
+
+WRAPPED = {"schema_version": 1, "seller_id": "A1", "fetched_at": "2026-08-10T06:00:00Z", "report": EXAMPLE}
+PATHS = [path for path in paths(WRAPPED) if path]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(PATHS), JSON_VALUES), min_size=1, max_size=3))
+def test_a_mutated_report_decodes_or_is_refused_with_a_reason(mutations):
+    document = copy.deepcopy(WRAPPED)
+    for path, value in mutations:
+        parent = document
+        try:
+            for key in path[:-1]:
+                parent = parent[key]
+            parent[path[-1]] = value
+        except (KeyError, IndexError, TypeError):
+            continue
+    try:
+        result = account_health.decode_envelope(json.dumps(document).encode(), NOW)
+    except BadReport as error:
+        assert error.kind in ("invalid_event", "invalid_json", "future") and error.reason
+    else:
+        for health in result.marketplaces.values():
+            cancellation = health.cancellation
+            assert 0 <= cancellation.cancellation_count <= cancellation.order_count
+            assert 0 <= cancellation.rate <= 1 and cancellation.reporting_from <= cancellation.reporting_to

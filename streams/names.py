@@ -16,6 +16,9 @@ DEAD_LETTER_TOPIC = "cancelwatch-dlq"
 REROUTE_TOPIC = "cancelwatch-reroute"
 # Amazon's account-health reports, one envelope per fetched report (contract section 11).
 ACCOUNT_HEALTH_TOPIC = "account-health"
+# Compacted: a seller's own stricter limit per marketplace (contract section 10),
+# key `{seller_id}/{marketplace}`; every worker reads all of it.
+TARGETS_TOPIC = "seller-targets"
 APP_ID = "cancelwatch"
 DEFAULT_PARTITIONS = 4
 
@@ -102,6 +105,10 @@ DRIFT_ANNOTATION_KEYS = (
     "amazon_orders", "cancelwatch_orders",
 )
 ANNOTATION_ACCOUNT_STATUS = "account_status"
+# The limit in force for the alert's window, and where it comes from: the seller's
+# target or the marketplace (contract section 10).
+ANNOTATION_LIMIT = "limit"
+ANNOTATION_LIMIT_SOURCE = "limit_source"
 
 STATUS_OK = "ok"
 STATUS_WARNING = "warning"

@@ -27,6 +27,30 @@ class Window:
     warning_bps: int
 
 
+# A note of a seller target or preset is shown in alerts and in `cancelwatch target list`:
+# one line, at most this long.
+NOTE_MAX_CHARS = 200
+_PRESET_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_-")
+
+
+def note_problem(note: str) -> str | None:
+    """Why a target's note cannot be used (None when it can)."""
+    if len(note) > NOTE_MAX_CHARS:
+        return f"is {len(note)} characters, over the {NOTE_MAX_CHARS} allowed"
+    if any(ord(character) < 32 or ord(character) == 127 for character in note):
+        return "holds a control character (a line break or tab): it must be one line of text"
+    return None
+
+
+@dataclasses.dataclass(frozen=True)
+class Preset:
+    """A named seller target (`cancelwatch target set --preset NAME`), in basis points."""
+
+    limit_bps: int
+    warning_bps: int
+    note: str | None = None
+
+
 @dataclasses.dataclass(frozen=True)
 class Rule:
     """Matches a cancellation on every field it names (None = any)."""
@@ -70,6 +94,7 @@ class Policy:
     listing_marketplaces: frozenset[str]
     reconciliation: Reconciliation
     retention_grace_hours: int
+    presets: dict[str, Preset]
 
     def windows(self, marketplace: str) -> tuple[Window, ...]:
         return self.marketplace_windows.get(marketplace, self.default_windows)
@@ -208,7 +233,7 @@ class _Reader:
 
     def policy(self, root: yaml.Node) -> Policy:
         top = self.mapping(root, "the policy", {"version", "bucket_minutes", "default", "counting", "alerts"},
-                           {"marketplaces", "retention_grace_hours", "reconciliation"})
+                           {"marketplaces", "retention_grace_hours", "presets", "reconciliation"})
         version = self.integer(top["version"], "version", 1, 1)
         del version
         bucket_minutes = self.integer(top["bucket_minutes"], "bucket_minutes", 1, 1440)
@@ -254,7 +279,38 @@ class _Reader:
             reconciliation=self.reconciliation(top["reconciliation"]) if "reconciliation" in top
             else Reconciliation(),
             retention_grace_hours=grace,
+            presets=self.presets(top["presets"]) if "presets" in top else {},
         )
+
+    def presets(self, node: yaml.Node) -> dict[str, Preset]:
+        if not isinstance(node, yaml.MappingNode):
+            raise self.fail(node, "presets must be a mapping of preset name to "
+                                  "{limit_bps, warning_bps, note}")
+        presets: dict[str, Preset] = {}
+        for key_node, value_node in node.value:
+            name = key_node.value if isinstance(key_node, yaml.ScalarNode) else ""
+            if not (0 < len(name) <= 40 and name[0].isalpha() and set(name) <= _PRESET_NAME_CHARS):
+                raise self.fail(key_node, f"preset name {name!r} must be 1..40 lower-case letters, "
+                                          "digits, '_' or '-', starting with a letter")
+            if name in presets:
+                raise self.fail(key_node, f"preset {name!r} appears twice")
+            entry = self.mapping(value_node, f"preset {name}", {"limit_bps", "warning_bps"}, {"note"})
+            limit = self.integer(entry["limit_bps"], "limit_bps (basis points, 50 = 0.5%)", 2, 10000)
+            warning = self.integer(entry["warning_bps"], "warning_bps (basis points)", 1, 10000)
+            if warning >= limit:
+                raise self.fail(entry["warning_bps"], f"warning_bps {warning} must be below limit_bps "
+                                                      f"{limit}: a seller target warns before its limit")
+            note = None
+            if "note" in entry:
+                note = self.scalar(entry["note"])
+                if not isinstance(note, str):
+                    raise self.fail(entry["note"], f"note must be text, got {note!r}")
+                problem = note_problem(note)
+                if problem:
+                    raise self.fail(entry["note"], f"note {problem}")
+                note = note.strip() or None
+            presets[name] = Preset(limit, warning, note)
+        return presets
 
     def _marketplace_set(self, node: yaml.Node) -> frozenset[str]:
         if isinstance(node, yaml.ScalarNode):

@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "settings": ("streams.settings_cli", "Print the settings reference, or check the current environment."),
     "publish": ("streams.publish", "Validate a JSON Lines or CSV file of events and send it to Kafka."),
     "import-orders": ("streams.import_orders", "Publish the events of Amazon Orders API documents (getOrder, searchOrders)."),
+    "target": ("streams.target_cli", "Set, clear or list sellers' own limits (seller targets)."),
     "schema": ("streams.schema_cli", "Print the JSON Schema of the events."),
     "simulate": ("streams.simulate", "Generate realistic order and cancellation traffic (scenarios)."),
     "seller": ("streams.seller_cli", "Show one seller's rate, headroom and reasons from the worker."),

@@ -61,6 +61,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("CANCELWATCH_REROUTE_TOPIC", names.REROUTE_TOPIC,
             "Internal topic: events keyed by something other than their seller_id are "
             "forwarded here keyed by seller_id."),
+    Setting("CANCELWATCH_TARGETS_TOPIC", names.TARGETS_TOPIC,
+            "Compacted topic of seller targets (a seller's own limit and warning level per "
+            "marketplace); `cancelwatch target` writes it and creates it if missing."),
     Setting("CANCELWATCH_PARTITIONS", str(names.DEFAULT_PARTITIONS),
             "Partitions of the source, reroute and state topics (created if missing; must "
             "match existing source topics)."),
@@ -162,6 +165,7 @@ class Settings:
     catchup_lag: int = 1000
     failpoint: str = ""
     failpoint_at: int = 1
+    targets_topic: str = names.TARGETS_TOPIC
 
     @property
     def bootstrap_servers(self) -> list[str]:
@@ -332,6 +336,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         cancellations_topic=_topic(env, "CANCELWATCH_CANCELLATIONS_TOPIC"),
         dead_letter_topic=_topic(env, "CANCELWATCH_DEAD_LETTER_TOPIC"),
         reroute_topic=_topic(env, "CANCELWATCH_REROUTE_TOPIC"),
+        targets_topic=_topic(env, "CANCELWATCH_TARGETS_TOPIC"),
         partitions=_integer(env, "CANCELWATCH_PARTITIONS", 1, 1024),
         app_id=_topic(env, "CANCELWATCH_APP_ID"),
         data_dir=Path(_get(env, "CANCELWATCH_DATA_DIR") or ".state"),

@@ -11,7 +11,7 @@ from streams import cli
 
 COMMANDS_DOC = Path(__file__).resolve().parent.parent / "docs" / "commands.md"
 # Commands whose options this test reads from their --help.
-OPTION_CHECKED = ("publish", "schema", "simulate", "seller", "top", "import-orders")
+OPTION_CHECKED = ("publish", "schema", "simulate", "seller", "top", "import-orders", "target")
 
 
 def sections() -> dict[str, str]:

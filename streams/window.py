@@ -9,8 +9,10 @@ limit is done in integers (basis points). Pure: values in, values out.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections import Counter
 from datetime import datetime, timezone
+from fractions import Fraction
 from typing import Iterable, Mapping, Protocol
 
 from streams import names
@@ -149,72 +151,43 @@ def seller_json(seller_id: str, marketplace: str, windows: list[WindowTotals], n
     }
 
 
-class _ShareOfLimit:
-    """cancelled / (orders * limit_bps), compared exactly by cross-multiplication."""
-
-    __slots__ = ("cancelled", "scale")
-
-    def __init__(self, cancelled: int, scale: int) -> None:
-        self.cancelled = cancelled
-        self.scale = scale          # orders * limit_bps (> 0)
-
-    def __lt__(self, other: "_ShareOfLimit") -> bool:
-        return self.cancelled * other.scale < other.cancelled * self.scale
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, _ShareOfLimit) and self.cancelled * other.scale == other.cancelled * self.scale
-
-
-_NO_SHARE = _ShareOfLimit(0, 1)
-
-
-def at_risk(windows: Iterable["WindowTotals"]) -> bool:
-    """Contract section 8: a seller with no seller-fault cancel in any window is not at risk."""
+def at_risk(windows: Iterable[WindowTotals]) -> bool:
+    """A seller is at risk only with a seller-fault cancel in some window (contract section 8):
+    however few its orders, one without any is not listed."""
     return any(w.cancelled for w in windows)
 
 
-def risk_key(windows: Iterable[tuple[int, int, int]]) -> tuple:
-    """Sort key of a seller from its windows' (orders, cancelled, limit_bps), contract
-    section 8: breached first, then the highest rate as a share of the limit (exact; a
-    seller at its warning level has a higher share than one below it, so warning comes
-    before ok), then least headroom. One ranking for the at-risk API, its merge across
-    workers and the top-K of /metrics."""
-    is_breached = False
-    least = float("inf")
-    worst = _NO_SHARE
-    for orders, cancelled, limit_bps in windows:
-        if orders:
-            is_breached = is_breached or breached(orders, cancelled, limit_bps)
-            least = min(least, headroom(orders, cancelled, limit_bps))
-            share = _ShareOfLimit(cancelled, orders * limit_bps)
-            if worst < share:
-                worst = share
-    return (0 if is_breached else 1, _Descending(worst), least)
-
-
-class _Descending:
-    """Reverses the order of a share, so the highest sorts first."""
-
-    __slots__ = ("share",)
-
-    def __init__(self, share: _ShareOfLimit) -> None:
-        self.share = share
-
-    def __lt__(self, other: "_Descending") -> bool:
-        return other.share < self.share
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, _Descending) and self.share == other.share
+def risk_key(windows: Iterable[tuple[int, ...]]) -> tuple:
+    """Sort key of a seller (lowest first) from its windows' (orders, cancelled, limit_bps,
+    warning_bps): breached first, then at the warning level, then by rate as a share of the
+    limit (highest first, compared exactly: cancelled * 10000 / (limit_bps * orders) as a
+    Fraction), then least headroom. One ranking for the at-risk API, its merge across workers
+    and the top-K of /metrics. Without warning_bps (three numbers) the warning level is not
+    known and the share of the limit ranks alone after breaches."""
+    is_breached = is_warning = False
+    share = Fraction(0)
+    least: float = math.inf
+    for orders, cancelled, limit_bps, *warning_bps in windows:
+        if not orders:
+            continue
+        is_breached = is_breached or breached(orders, cancelled, limit_bps)
+        is_warning = is_warning or bool(warning_bps) and at_warning_level(orders, cancelled, warning_bps[0])
+        if cancelled:
+            share = max(share, Fraction(cancelled * 10000, limit_bps * orders))
+        least = min(least, headroom(orders, cancelled, limit_bps))
+    status = 0 if is_breached else 1 if is_warning else 2
+    return (status, -share, least)
 
 
 def risk_key_of_totals(windows: Iterable[WindowTotals]) -> tuple:
-    return risk_key((w.orders, w.cancelled, w.window.limit_bps) for w in windows)
+    return risk_key((w.orders, w.cancelled, w.window.limit_bps, w.window.warning_bps) for w in windows)
 
 
 def risk_key_of_json(view: dict) -> tuple:
-    """`risk_key` of a seller in its JSON shape (to merge rankings from several workers)."""
-    return risk_key((w["orders"], w["cancelled"], round(w["limit"] * 10000)) for w in view["windows"]) \
-        + (view["seller_id"],)
+    """`risk_key` of a seller in its JSON shape, then its seller id (to merge rankings from
+    several workers)."""
+    return risk_key((w["orders"], w["cancelled"], round(w["limit"] * 10000), round(w["warning_level"] * 10000))
+                    for w in view["windows"]) + (view["seller_id"],)
 
 
 @dataclasses.dataclass(frozen=True)

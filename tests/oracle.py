@@ -36,6 +36,16 @@ def in_window(t: float, now: float, days: int, bucket: int) -> bool:
     return now // bucket - days * 86400 // bucket < t // bucket <= now // bucket
 
 
+def older_than_kept(t: float, now: float, days: int, bucket: int) -> bool:
+    """Section 5: an event whose purchase date is already outside every window the monitor
+    keeps (the longest, the listing rule's 30 days included) changes nothing."""
+    return t // bucket <= now // bucket - days * 86400 // bucket
+
+
+def _cancelled_while_pending(order) -> bool:
+    return any(x.order_status_at_cancel == "Pending" for x in order["cancels"])
+
+
 def compute(all_events, now: float, policy: Policy) -> dict:
     """{(seller, marketplace): {"windows": [...], "reasons": {}, "excluded": {}, "listing": set(sku)}}"""
     unique = {}
@@ -43,9 +53,12 @@ def compute(all_events, now: float, policy: Policy) -> dict:
         unique.setdefault(event.event_id, event)
     orders = defaultdict(lambda: {"purchase": None, "cancels": [], "skus": set()})
     sellers = set()
+    bucket = policy.bucket_seconds
     for event in unique.values():
         sellers.add((event.seller_id, event.marketplace))
         if event.fulfillment_channel != "MFN":
+            continue
+        if older_than_kept(event.purchase_date.timestamp(), now, policy.longest_window_days, bucket):
             continue
         order = orders[(event.seller_id, event.marketplace, event.order_id)]
         purchase = int(event.purchase_date.timestamp())
@@ -55,7 +68,6 @@ def compute(all_events, now: float, policy: Policy) -> dict:
         if type(event).__name__ == "OrderCancelled":
             order["cancels"].append(event)
     result = {}
-    bucket = policy.bucket_seconds
     for seller, marketplace in sellers:
         mine = {oid: o for (s, m, oid), o in orders.items() if s == seller and m == marketplace}
         windows = []
@@ -69,7 +81,7 @@ def compute(all_events, now: float, policy: Policy) -> dict:
                     continue
                 for c in {cause(x) for x in order["cancels"]} - {None}:
                     excluded[c] += 1
-                if any(x.order_status_at_cancel == "Pending" for x in order["cancels"]):
+                if _cancelled_while_pending(order):
                     continue
                 total += 1
                 faults = [x for x in order["cancels"] if counts_against_seller(x)]
@@ -96,6 +108,8 @@ def compute(all_events, now: float, policy: Policy) -> dict:
         if marketplace in policy.listing_marketplaces:
             by_sku = defaultdict(list)
             for oid, order in mine.items():
+                if _cancelled_while_pending(order):
+                    continue    # never became an order: takes no place among a sku's last orders
                 if in_window(order["purchase"], now, policy.listing_order_window_days, bucket):
                     for sku in order["skus"]:
                         by_sku[sku].append((order["purchase"], oid))
@@ -112,7 +126,7 @@ def compute(all_events, now: float, policy: Policy) -> dict:
 
 
 def _sku_faulted(order, sku) -> bool:
-    if any(x.order_status_at_cancel == "Pending" for x in order["cancels"]):
+    if _cancelled_while_pending(order):
         return False
     for cancel in order["cancels"]:
         if counts_against_seller(cancel):

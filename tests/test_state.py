@@ -9,7 +9,7 @@ from datetime import datetime, timedelta, timezone
 
 from hypothesis import given, settings as hyp_settings, strategies as st
 
-from streams import alerting, events, names, policy as policy_module, window
+from streams import alerting, events, ledger, names, policy as policy_module, state, window
 from streams.state import Book
 from tests import oracle
 
@@ -18,9 +18,16 @@ NOW = datetime(2026, 11, 20, 13, 5, tzinfo=timezone.utc)
 SKUS = ("SKU-A", "SKU-B", "SKU-C")
 
 
+SELLERS = ("S1", "~clock/3", "a/b\x1fUS")     # seller ids that would break a separator-based key
+BOUNDARY_AGE = 5 * 3600 + 5 * 60                 # NOW - this is 08:00:00, a bucket boundary
+# Purchase dates one order's events carry around the order's own: producers that round or
+# truncate differently (a bucket boundary apart), and ones days apart.
+PURCHASE_SHIFTS = (0, 0, 0, 0.8, -0.8, 1, -1, 3600, -3600, 2 * 86400, -3 * 86400)
+
+
 @st.composite
 def order_streams(draw):
-    sellers = draw(st.lists(st.sampled_from(["S1", "S2", "S3"]), min_size=1, max_size=3, unique=True))
+    sellers = draw(st.lists(st.sampled_from(SELLERS), min_size=1, max_size=3, unique=True))
     marketplaces = ("US", "IN", "DE")
     stream = []
     counter = 0
@@ -28,9 +35,10 @@ def order_streams(draw):
     def common(seller, marketplace, order_id, channel, purchase, occurred):
         nonlocal counter
         counter += 1
+        purchase += timedelta(seconds=draw(st.sampled_from(PURCHASE_SHIFTS)))
         return dict(schema_version=1, event_id=f"e{counter}", order_id=order_id, seller_id=seller,
                     marketplace=marketplace, fulfillment_channel=channel,
-                    purchase_date=purchase, occurred_at=occurred)
+                    purchase_date=min(purchase, NOW), occurred_at=occurred)
 
     for index in range(draw(st.integers(1, 25))):
         seller = draw(st.sampled_from(sellers))
@@ -40,7 +48,7 @@ def order_streams(draw):
         age = draw(st.one_of(
             st.integers(0, 35 * 86400),
             st.sampled_from([0, 3599, 3600, 7 * 86400 - 1, 7 * 86400, 7 * 86400 + 3600, 30 * 86400 - 1,
-                             30 * 86400, 6 * 86400 + 82800]),
+                             30 * 86400, 6 * 86400 + 82800, BOUNDARY_AGE - 0.4, BOUNDARY_AGE + 0.4]),
         ))
         purchase = NOW - timedelta(seconds=age)
         order_id = f"O{index}"
@@ -146,18 +154,22 @@ def test_duplicate_changes_nothing_and_is_reported_unchanged():
     assert (totals[0].orders, totals[0].cancelled) == (1, 1)
 
 
-def test_expiry_deletes_old_buckets_from_store_and_totals():
+def test_expiry_deletes_old_buckets_from_store_index_and_totals():
     store: dict = {}
-    book = Book(POLICY, store)
+    index: dict = {}
+    book = Book(POLICY, store, index)
     placed = events.OrderPlaced(
         schema_version=1, event_id="p1", order_id="O1", seller_id="S1", marketplace="US",
         fulfillment_channel="MFN", purchase_date=NOW - timedelta(days=29), occurred_at=NOW - timedelta(days=29),
         order_status="Unshipped")
     book.apply([("orders", placed)], NOW.timestamp())
-    assert list(store) == [b"S1\x1fUS\x1f" + str(window.bucket_of(placed.purchase_date.timestamp(), 3600)).encode()]
+    bucket = window.bucket_of(placed.purchase_date.timestamp(), 3600)
+    assert list(store) == [state.bucket_key("S1", "US", bucket)]
+    assert index == {state.order_key("S1", "US", "O1"): str(bucket).encode()}
     assert book.expire(NOW.timestamp() + 3 * 86400) == 1
     # its last bucket gone, a marker keeps the seller known after a restart
-    assert list(store) == [b"S1\x1fUS\x1f~"]
+    assert list(store) == [state.seen_key("S1", "US")]
+    assert index == {}
     assert book.seller("S1", "US").buckets == {}
     rebuilt = Book(POLICY, dict(store))
     rebuilt.load(store.items())
@@ -190,3 +202,215 @@ def test_a_group_fed_in_slices_writes_each_bucket_once_and_matches_the_oracle(ca
         assert all(count - before.get(key, 0) <= 1 for key, count in writes.items()), \
             "a bucket written twice by one group"
     assert book_answers(book, now) == oracle.compute(stream, now, POLICY)
+
+
+def placed_at(purchase, order_id="O1", seller="S1", marketplace="US", event_id=None, items=None,
+              status="Unshipped"):
+    return events.OrderPlaced(
+        schema_version=1, event_id=event_id or f"p-{order_id}-{purchase.timestamp()}", order_id=order_id,
+        seller_id=seller, marketplace=marketplace, fulfillment_channel="MFN", purchase_date=purchase,
+        occurred_at=purchase, order_status=status, items=items)
+
+
+def cancelled_at(purchase, order_id="O1", seller="S1", marketplace="US", event_id=None, items=None,
+                 status_at_cancel="Unshipped", initiator="seller", reason="NoInventory"):
+    return events.OrderCancelled(
+        schema_version=1, event_id=event_id or f"c-{order_id}-{purchase.timestamp()}", order_id=order_id,
+        seller_id=seller, marketplace=marketplace, fulfillment_channel="MFN", purchase_date=purchase,
+        occurred_at=purchase + timedelta(minutes=30), initiator=initiator, reason=reason,
+        buyer_requested=False, order_status_at_cancel=status_at_cancel, items=items)
+
+
+def first_window(book: Book, seller="S1", marketplace="US") -> window.WindowTotals:
+    now_bucket = window.bucket_of(NOW.timestamp(), POLICY.bucket_seconds)
+    return window.seller_windows(book.seller(seller, marketplace).buckets, marketplace, POLICY, now_bucket)[0]
+
+
+def stored_orders(store: dict) -> dict:
+    """order_id -> bucket, for every order record in the store's buckets (each must be in one)."""
+    where: dict = {}
+    for key, value in store.items():
+        parsed = state.parse_key(key)
+        if parsed is not None and parsed.kind == state.KIND_BUCKET:
+            for order_id in ledger.decode_bucket(value):
+                assert order_id not in where, f"order {order_id} stored in two buckets"
+                where[order_id] = parsed.bucket
+    return where
+
+
+BEFORE_EIGHT = datetime(2026, 11, 20, 7, 59, 59, 600000, tzinfo=timezone.utc)
+AFTER_EIGHT = datetime(2026, 11, 20, 8, 0, 0, 400000, tzinfo=timezone.utc)
+
+
+def test_one_order_whose_events_straddle_a_bucket_boundary_counts_once():
+    seven = window.bucket_of(BEFORE_EIGHT.timestamp(), 3600)
+    for stream in ([placed_at(AFTER_EIGHT), cancelled_at(BEFORE_EIGHT)],
+                   [cancelled_at(BEFORE_EIGHT), placed_at(AFTER_EIGHT)]):
+        for batches in ([stream], [[event] for event in stream]):
+            store: dict = {}
+            index: dict = {}
+            book = Book(POLICY, store, index)
+            for batch in batches:
+                book.apply([(events.TOPIC_OF_TYPE[type(e)], e) for e in batch], NOW.timestamp())
+            totals = first_window(book)
+            assert (totals.orders, totals.cancelled) == (1, 1)
+            assert stored_orders(store) == {"O1": seven}
+            assert index[state.order_key("S1", "US", "O1")] == str(seven).encode()
+            assert book_answers(book, NOW.timestamp()) == oracle.compute(stream, NOW.timestamp(), POLICY)
+
+
+def test_an_earlier_purchase_date_arriving_last_moves_the_record_and_counts_no_new_order():
+    store: dict = {}
+    index: dict = {}
+    book = Book(POLICY, store, index)
+    later, earlier = NOW - timedelta(days=2), NOW - timedelta(days=5)
+    first = book.apply([("orders", placed_at(later, items=[events.Item(sku="SKU-A", quantity=1)]))],
+                       NOW.timestamp())
+    assert first.new_orders == {"US": 1}
+    second = book.apply([("cancellations", cancelled_at(earlier))], NOW.timestamp())
+    earlier_bucket = window.bucket_of(earlier.timestamp(), 3600)
+    assert stored_orders(store) == {"O1": earlier_bucket}
+    assert state.bucket_key("S1", "US", window.bucket_of(later.timestamp(), 3600)) not in store
+    assert index[state.order_key("S1", "US", "O1")] == str(earlier_bucket).encode()
+    assert second.new_orders == {}                          # the same order, moved
+    assert second.new_faults == {("US", "NoInventory"): 1}
+    assert second.writes == 2                               # the old bucket deleted, the new one written
+    record = ledger.decode_bucket(store[state.bucket_key("S1", "US", earlier_bucket)])["O1"]
+    assert record.purchase == int(earlier.timestamp()) and record.skus == ("SKU-A",)
+    assert list(book.seller("S1", "US").buckets) == [earlier_bucket]
+    totals = first_window(book)
+    assert (totals.orders, totals.cancelled) == (1, 1)
+
+
+def test_a_later_purchase_date_updates_the_record_where_it_is():
+    store: dict = {}
+    book = Book(POLICY, store)
+    earlier, later = NOW - timedelta(days=5), NOW - timedelta(days=2)
+    book.apply([("orders", placed_at(earlier))], NOW.timestamp())
+    result = book.apply([("cancellations", cancelled_at(later))], NOW.timestamp())
+    assert stored_orders(store) == {"O1": window.bucket_of(earlier.timestamp(), 3600)}
+    assert result.new_orders == {} and result.new_faults == {("US", "NoInventory"): 1}
+    assert result.outcomes == {("cancellations", "applied"): 1}
+    totals = first_window(book)
+    assert (totals.orders, totals.cancelled) == (1, 1)
+
+
+def test_a_stale_index_entry_is_an_unknown_order():
+    index = {state.order_key("S1", "US", "O1"): b"12345"}      # a bucket that is not in the store
+    store: dict = {}
+    book = Book(POLICY, store, index)
+    book.apply([("orders", placed_at(NOW - timedelta(hours=2)))], NOW.timestamp())
+    bucket = window.bucket_of((NOW - timedelta(hours=2)).timestamp(), 3600)
+    assert stored_orders(store) == {"O1": bucket}
+    assert index[state.order_key("S1", "US", "O1")] == str(bucket).encode()
+
+
+def test_late_events_are_stored_but_move_no_counter():
+    # US rates over 7 days; 10 days ago is inside the listing rule's 30 days only
+    ten_days = NOW - timedelta(days=10)
+    stream = [placed_at(ten_days), cancelled_at(ten_days),
+              cancelled_at(ten_days, order_id="O2", status_at_cancel="Pending", initiator="amazon",
+                           reason="PaymentNotCompleted"),
+              cancelled_at(ten_days, order_id="O3", initiator="buyer", reason="BuyerCanceled")]
+    store: dict = {}
+    book = Book(POLICY, store)
+    result = book.apply([(events.TOPIC_OF_TYPE[type(e)], e) for e in stream], NOW.timestamp())
+    assert result.outcomes == {("orders", "late"): 1, ("cancellations", "late"): 3}
+    assert result.new_orders == {} and result.new_faults == {} and result.new_excluded == {}
+    assert set(stored_orders(store)) == {"O1", "O2", "O3"}
+    # an in-window order of the same batch still counts
+    fresh = book.apply([("orders", placed_at(NOW - timedelta(hours=1), order_id="O4"))], NOW.timestamp())
+    assert fresh.new_orders == {"US": 1}
+
+
+def test_an_order_moved_out_of_the_window_moves_no_counter():
+    store: dict = {}
+    book = Book(POLICY, store)
+    book.apply([("orders", placed_at(NOW - timedelta(days=2)))], NOW.timestamp())
+    result = book.apply([("cancellations", cancelled_at(NOW - timedelta(days=9)))], NOW.timestamp())
+    assert result.outcomes == {("cancellations", "late"): 1}
+    assert result.new_orders == {} and result.new_faults == {}
+    assert first_window(book).orders == 0
+
+
+SKU = [events.Item(sku="SKU-1", quantity=1)]
+
+
+def listing_alerts(book: Book, seller="S1", marketplace="DE") -> set:
+    wanted = alerting.desired(book.seller(seller, marketplace), POLICY, NOW.timestamp(), "http://grafana")
+    return {dict(key)[names.LABEL_SKU] for key in wanted
+            if dict(key)[names.LABEL_ALERTNAME] == names.ALERT_LISTING}
+
+
+def listing_stream():
+    """Two seller-fault cancelled orders of SKU-1, then a newer one cancelled while Pending."""
+    hours = {"O1": 5, "O2": 4, "O3": 3}
+    placed = {oid: placed_at(NOW - timedelta(hours=h), order_id=oid, marketplace="DE", items=SKU,
+                             status="Pending" if oid == "O3" else "Unshipped") for oid, h in hours.items()}
+    faults = [cancelled_at(NOW - timedelta(hours=hours[oid]), order_id=oid, marketplace="DE") for oid in ("O1", "O2")]
+    unpaid = cancelled_at(NOW - timedelta(hours=3), order_id="O3", marketplace="DE", status_at_cancel="Pending",
+                          initiator="amazon", reason="PaymentNotCompleted")
+    return list(placed.values()), faults, unpaid
+
+
+def test_an_order_cancelled_while_pending_takes_no_place_in_the_listing_rule():
+    placed, faults, unpaid = listing_stream()
+    stream = placed + faults + [unpaid]
+    # all at once, and with the unpaid order listed first and taken out by a later batch
+    for batches in ([stream], [placed + faults, [unpaid]], [[e] for e in stream]):
+        book = Book(POLICY, {})
+        for batch in batches:
+            book.apply([(events.TOPIC_OF_TYPE[type(e)], e) for e in batch], NOW.timestamp())
+        assert listing_alerts(book) == {"SKU-1"}
+        assert [entry[1] for entry in book.seller("S1", "DE").listing["SKU-1"]] == ["O2", "O1"]
+        assert oracle.compute(stream, NOW.timestamp(), POLICY)[("S1", "DE")]["listing"] == {"SKU-1"}
+
+
+def test_an_order_moving_below_the_kept_ones_lets_a_left_out_order_back():
+    # O1 < O2 < O3 by purchase date; the listing keeps O3, O2. O3 then turns out to be the oldest.
+    items = SKU
+    stream = [placed_at(NOW - timedelta(hours=h), order_id=oid, marketplace="DE", items=items)
+              for oid, h in (("O1", 5), ("O2", 4), ("O3", 3))]
+    stream += [cancelled_at(NOW - timedelta(hours=h), order_id=oid, marketplace="DE")
+               for oid, h in (("O1", 5), ("O2", 4))]
+    moved = placed_at(NOW - timedelta(hours=9), order_id="O3", marketplace="DE", items=items, event_id="late-O3")
+    book = Book(POLICY, {})
+    book.apply([(events.TOPIC_OF_TYPE[type(e)], e) for e in stream], NOW.timestamp())
+    assert listing_alerts(book) == set()
+    book.apply([("orders", moved)], NOW.timestamp())
+    assert [entry[1] for entry in book.seller("S1", "DE").listing["SKU-1"]] == ["O2", "O1"]
+    assert listing_alerts(book) == {"SKU-1"}
+    assert oracle.compute(stream + [moved], NOW.timestamp(), POLICY)[("S1", "DE")]["listing"] == {"SKU-1"}
+
+
+@hyp_settings(max_examples=100, deadline=None)
+@given(order_streams(), st.integers(0, 30))
+def test_a_book_restored_without_its_index_rebuilds_it_and_goes_on(case, split):
+    # The worker restores the durable buckets from the changelog, which holds no index keys;
+    # Book.load writes the index again, and later events find their orders through it.
+    stream, seed = case
+    now = NOW.timestamp()
+    batches = deliver(stream, seed)
+    store: dict = {}
+    book = Book(POLICY, store, {})
+    for batch in batches[:split]:
+        book.apply([(events.TOPIC_OF_TYPE[type(e)], e) for e in batch], now)
+    restored_index: dict = {}
+    restored = Book(POLICY, dict(store), restored_index)
+    restored.load(list(store.items()))
+    assert restored_index == book.index
+    for batch in batches[split:]:
+        restored.apply([(events.TOPIC_OF_TYPE[type(e)], e) for e in batch], now)
+    assert book_answers(restored, now) == oracle.compute(stream, now, POLICY)
+
+
+def test_load_writes_the_index_where_it_is_told():
+    store: dict = {}
+    book = Book(POLICY, store)
+    book.apply([("orders", placed_at(NOW - timedelta(hours=2)))], NOW.timestamp())
+    collected: dict = {}
+    Book(POLICY, dict(store)).load(store.items(), index=collected)
+    assert collected == book.index
+    untouched = Book(POLICY, dict(store))
+    untouched.load(store.items(), index=False)
+    assert untouched.index == {}

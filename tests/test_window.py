@@ -73,3 +73,94 @@ def test_no_forecast_for_a_steady_seller():
 def test_india_has_two_windows_at_two_percent():
     assert POLICY.windows("IN") == (Window(7, 200, 160), Window(30, 200, 160))
     assert POLICY.windows("DE") == (Window(7, 250, 200),)
+
+
+class FullTotals:
+    def __init__(self, orders: int, cancelled: int, reasons: dict | None, causes: dict | None) -> None:
+        self.orders, self.cancelled, self.reasons, self.causes = orders, cancelled, reasons, causes
+
+
+bucket_entries = st.one_of(
+    st.integers(1, 50),      # a bucket of orders and nothing else
+    st.builds(FullTotals, st.integers(0, 50), st.integers(0, 5),
+              st.one_of(st.none(), st.dictionaries(st.sampled_from(["NoInventory", "Other"]), st.integers(1, 5),
+                                                   min_size=1)),
+              st.one_of(st.none(), st.dictionaries(st.sampled_from(["pending", "buyer_initiated"]),
+                                                   st.integers(1, 5), min_size=1))),
+)
+
+
+@given(st.dictionaries(st.integers(800, 1300), bucket_entries, max_size=40), st.integers(900, 1200),
+       st.sampled_from([US, POLICY.windows("IN")[1]]))
+def test_totals_is_the_sum_over_the_windows_buckets(buckets, now_bucket, chosen):
+    # Brute force: walk the window's buckets one by one, oldest to newest.
+    size = chosen.days * 24
+    orders = cancelled = 0
+    reasons: dict = {}
+    excluded: dict = {}
+    for bucket in range(now_bucket - size + 1, now_bucket + 1):
+        entry = buckets.get(bucket)
+        if entry is None:
+            continue
+        if isinstance(entry, int):
+            orders += entry
+            continue
+        orders += entry.orders
+        cancelled += entry.cancelled
+        for into, counts in ((reasons, entry.reasons), (excluded, entry.causes)):
+            for key, count in (counts or {}).items():
+                into[key] = into.get(key, 0) + count
+    totals = window.totals(buckets, chosen, POLICY, now_bucket)
+    assert (totals.orders, totals.cancelled, totals.reasons, totals.excluded) == (orders, cancelled, reasons, excluded)
+
+
+def test_totals_of_a_hand_made_window():
+    # 7 days = 168 buckets: 832 .. 999 are in at bucket 999; 831 has just left, 1000 is ahead
+    buckets = {831: 100, 832: 5, 900: FullTotals(10, 2, {"NoInventory": 2}, {"pending": 1}), 999: 3, 1000: 7}
+    totals = window.totals(buckets, US, POLICY, 999)
+    assert (totals.orders, totals.cancelled, totals.reasons, totals.excluded) == (
+        18, 2, {"NoInventory": 2}, {"pending": 1})
+
+
+def seller(orders: int, cancelled: int, limit_bps: int = 250, warning_bps: int = 200, days: int = 7) -> dict:
+    return {"orders": orders, "cancelled": cancelled, "limit": limit_bps / 10000,
+            "warning_level": warning_bps / 10000, "days": days}
+
+
+def test_at_risk_ranks_breach_then_warning_then_share_of_the_limit_then_headroom():
+    views = {
+        "breach-low-share": [seller(40, 1)],                    # 2.5%: breached at 1.0 of the limit
+        "breach-high-share": [seller(10, 5)],                   # 50%: breached, 20 times the limit
+        "warning-target": [seller(1000, 6, 100, 50)],           # 0.6% against a 1% target: warning
+        "ok-high-share": [seller(1000, 19)],                    # 1.9% of 2.5%: 0.76 of the limit
+        "ok-same-share-more-room": [seller(2000, 38)],          # 0.76 too, more headroom
+        "ok-low-share": [seller(1000, 1)],
+        "india-30-days": [seller(1000, 1, 200, 160), seller(1000, 15, 200, 160, 30)],   # 0.75 over 30 days
+        "no-cancel": [seller(10, 0)],
+    }
+    ranked = sorted(({"seller_id": name, "windows": windows} for name, windows in views.items()),
+                    key=window.risk_key_of_json)
+    assert [view["seller_id"] for view in ranked] == [
+        "breach-high-share", "breach-low-share", "warning-target", "ok-high-share",
+        "ok-same-share-more-room", "india-30-days", "ok-low-share", "no-cancel"]
+
+
+def test_equal_shares_of_different_limits_tie_and_headroom_decides():
+    # 3 of 1000 against a 0.5% target and 15 of 1000 against 2.5%: both at 0.6 of their limit
+    target = window.risk_key([(1000, 3, 50, 40)])
+    marketplace = window.risk_key([(1000, 15, 250, 200)])
+    assert target[:2] == marketplace[:2]
+    assert (target[2], marketplace[2]) == (1, 9)
+    assert target < marketplace
+
+
+def test_the_key_of_totals_and_of_json_agree():
+    totals = [window.totals({10: Totals(100, 2)}, US, POLICY, 10)]
+    view = window.seller_json("S1", "US", totals, 0.0)
+    assert window.risk_key_of_json(view) == window.risk_key_of_totals(totals) + ("S1",)
+
+
+def test_a_seller_without_seller_fault_cancels_is_not_at_risk():
+    quiet = window.seller_windows({10: Totals(3, 0)}, "IN", POLICY, 10)
+    assert not window.at_risk(quiet)
+    assert window.at_risk(window.seller_windows({10: Totals(3, 0), 10 - 24 * 20: Totals(1, 1)}, "IN", POLICY, 10))

@@ -270,7 +270,7 @@ def build_app(settings: Settings, policy: policy_module.Policy) -> tuple[faust.A
             return
         epoch = runtime.epoch
         group = runtime.commit()
-        sends = []
+        sends, rerouted = [], []
         for message, bad in group.dead:
             headers = [
                 (HEADER_PREFIX + "error.kind", bad.kind.encode()),
@@ -287,22 +287,23 @@ def build_app(settings: Settings, policy: policy_module.Policy) -> tuple[faust.A
                 (HEADER_PREFIX + "source.partition", str(message.partition).encode()),
                 (HEADER_PREFIX + "source.offset", str(message.offset).encode()),
             ]
-            sends.append(await reroute_topic.send(key=seller_id.encode(), value=message.value,
-                                                  partition=owner, headers=headers))
+            rerouted.append(await reroute_topic.send(key=seller_id.encode(), value=message.value,
+                                                     partition=owner, headers=headers))
         runtime.acknowledged(group.fetches)
         outbox = None
         if runtime.settings.clock == "event":
             runtime.refresh_catch_up(app.consumer)
             outbox = runtime.evaluate()
         await store.commit()
-        if sends:
+        if sends or rerouted:
             await asyncio.gather(*sends)
+            runtime.rerouted(await asyncio.gather(*rerouted))
         if epoch != runtime.epoch:
             return     # revoked meanwhile: its writes were dropped, its events are read again
         for applied in group.fetches:
             app.consumer.ack_fetch(applied)
         failpoints.reach("before-commit")
-        group = sends = None
+        group = sends = rerouted = None
         if outbox is not None:
             runtime.deliver(outbox)
         runtime.last_fetch_applied = time.monotonic()

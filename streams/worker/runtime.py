@@ -143,6 +143,7 @@ class Runtime:
         self.last_fetch_applied = 0.0   # monotonic time the agent last applied a fetch
         self.group: Group | None = None
         self.applied: dict = {}             # TP -> last offset applied and committed here
+        self.produced: dict[int, int] = {}  # reroute partition -> end offset of what this worker sent
         self.lag: dict = {}                 # (topic, partition) -> messages not yet applied
         self.catching_up: set[int] = set()  # owned partitions whose new alerts are held
         self.role = {
@@ -322,6 +323,14 @@ class Runtime:
                 if offsets and offsets[-1] > applied.get(tp, -1):
                     applied[tp] = offsets[-1]
 
+    def rerouted(self, deliveries) -> None:
+        """Record where the events this worker rerouted landed: the reroute partitions hold at
+        least that much, before any fetch reports their new high watermark."""
+        produced = self.produced
+        for metadata in deliveries:
+            if metadata.offset + 1 > produced.get(metadata.partition, 0):
+                produced[metadata.partition] = metadata.offset + 1
+
     def refresh_catch_up(self, consumer) -> None:
         """Which owned partitions are catching up, from the offsets applied and committed here to
         the high watermarks (`self.lag` per source partition, also exported as a metric).
@@ -346,6 +355,8 @@ class Runtime:
                     continue
                 owned.add(tp.partition)
                 highwater = consumer.highwater(tp)
+                if tp.topic == reroute and tp.partition in self.produced:
+                    highwater = max(highwater or 0, self.produced[tp.partition])
                 done = self.applied.get(tp)
                 if done is None:
                     committed = consumer._committed_offset.get(tp)

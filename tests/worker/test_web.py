@@ -46,7 +46,7 @@ class FakeRuntime:
 
 def seller_json(seller_id: str, cancelled: int, orders: int = 100) -> dict:
     return {"seller_id": seller_id, "marketplace": "US", "windows": [
-        {"days": 7, "orders": orders, "cancelled": cancelled, "limit": 0.025}]}
+        {"days": 7, "orders": orders, "cancelled": cancelled, "limit": 0.025, "warning_level": 0.02}]}
 
 
 def ownership(assigned: dict[int, str], partitions: int = 4, loaded: bool = True,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Mapping
 
-from streams import names, window
+from streams import names, targets, window
 from streams.policy import Policy
 from streams.state import SellerState
 
@@ -63,9 +63,13 @@ def _annotations(summary: str, description: str, totals: window.WindowTotals,
     }
 
 
-def desired(state: SellerState, policy: Policy, now: float, dashboard_url: str) -> dict[AlertKey, Wanted]:
+def desired(state: SellerState, policy: Policy, now: float, dashboard_url: str,
+            target: targets.Target | None = None) -> dict[AlertKey, Wanted]:
+    """The seller's alerts under the limits in force: the marketplace's, or the seller's own
+    `target` (contract section 10), whose limit, source and note every alert carries."""
     now_bucket = window.bucket_of(now, policy.bucket_seconds)
-    windows = window.seller_windows(state.buckets, state.marketplace, policy, now_bucket)
+    windows = [window.totals(state.buckets, limits, policy, now_bucket)
+               for limits in targets.apply_target(policy.windows(state.marketplace), target)]
     any_breached = any(w.breached for w in windows)
     who = f"seller {state.seller_id} in {state.marketplace}"
     wanted: list[Wanted] = []
@@ -78,7 +82,8 @@ def desired(state: SellerState, policy: Policy, now: float, dashboard_url: str) 
 
         def add(alertname: str, summary: str, description: str) -> None:
             wanted.append(Wanted(_labels(alertname, state, days),
-                                 _annotations(summary, description + because, totals, reason, dashboard_url)))
+                                 {**_annotations(summary, description + because, totals, reason, dashboard_url),
+                                  **targets.annotations(target, totals.window)}))
 
         if totals.breached:
             add(names.ALERT_BREACHED,
@@ -109,12 +114,12 @@ def desired(state: SellerState, policy: Policy, now: float, dashboard_url: str) 
                 f"{policy.forecast_pace_hours} h, about {projection.cancelled:.1f} of "
                 f"{projection.orders:.1f} orders would be seller-fault cancelled in "
                 f"{projection.hours_ahead} h.")
-    wanted.extend(_listing(state, policy, now, dashboard_url, windows[0]))
+    wanted.extend(_listing(state, policy, now, dashboard_url, windows[0], target))
     return {alert.key: alert for alert in wanted}
 
 
 def _listing(state: SellerState, policy: Policy, now: float, dashboard_url: str,
-             first: window.WindowTotals) -> list[Wanted]:
+             first: window.WindowTotals, target: targets.Target | None) -> list[Wanted]:
     if not state.listing or state.marketplace not in policy.listing_marketplaces:
         return []
     depth = policy.listing_consecutive
@@ -131,12 +136,13 @@ def _listing(state: SellerState, policy: Policy, now: float, dashboard_url: str,
             reason = first.dominant_reason()
             found.append(Wanted(
                 _labels(names.ALERT_LISTING, state, days, **{names.LABEL_SKU: sku}),
-                _annotations(
+                {**_annotations(
                     f"seller {state.seller_id} in {state.marketplace}: the last {depth} orders of "
                     f"sku {sku} were seller-fault cancelled",
                     f"Orders {orders} (placed in the last {days} days) were all cancelled by the "
                     f"seller; Amazon may remove the offer after consecutive seller cancellations.",
-                    first, reason, dashboard_url)))
+                    first, reason, dashboard_url),
+                 **targets.annotations(target, first.window)}))
     return found
 
 
@@ -196,7 +202,7 @@ def decide(previous: Mapping[AlertKey, Firing], wanted: Mapping[AlertKey, Wanted
 def firing_identity(firing: Mapping[AlertKey, Firing]) -> list[list]:
     """The durable form of a seller's firing set: [alertname, window_days, sku, starts_at,
     annotations] each, so a new owner can keep the alerts alive exactly as they were sent."""
-    return sorted([alert.labels[names.LABEL_ALERTNAME], alert.labels[names.LABEL_WINDOW_DAYS],
+    return sorted([alert.labels[names.LABEL_ALERTNAME], alert.labels.get(names.LABEL_WINDOW_DAYS, ""),
                    alert.labels.get(names.LABEL_SKU, ""), alert.starts_at, dict(alert.annotations)]
                   for alert in firing.values())
 
@@ -210,8 +216,9 @@ def firing_from_identity(seller_id: str, marketplace: str, identity: list) -> di
             names.LABEL_SELLER: seller_id,
             names.LABEL_MARKETPLACE: marketplace,
             names.LABEL_SEVERITY: names.ALERT_SEVERITY[alertname],
-            names.LABEL_WINDOW_DAYS: days,
         }
+        if days:
+            labels[names.LABEL_WINDOW_DAYS] = days      # absent on SellerAccountAtRisk
         if sku:
             labels[names.LABEL_SKU] = sku
         alert = Firing(labels, dict(annotations), float(starts_at))

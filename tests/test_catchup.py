@@ -52,10 +52,10 @@ class Receiver:
         self.alertmanager = LocalAlertmanager(directory, config)
         self.alertmanager.start()
 
-    def worker(self, topics: Topics, state, **env) -> WorkerProcess:
+    def worker(self, topics: Topics, state, port: int | None = None, **env) -> WorkerProcess:
         extra = {"CANCELWATCH_ALERT_RESEND_SECONDS": RESEND, **SESSION, **env}
         return WorkerProcess(topics, state, clock="event", alertmanager_url=self.alertmanager.url,
-                             extra_env=extra)
+                             extra_env=extra, port=port)
 
     def flapped(self) -> list[tuple]:
         """Alerts the receiver got both firing and resolved: (alertname, seller, window, sku)."""
@@ -159,7 +159,7 @@ def test_a_restart_after_sigkill_with_a_backlog_pages_nobody_falsely(kafka_boots
         settled_answers(worker, strip_listing(expected), timeout=300)
         worker.kill()
         publish(kafka_bootstrap, topics, stream[half:], seed=4)     # the backlog built while it was down
-        worker = receiver.worker(topics, tmp_path / "state", CANCELWATCH_WEB_PORT=str(worker.port)).start()
+        worker = receiver.worker(topics, tmp_path / "state", port=worker.port).start()
         worker.wait_ready(timeout=180)
         _, expected = expected_answers(stream)
         settle(receiver, worker, expected)

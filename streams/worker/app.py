@@ -40,6 +40,9 @@ from streams.worker import web
 from streams.worker.ownership import Ownership, faust_assignment, faust_recovering
 from streams.worker.runtime import Runtime, release_memory
 from streams.worker.table_store import Failpoints, TableStore
+from streams.worker.targets_feed import TargetsFeed
+from streams import target_cli
+from streams.producer import ProducerError
 
 log = logging.getLogger("cancelwatch.worker")
 
@@ -308,6 +311,27 @@ def build_app(settings: Settings, policy: policy_module.Policy) -> tuple[faust.A
             runtime.deliver(outbox)
         runtime.last_fetch_applied = time.monotonic()
 
+    def dead_letter(record, bad) -> None:
+        headers = [
+            (HEADER_PREFIX + "error.kind", bad.kind.encode()),
+            (HEADER_PREFIX + "error.reason", bad.reason.encode()),
+            (HEADER_PREFIX + "source.topic", record.topic.encode()),
+            (HEADER_PREFIX + "source.partition", str(record.partition).encode()),
+            (HEADER_PREFIX + "source.offset", str(record.offset).encode()),
+        ]
+        runtime.metrics.dead_letters.labels(record.topic, bad.kind).inc()
+        app.add_future(dead_letter_topic.send(key=record.key, value=record.value or b"", headers=headers))
+
+    @app.task
+    async def read_targets() -> None:
+        feed = TargetsFeed(settings, asyncio.get_running_loop(), runtime.target_updated, dead_letter,
+                           runtime.targets_read)
+        feed.start()
+        try:
+            await app.wait_until_stopped()
+        finally:
+            feed.stop()
+
     @app.task
     async def alert_loop() -> None:
         _quiet_libraries(settings.log_level)
@@ -364,6 +388,10 @@ def main(argv: list[str]) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("kafka").setLevel(logging.WARNING)
     ensure_topics(settings)
+    try:
+        target_cli.ensure_topic(settings)
+    except ProducerError as error:
+        raise SystemExit(f"cancelwatch worker: {error}") from None
     app, _ = build_app(settings, policy)
     # The worker's long-lived state (sellers, buckets, metrics) is hundreds of thousands of
     # objects; with the default thresholds the collector walks them every few batches.

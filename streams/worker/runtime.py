@@ -22,7 +22,7 @@ from typing import Iterator
 
 import msgspec
 
-from streams import alerting, events, names, policy as policy_module, state as state_module, window
+from streams import alerting, events, names, policy as policy_module, state as state_module, targets, window
 from streams.alertmanager import Alert, AlertSender
 from streams.metrics import Metrics, ScrapeState, SellerSummary, rate_band
 from streams.settings import Settings
@@ -146,6 +146,8 @@ class Runtime:
         self.produced: dict[int, int] = {}  # reroute partition -> end offset of what this worker sent
         self.lag: dict = {}                 # (topic, partition) -> messages not yet applied
         self.catching_up: set[int] = set()  # owned partitions whose new alerts are held
+        self.targets: dict[tuple[str, str], targets.Target] = {}   # the sellers' own limits
+        self.targets_ready = False          # the targets topic was read to its end once
         self.role = {
             settings.orders_topic: names.ORDERS_TOPIC,
             settings.cancellations_topic: names.CANCELLATIONS_TOPIC,
@@ -314,6 +316,25 @@ class Runtime:
             self.metrics.events.labels(topic, outcome).inc(count)
         return group
 
+    # -- limits in force ----------------------------------------------------------
+    def seller_windows(self, state, now_bucket: int) -> list[window.WindowTotals]:
+        """The seller's windows under the limits in force: its own target, or the marketplace's."""
+        limits = targets.apply_target(self.policy.windows(state.marketplace),
+                                      self.targets.get((state.seller_id, state.marketplace)))
+        return [window.totals(state.buckets, limit, self.policy, now_bucket) for limit in limits]
+
+    def target_updated(self, update: targets.TargetUpdate) -> None:
+        """A target was set or cleared: the seller is evaluated again at once (its alerts follow)."""
+        targets.apply_update(self.targets, update)
+        state = self.book.seller(*update.key) if self.book is not None else None
+        if state is not None:
+            self.dirty.add(state)
+
+    def targets_read(self) -> None:
+        if not self.targets_ready:
+            log.info("seller targets read: %d in force", len(self.targets))
+            self.targets_ready = True
+
     # -- catch-up ----------------------------------------------------------------
     def acknowledged(self, fetches) -> None:
         """Record the offsets of committed fetches: what this worker's state includes."""
@@ -374,7 +395,7 @@ class Runtime:
             log.debug("lag unavailable: %r", error)
             return
         self.lag = lag
-        if sources_behind:
+        if sources_behind or not self.targets_ready:
             behind = set(owned)
         caught_up = self.catching_up - behind
         if caught_up and self.book is not None:
@@ -423,7 +444,7 @@ class Runtime:
         dirty, self.dirty = self.dirty, set()
         for state in dirty:
             key = (state.seller_id, state.marketplace)
-            windows = window.seller_windows(state.buckets, state.marketplace, self.policy, now_bucket)
+            windows = self.seller_windows(state, now_bucket)
             first = windows[0]
             state.summary = self._shared_summary(
                 max((w.status for w in windows), key=names.STATUSES.index),
@@ -433,7 +454,7 @@ class Runtime:
             previous = self.alerts.get(key, {})
             if not previous and not any(w.cancelled for w in windows) and not _listing_faults(state):
                 continue  # no seller-fault cancel anywhere: no alert can fire
-            wanted = alerting.desired(state, self.policy, now, self.dashboard_url(*key))
+            wanted = alerting.desired(state, self.policy, now, self.dashboard_url(*key), self.targets.get(key))
             if not wanted and not previous:
                 continue
             decision = alerting.decide(previous, wanted, time.time(),
@@ -477,10 +498,11 @@ class Runtime:
             return None
         now = self.now()
         now_bucket = window.bucket_of(now, self.policy.bucket_seconds)
-        windows = window.seller_windows(state.buckets, marketplace, self.policy, now_bucket)
+        windows = self.seller_windows(state, now_bucket)
         if extra_cancels:
             windows = [w.with_more_cancels(extra_cancels) for w in windows]
         view = window.seller_json(seller_id, marketplace, windows, now)
+        view["target"] = targets.target_json(self.targets.get((seller_id, marketplace)))
         view["catching_up"] = self.owners[seller_id] in self.catching_up
         return view
 
@@ -491,7 +513,7 @@ class Runtime:
         now_bucket = window.bucket_of(now, self.policy.bucket_seconds)
         ranked = []
         for state in self.book.in_marketplace(marketplace):
-            windows = window.seller_windows(state.buckets, marketplace, self.policy, now_bucket)
+            windows = self.seller_windows(state, now_bucket)
             if not window.at_risk(windows):
                 continue
             ranked.append((window.risk_key_of_totals(windows) + (state.seller_id,), state.seller_id, windows))

@@ -198,7 +198,7 @@ class _StateCollector:
         counts: dict[tuple[str, str], int] = {}
         for pair in state.alerts:
             counts[pair] = counts.get(pair, 0) + 1
-        for alertname in (names.SELLER_ALERTS + (names.ALERT_LISTING,)):
+        for alertname in (names.SELLER_ALERTS + (names.ALERT_LISTING,) + names.RECONCILIATION_ALERTS):
             severity = names.ALERT_SEVERITY[alertname]
             active.add_metric([alertname, severity], counts.get((alertname, severity), 0))
         queue = _gauge("cancelwatch_alert_queue_alerts")

@@ -214,7 +214,7 @@ METRICS = {
     ),
 }
 RATE_BANDS = ("0-1%", "1-2%", "2-2.5%", "2.5%+")
-EVENT_OUTCOMES = ("applied", "unchanged", "late", "afn", "rerouted", "dead_letter")
+EVENT_OUTCOMES = ("applied", "unchanged", "late", "afn", "rerouted", "dead_letter", "report", "skipped_marketplace")
 DEAD_LETTER_KINDS = ("invalid_json", "invalid_event", "wrong_topic", "future")
 
 # --- Prometheus job and dashboard uids ---------------------------------------

@@ -111,7 +111,10 @@ class Policy:
 
     @property
     def retention_seconds(self) -> int:
-        return self.longest_window_days * 86400 + self.retention_grace_hours * 3600
+        """How long purchase buckets are kept: the longest window plus the grace period, or plus
+        Amazon's report lag (`reconciliation.report_lag_days`) when that is longer."""
+        return max(self.longest_window_days * 86400 + self.retention_grace_hours * 3600,
+                   self.reconciliation_retention_seconds)
 
     @property
     def reconciliation_retention_seconds(self) -> int:

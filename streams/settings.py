@@ -94,6 +94,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("CANCELWATCH_SESSION_TIMEOUT_SECONDS", "10",
             "How long the consumer group waits for a silent (crashed) worker before moving its "
             "partitions to the others, and a restarted worker waits for its old session to end."),
+    Setting("CANCELWATCH_ACCOUNT_HEALTH_TOPIC", names.ACCOUNT_HEALTH_TOPIC,
+            "Topic of Amazon account-health reports (contract section 11), keyed by seller_id, "
+            "with as many partitions as the source topics."),
     Setting("CANCELWATCH_CATCHUP_LAG", "1000",
             "A partition whose lag on any source topic (orders, cancellations, reroute) is above this "
             "many messages is catching up: its counts are partial, so it sends no new alert and "
@@ -162,6 +165,7 @@ class Settings:
     kafka_security: KafkaSecurity
     log_level: str
     session_timeout_seconds: float = 60.0
+    account_health_topic: str = names.ACCOUNT_HEALTH_TOPIC
     catchup_lag: int = 1000
     failpoint: str = ""
     failpoint_at: int = 1
@@ -349,6 +353,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         kafka_security=_security(env),
         log_level=_choice(env, "CANCELWATCH_LOG_LEVEL", ("crit", "error", "warn", "info", "debug")),
         session_timeout_seconds=_seconds(env, "CANCELWATCH_SESSION_TIMEOUT_SECONDS", 6, 1800),
+        account_health_topic=_topic(env, "CANCELWATCH_ACCOUNT_HEALTH_TOPIC"),
         catchup_lag=_integer(env, "CANCELWATCH_CATCHUP_LAG", 0, 100_000_000),
         failpoint=_failpoint(env),
         failpoint_at=_integer(env, "CANCELWATCH_FAILPOINT_AT", 1, 1_000_000),

@@ -44,7 +44,8 @@ KIND_SEEN = "s"        # a seller known without any bucket (AFN-only, late-only,
 KIND_ALERTS = "a"      # a seller's firing alerts (written by the worker)
 KIND_ORDER = "o"       # the order index: the bucket holding an order's record (local only)
 INTERNAL = "~"         # first character of internal keys (`clock_key`)
-_KINDS = frozenset((KIND_BUCKET, KIND_SEEN, KIND_ALERTS, KIND_ORDER))
+KIND_HEALTH = "h"      # a seller's latest account-health report of a marketplace (written by the worker)
+_KINDS = frozenset((KIND_BUCKET, KIND_SEEN, KIND_ALERTS, KIND_ORDER, KIND_HEALTH))
 _INTERNAL_BYTE = ord(INTERNAL)
 _CLOCK_PREFIX = b"~clock/"
 _MAX_SELLER_BYTES = 999    # three digits of length; the contract's 64 characters take at most 256 bytes
@@ -82,6 +83,11 @@ def bucket_key(seller_id: str, marketplace: str, bucket: int) -> bytes:
 def seen_key(seller_id: str, marketplace: str) -> bytes:
     raw = _seller_bytes(seller_id)
     return b"s%03d%s/%s" % (len(raw), raw, marketplace.encode())
+
+
+def health_key(seller_id: str, marketplace: str) -> bytes:
+    raw = _seller_bytes(seller_id)
+    return b"h%03d%s/%s" % (len(raw), raw, marketplace.encode())
 
 
 def alerts_key(seller_id: str, marketplace: str) -> bytes:
@@ -137,7 +143,7 @@ def parse_key(key: bytes) -> ParsedKey | None:
     try:
         seller_id = key[4:end].decode()
         rest = key[end + 3:]
-        if kind in (KIND_SEEN, KIND_ALERTS):
+        if kind in (KIND_SEEN, KIND_ALERTS, KIND_HEALTH):
             if rest:
                 raise _layout_error(key, "text after the marketplace")
             return ParsedKey(kind, seller_id, marketplace.decode())
@@ -323,7 +329,8 @@ class Book:
         self._rate_buckets = {marketplace: max(policy.window_buckets(w) for w in policy.windows(marketplace))
                               for marketplace in names.MARKETPLACES}
         # buckets kept at all (the longest window, the listing rule's included): older events change nothing
-        self._keep_buckets = policy.longest_window_days * 86400 // policy.bucket_seconds
+        # (retention covers Amazon's report lag, so late events still reach a report's range)
+        self._keep_buckets = policy.retention_seconds // policy.bucket_seconds
         self._listing_buckets = policy.listing_order_window_days * 86400 // policy.bucket_seconds
 
     # -- reading -------------------------------------------------------------
@@ -341,6 +348,11 @@ class Book:
 
     def __len__(self) -> int:
         return sum(len(by_seller) for by_seller in self._markets.values())
+
+    def known(self, seller_id: str, marketplace: str) -> SellerState:
+        """The seller's state, made known (and kept known across restarts) when new: a seller
+        with an account-health report but no event yet."""
+        return self._state(seller_id, marketplace, mark=True)
 
     def _state(self, seller_id: str, marketplace: str, mark: bool = False) -> SellerState:
         """The seller's state, created when new. `mark`: the event leaves no order bucket behind
@@ -373,7 +385,7 @@ class Book:
         orders = 0
         for key, value in items:
             parsed = parse_key(key)
-            if parsed is None or parsed.kind in (KIND_ALERTS, KIND_ORDER):
+            if parsed is None or parsed.kind in (KIND_ALERTS, KIND_ORDER, KIND_HEALTH):
                 continue
             kind, seller_id, marketplace, bucket, _ = parsed
             state = self.seller(seller_id, marketplace)

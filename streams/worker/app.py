@@ -38,7 +38,7 @@ from streams.consumer import BatchingConsumer, Mailbox
 from streams.settings import Settings
 from streams.worker import web
 from streams.worker.ownership import Ownership, faust_assignment, faust_recovering
-from streams.worker.runtime import Runtime, release_memory
+from streams.worker.runtime import HEALTH_ROLE, KIND_HEADER, Runtime, release_memory
 from streams.worker.table_store import Failpoints, TableStore
 from streams.worker.targets_feed import TargetsFeed
 from streams import target_cli
@@ -76,7 +76,7 @@ def ensure_topics(settings: Settings) -> None:
                          f"with {settings.kafka_security.protocol} ({error}).{hint}") from None
     try:
         wanted = [settings.orders_topic, settings.cancellations_topic, settings.reroute_topic,
-                  settings.dead_letter_topic]
+                  settings.account_health_topic, settings.dead_letter_topic]
         existing = set(admin.list_topics())
         brokers = len(admin.describe_cluster()["brokers"]) or 1
         for name in wanted:
@@ -86,7 +86,7 @@ def ensure_topics(settings: Settings) -> None:
                 admin.create_topics([NewTopic(name, settings.partitions, min(3, brokers))], timeout_ms=30_000)
             except TopicAlreadyExistsError:
                 pass
-        for description in _described(admin, wanted[:3]):
+        for description in _described(admin, wanted[:4]):
             count = len(description["partitions"])
             if count != settings.partitions:
                 raise SystemExit(
@@ -184,6 +184,7 @@ def build_app(settings: Settings, policy: policy_module.Policy) -> tuple[faust.A
         env={},
     )
     source = app.topic(settings.orders_topic, settings.cancellations_topic, settings.reroute_topic,
+                       settings.account_health_topic,
                        key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw",
                        partitions=settings.partitions)
     reroute_topic = app.topic(settings.reroute_topic, key_serializer="raw", value_serializer="raw",
@@ -230,7 +231,8 @@ def build_app(settings: Settings, policy: policy_module.Policy) -> tuple[faust.A
         await committed(runtime.rebuild())
 
     app.transport.Consumer = BatchingConsumer.for_topics(
-        [settings.orders_topic, settings.cancellations_topic, settings.reroute_topic], mailbox)
+        [settings.orders_topic, settings.cancellations_topic, settings.reroute_topic,
+         settings.account_health_topic], mailbox)
 
     @app.agent(source)
     async def apply_events(stream):
@@ -286,6 +288,7 @@ def build_app(settings: Settings, policy: policy_module.Policy) -> tuple[faust.A
                                                       headers=headers))
         for message, seller_id, owner in group.reroute:
             headers = [
+                (KIND_HEADER, HEALTH_ROLE.encode() if message.topic == settings.account_health_topic else b"event"),
                 (HEADER_PREFIX + "source.topic", message.topic.encode()),
                 (HEADER_PREFIX + "source.partition", str(message.partition).encode()),
                 (HEADER_PREFIX + "source.offset", str(message.offset).encode()),

@@ -81,6 +81,10 @@ class Ownership:
             return Owner(LOCAL, partition, url)
         return Owner(REMOTE, partition, url)
 
+    def assigned(self) -> bool:
+        """Whether faust's assignment has named the owners yet (after the first rebalance)."""
+        return bool(self._assignment()[1])
+
     def owned(self) -> set[int]:
         """The partitions this worker owns now."""
         own_url, urls = self._assignment()

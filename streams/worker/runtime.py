@@ -22,7 +22,8 @@ from typing import Iterator
 
 import msgspec
 
-from streams import alerting, events, names, policy as policy_module, state as state_module, targets, window
+from streams import (account_health, alerting, events, names, policy as policy_module, reconciliation,
+                     state as state_module, targets, window)
 from streams.alertmanager import Alert, AlertSender
 from streams.metrics import Metrics, ScrapeState, SellerSummary, rate_band
 from streams.settings import Settings
@@ -40,6 +41,10 @@ SUMMARY_POOL_SIZE = 100_000                    # distinct seller summaries kept 
 _libc_trim = None
 _firing_encoder = msgspec.msgpack.Encoder()
 _firing_decoder = msgspec.msgpack.Decoder(list[tuple[str, str, str, float, dict[str, str]]])
+_health_encoder = msgspec.msgpack.Encoder()
+_health_decoder = msgspec.msgpack.Decoder(tuple[float, account_health.MarketplaceHealth])
+HEALTH_ROLE = "account-health"
+KIND_HEADER = "cancelwatch.kind"
 
 
 def release_memory() -> None:
@@ -148,10 +153,13 @@ class Runtime:
         self.catching_up: set[int] = set()  # owned partitions whose new alerts are held
         self.targets: dict[tuple[str, str], targets.Target] = {}   # the sellers' own limits
         self.targets_ready = False          # the targets topic was read to its end once
+        # (seller, marketplace) -> (fetched_at, the latest account-health report's entry)
+        self.health: dict[tuple[str, str], tuple[float, account_health.MarketplaceHealth]] = {}
         self.role = {
             settings.orders_topic: names.ORDERS_TOPIC,
             settings.cancellations_topic: names.CANCELLATIONS_TOPIC,
             settings.reroute_topic: names.REROUTE_TOPIC,
+            settings.account_health_topic: HEALTH_ROLE,
         }
         self.topic_name = {
             names.ORDERS_TOPIC: settings.orders_topic,
@@ -190,6 +198,7 @@ class Runtime:
         self.group = None
         self.dirty = set()
         self.applied = {}
+        self.health = {}
         if self.store is not None:
             self.store.abandon()
 
@@ -203,6 +212,7 @@ class Runtime:
         clock = 0.0
         items = []
         firing: dict[tuple[str, str], dict] = {}
+        health: dict = {}
         order_kind = ord(state_module.KIND_ORDER)
         for key, value in self.store.table.items():
             if key[0] == order_kind:
@@ -211,6 +221,9 @@ class Runtime:
                 clock = max(clock, int(value) / 1_000_000)
                 continue
             parsed = state_module.parse_key(key)
+            if parsed is not None and parsed.kind == state_module.KIND_HEALTH:
+                health[(parsed.seller_id, parsed.marketplace)] = _health_decoder.decode(value)
+                continue
             if parsed is not None and parsed.kind == state_module.KIND_ALERTS:
                 firing[(parsed.seller_id, parsed.marketplace)] = alerting.firing_from_identity(
                     parsed.seller_id, parsed.marketplace, _firing_decoder.decode(value))
@@ -223,6 +236,7 @@ class Runtime:
             owned_now = {alert.key for alerts in firing.values() for alert in alerts.values()}
             self.sender.forget(key for key in self.sender.firing() if key not in owned_now)
         self.book = book
+        self.health = health
         self.event_clock = max(self.event_clock, clock)
         self.alerts = {}
         outbox = Outbox(self.epoch)
@@ -255,6 +269,9 @@ class Runtime:
         owners = self.owners
         for message in records:
             role = self.role[message.topic]
+            if role == HEALTH_ROLE or (role == names.REROUTE_TOPIC and _is_health(message)):
+                self._report(message, role, group, wall_dt)
+                continue
             try:
                 if role == names.REROUTE_TOPIC:
                     event = events.decode(message.value, wall_dt)
@@ -282,6 +299,52 @@ class Runtime:
         if clocks:
             self.event_clock = max(self.event_clock, max(clocks.values()))
         self.book.feed(group.pending, applied, self.now())
+
+    def _report(self, message, role: str, group: Group, wall_dt: datetime) -> None:
+        """An account-health report: kept per seller and marketplace (the latest by fetched_at)
+        on the seller's partition, in the same transaction as the group's events."""
+        try:
+            envelope = account_health.decode_envelope(message.value, wall_dt)
+        except account_health.BadReport as bad:
+            group.dead.append((message, bad))
+            group.outcomes[(message.topic, "dead_letter")] += 1
+            self.metrics.dead_letters.labels(message.topic, bad.kind).inc()
+            return
+        owner = self.owners[envelope.seller_id]
+        if role == HEALTH_ROLE and owner != message.partition:
+            group.reroute.append((message, envelope.seller_id, owner))
+            group.outcomes[(message.topic, "rerouted")] += 1
+            return
+        if envelope.skipped:
+            group.outcomes[(message.topic, "skipped_marketplace")] += envelope.skipped
+        fetched = envelope.fetched_epoch
+        for marketplace, entry in envelope.marketplaces.items():
+            key = (envelope.seller_id, marketplace)
+            latest = self.health.get(key)
+            if latest is not None and latest[0] > fetched:
+                continue        # older than the report already seen: changes nothing
+            self.health[key] = (fetched, entry)
+            self.store[state_module.health_key(*key)] = _health_encoder.encode((fetched, entry))
+            self.dirty.add(self.book.known(*key))
+        group.outcomes[(message.topic, "report")] += 1
+
+    def reconciliation_view(self, seller_id: str, marketplace: str) -> dict | None:
+        """Amazon's figures against this worker's counts over the report's own range
+        (contract section 11), recomputed on every request; None without a report."""
+        latest = self.health.get((seller_id, marketplace))
+        if latest is None:
+            return None
+        comparison = self._comparison(seller_id, marketplace, latest[1])
+        return comparison.as_json(seller_id, marketplace, latest[0], latest[1].account_status)
+
+    def _comparison(self, seller_id: str, marketplace: str, entry) -> reconciliation.Comparison:
+        bucket_seconds = self.policy.bucket_seconds
+        rate = entry.cancellation
+        first, last = reconciliation.bucket_range(rate.reporting_from, rate.reporting_to, bucket_seconds)
+        state = self.book.seller(seller_id, marketplace) if self.book is not None else None
+        counts = reconciliation.range_counts(state.buckets if state is not None else {}, first, last)
+        complete = reconciliation.is_complete(first, self.now(), self.policy.retention_seconds, bucket_seconds)
+        return reconciliation.compare(rate, counts, complete, self.policy)
 
     def drop_stale_group(self, generation: int) -> None:
         """Forget an open group fetched before a rebalance (`generation` is the consumer's now):
@@ -452,9 +515,16 @@ class Runtime:
                 tuple((w.window.days, w.orders, w.cancelled, w.window.limit_bps) for w in windows),
             )
             previous = self.alerts.get(key, {})
-            if not previous and not any(w.cancelled for w in windows) and not _listing_faults(state):
-                continue  # no seller-fault cancel anywhere: no alert can fire
+            report = self.health.get(key)
+            if (not previous and report is None and not any(w.cancelled for w in windows)
+                    and not _listing_faults(state)):
+                continue  # no seller-fault cancel anywhere and no report: no alert can fire
             wanted = alerting.desired(state, self.policy, now, self.dashboard_url(*key), self.targets.get(key))
+            if report is not None:
+                entry = report[1]
+                wanted.update(reconciliation.wanted_alerts(
+                    state.seller_id, state.marketplace, self._comparison(*key, entry), entry.account_status,
+                    self.dashboard_url(*key), health_rating=entry.health_rating))
             if not wanted and not previous:
                 continue
             decision = alerting.decide(previous, wanted, time.time(),
@@ -536,6 +606,11 @@ class Runtime:
 
 def _alert(firing: alerting.Firing) -> Alert:
     return Alert(firing.labels, firing.annotations, datetime.fromtimestamp(firing.starts_at, timezone.utc))
+
+
+def _is_health(message) -> bool:
+    """A rerouted account-health report (the reroute topic also carries events)."""
+    return any(key == KIND_HEADER and value == HEALTH_ROLE.encode() for key, value in message.headers or ())
 
 
 def _listing_faults(state) -> bool:

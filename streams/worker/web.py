@@ -79,26 +79,47 @@ class Api:
             return error(400, f"cancel must be within 0..1000000, got {extra}")
         return await self._seller(request, request.params["seller_id"], extra)
 
-    async def _seller(self, request: Request, seller_id: str, extra: int) -> Reply:
-        marketplace = request.query.get("marketplace", "")
+    def _route(self, request: Request, seller_id: str, marketplace: str) -> Awaitable[Reply] | None:
+        """None when this worker answers for the seller; else the answer to give instead: a 400,
+        a 503 while no worker can answer, or the owner's answer (forwarded)."""
         if marketplace not in names.MARKETPLACES:
-            return error(400, f"marketplace must be one of {' '.join(names.MARKETPLACES)}, got {marketplace!r}")
+            return _now(error(400, f"marketplace must be one of {' '.join(names.MARKETPLACES)}, "
+                                   f"got {marketplace!r}"))
         if not 1 <= len(seller_id) <= 64:
-            return error(400, "seller_id must be 1..64 characters")
+            return _now(error(400, "seller_id must be 1..64 characters"))
         owner = self.ownership.of_seller(seller_id)
         if owner.state == ownership_module.REMOTE:
             if request.forwarded:
                 # The worker that sent it thinks this one owns the seller: an assignment is changing.
-                return error(503, "partitions are moving between workers (rebalancing); retry shortly")
-            return await self.forward(owner.url, request)
+                return _now(error(503, "partitions are moving between workers (rebalancing); retry shortly"))
+            return self.forward(owner.url, request)
         if owner.state == ownership_module.UNKNOWN:
-            return error(503, "no worker owns this seller's partition yet (starting or rebalancing); "
-                              "retry shortly")
+            return _now(error(503, "no worker owns this seller's partition yet (starting or rebalancing); "
+                                   "retry shortly"))
         if owner.state == ownership_module.RECOVERING or self.runtime.book is None:
-            return error(503, "this seller's state is being recovered; retry shortly")
+            return _now(error(503, "this seller's state is being recovered; retry shortly"))
+        return None
+
+    async def _seller(self, request: Request, seller_id: str, extra: int) -> Reply:
+        marketplace = request.query.get("marketplace", "")
+        refused = self._route(request, seller_id, marketplace)
+        if refused is not None:
+            return await refused
         view = self.runtime.seller_view(seller_id, marketplace, extra)
         if view is None:
             return error(404, f"seller {seller_id} has never been seen in {marketplace}")
+        return Reply(200, view)
+
+    async def reconciliation(self, request: Request) -> Reply:
+        """Amazon's account-health figures against this worker's counts (contract section 11)."""
+        seller_id = request.params["seller_id"]
+        marketplace = request.query.get("marketplace", "")
+        refused = self._route(request, seller_id, marketplace)
+        if refused is not None:
+            return await refused
+        view = self.runtime.reconciliation_view(seller_id, marketplace)
+        if view is None:
+            return error(404, f"no account-health report has been seen for seller {seller_id} in {marketplace}")
         return Reply(200, view)
 
     async def at_risk(self, request: Request) -> Reply:
@@ -112,6 +133,8 @@ class Api:
             return error(400, f"limit must be a whole number within 1..1000, got {raw!r}")
         if not 1 <= limit <= 1000:
             return error(400, f"limit must be within 1..1000, got {limit}")
+        if not self.ownership.assigned():
+            return error(503, "no partition is assigned yet (starting or rebalancing); retry shortly")
         owned = self.ownership.owned()
         if owned and self.runtime.book is None:
             return error(503, "state is being recovered; retry shortly")
@@ -130,6 +153,10 @@ class Api:
         merged = ranked + [view for reply in replies for view in reply.body]
         merged.sort(key=window.risk_key_of_json)
         return Reply(200, merged[:limit])
+
+
+async def _now(reply: Reply) -> Reply:
+    return reply
 
 
 async def forward_http(url: str, request: Request) -> Reply:
@@ -152,5 +179,6 @@ async def forward_http(url: str, request: Request) -> Reply:
 ROUTES: dict[str, str] = {
     "/sellers/{seller_id}": "seller",            # also /sellers/at-risk (the seller id "at-risk")
     "/sellers/{seller_id}/what-if": "what_if",
+    "/sellers/{seller_id}/reconciliation": "reconciliation",
 }
 DISPATCHED = {"/sellers/at-risk": "at_risk"}     # paths served through another route's pattern

@@ -162,6 +162,12 @@ def test_at_risk_is_503_rather_than_a_ranking_with_sellers_missing():
     assert run(ask(api, "at_risk", marketplace="US", limit="10")).status == 503
 
 
+def test_at_risk_before_any_assignment_is_503():
+    api = web.Api(FakeRuntime({}, loaded=False), ownership({}), Forwarder())
+    answer = run(ask(api, "at_risk", marketplace="US", limit="10"))
+    assert answer.status == 503 and answer.headers["Retry-After"]
+
+
 def test_a_worker_without_partitions_ranks_from_the_others_only():
     forwarder = Forwarder({OTHER: web.Reply(200, [seller_json("B", 5)])})
     api = web.Api(FakeRuntime({}, loaded=False), ownership({0: OTHER, 1: OTHER}), forwarder)

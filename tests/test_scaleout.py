@@ -1,0 +1,479 @@
+"""Scale-out on the real stack: workers joining, leaving and dying, a crash at each gap
+of a group commit, and the keys and timestamps a restart or a rebalance exposes.
+
+Every test runs real `cancelwatch worker` processes in event-clock mode on the shared
+Kafka broker (topics and consumer group of its own) and compares the whole answer of
+`GET /sellers/{id}` for every seller with `tests/oracle.py`; the alert tests post to an
+Alertmanager of their own. The fault tests record their figures in docs/faults.json.
+
+- Alerts follow their partition: while sellers are breached a worker joins (one, or two
+  at once) or one leaves cleanly; once their rates fall back, Alertmanager holds no
+  seller alert within two re-send periods (the old owner no longer re-sends what it
+  handed over, the new one took the alerts over and resolves them).
+- More workers than partitions: the worker without a partition answers for every
+  seller with the owner's answer.
+- A worker stopped hard at each fail point of a group commit (`CANCELWATCH_FAILPOINT`):
+  a second worker with an empty data dir takes over, then the first restarts on the
+  data dir the crash left, then on an empty one; exact every time.
+- SIGKILLs during a replay, then the data dir deleted: everything restored from Kafka.
+- A late order and its cancel, a purchase date either side of a bucket boundary, and
+  seller ids holding the worker's key separator or starting like its clock keys.
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+import subprocess
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import msgspec
+import pytest
+import requests
+from kafka import KafkaAdminClient
+from kafka.partitioner import DefaultPartitioner
+from prometheus_client.parser import text_string_to_metric_families
+
+from streams import names
+from tests import faults_table
+from tests.test_alerting_e2e import Seller, wait_for
+from tests.test_alertmanager import alertmanager  # noqa: F401 - the fixture: an Alertmanager of the test's own
+from tests.test_faults import assert_exact, takeover_statuses
+from tests.test_worker import expected_answers, publish, simulated_stream, strip_listing
+from tests.workers import Topics, WorkerProcess
+
+pytestmark = pytest.mark.stack
+
+RESEND_SECONDS = 2
+SESSION_SECONDS = 6                 # the broker's smallest: a dead worker's partitions move after 6 s
+FAST = {"CANCELWATCH_SESSION_TIMEOUT_SECONDS": str(SESSION_SECONDS),
+        "CANCELWATCH_ALERT_RESEND_SECONDS": str(RESEND_SECONDS)}
+# Resolution is due within two re-send periods of the moment every worker has applied the
+# clearing orders; this much more covers Alertmanager's own processing and the polling.
+CLEAR_SLACK_SECONDS = 2.0
+SELLERS = 16                        # breached sellers in the alert tests, spread evenly over the partitions
+FAILPOINTS = ("after-changelog", "after-local-write", "before-commit")
+FAILPOINT_AT = 2                    # the second commit: the first group is durable, the second is not
+FAILPOINT_EXIT_CODE = 70
+HOUR = timedelta(hours=1)
+MINUTE = timedelta(minutes=1)
+DAY = timedelta(days=1)
+# Hand-made events sit two days back, so the event clock never runs ahead of the wall clock.
+ANCHOR = datetime.now(timezone.utc).replace(minute=30, second=0, microsecond=0) - 2 * DAY
+
+
+@pytest.fixture
+def fleet(tmp_path):
+    """Starts workers for one test, each with a log of its own; stops them all when it ends."""
+    started: list[WorkerProcess] = []
+
+    def start(topics: Topics, name: str, *, data_dir: Path | None = None, env: dict | None = None,
+              alertmanager_url: str = "") -> WorkerProcess:
+        worker = WorkerProcess(topics, data_dir or tmp_path / name, alertmanager_url=alertmanager_url,
+                               extra_env={**FAST, **(env or {})}, log_path=tmp_path / f"{name}.log").start()
+        started.append(worker)
+        return worker
+
+    yield start
+    for worker in started:
+        worker.stop()
+
+
+class Replay:
+    """A simulated stream published once on source topics shared by the module's fault tests;
+    each test reads it with a consumer group (and reroute, dead-letter and changelog topics)
+    of its own."""
+
+    def __init__(self, bootstrap: str) -> None:
+        self.source = Topics("replay")
+        self.stream = simulated_stream(seed=41, sellers=12, days=9)
+        self.sent = publish(bootstrap, self.source, self.stream, seed=9)
+        _, expected = expected_answers(self.stream)
+        self.expected = strip_listing(expected)
+
+    def group(self, prefix: str) -> Topics:
+        topics = Topics(prefix)
+        topics.orders, topics.cancellations = self.source.orders, self.source.cancellations
+        return topics
+
+
+@pytest.fixture(scope="module")
+def replay(kafka_bootstrap) -> Replay:
+    return Replay(kafka_bootstrap)
+
+
+# --- what the workers and Alertmanager say ------------------------------------------------
+
+
+def owned_partitions(worker: WorkerProcess, topic: str) -> set[int]:
+    """Partitions of `topic` the worker consumes now (its consumer-lag series)."""
+    text = requests.get(worker.url + "/metrics", timeout=10).text
+    for family in text_string_to_metric_families(text):
+        if family.name == "cancelwatch_consumer_lag_messages":
+            return {int(sample.labels["partition"]) for sample in family.samples
+                    if sample.labels["topic"] == topic}
+    return set()
+
+
+def spread_over(workers: list[WorkerProcess], topics: Topics, partitions: int) -> list[set[int]]:
+    """Wait until the workers hold every partition between them, each at least one; return
+    each worker's partitions."""
+    def spread():
+        owned = [owned_partitions(worker, topics.orders) for worker in workers]
+        every = sorted(partition for held in owned for partition in held)
+        return owned if every == list(range(partitions)) and all(owned) else None
+    return wait_for(spread, f"{len(workers)} workers sharing the {partitions} partitions")
+
+
+def group_state(bootstrap: str, group: str) -> tuple[str, int]:
+    """(state, members) of a consumer group, as the broker sees it."""
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="cancelwatch-tests")
+    try:
+        [described] = admin.describe_consumer_groups([group])
+        return described.state, len(described.members)
+    finally:
+        admin.close()
+
+
+def seller_alerts(alertmanager) -> dict[tuple[str, str], dict]:
+    """(seller_id, alertname) -> alert, of every seller alert active in Alertmanager."""
+    return {(alert["labels"][names.LABEL_SELLER], alert["labels"][names.LABEL_ALERTNAME]): alert
+            for alert in alertmanager.active() if names.LABEL_SELLER in alert["labels"]}
+
+
+def sellers_on_each_partition(count: int, partitions: int, name: str) -> dict[int, list[Seller]]:
+    """`count` sellers on each partition, placed by Kafka's default partitioner on seller_id."""
+    partitioner, every = DefaultPartitioner(), list(range(partitions))
+    chosen: dict[int, list[Seller]] = {partition: [] for partition in every}
+    while any(len(sellers) < count for sellers in chosen.values()):
+        seller = Seller(name)
+        sellers = chosen[partitioner(seller.seller_id.encode(), every, every)]
+        if len(sellers) < count:
+            sellers.append(seller)
+    return chosen
+
+
+def wait_alerts_owned(workers: list[WorkerProcess], owned: list[set[int]],
+                      breached: dict[int, list[Seller]]) -> None:
+    """Wait until each worker holds the breach alerts of exactly the sellers on its partitions."""
+    wanted = [sum(len(breached[partition]) for partition in partitions) for partitions in owned]
+
+    def held():
+        return [int(worker.metric("cancelwatch_alerts_active", alertname=names.ALERT_BREACHED))
+                for worker in workers]
+    wait_for(lambda: held() == wanted,
+             f"each worker firing the breaches of its own partitions {owned}: {wanted} (has {held()})")
+
+
+def stopped_at(worker: WorkerProcess, failpoint: str, timeout: float = 45) -> None:
+    try:
+        code = worker.process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"the worker did not stop at fail point {failpoint} of its commit {FAILPOINT_AT} "
+                    f"within {timeout:.0f}s of a replay; log {worker.log_path}:\n{worker.tail()}")
+    log = worker.log_path.read_text(errors="replace")
+    assert code == FAILPOINT_EXIT_CODE and f"failpoint {failpoint} reached" in log, (
+        f"the worker exited with {code}, not {FAILPOINT_EXIT_CODE} at fail point {failpoint}:\n{worker.tail()}")
+
+
+def handled_or_caught_up(worker: WorkerProcess, events: float) -> bool:
+    """The worker has handled `events` events, or all there are (nothing left to read)."""
+    handled = worker.metric("cancelwatch_events_total")
+    return handled >= events or (handled > 0 and worker.metric("cancelwatch_consumer_lag_messages") == 0)
+
+
+# --- 1. alerts follow their partition --------------------------------------------------------
+
+# (workers before, workers after, partitions): faust's assignor gives no worker more than
+# ceil(partitions / workers) and keeps what it can where it was, so three workers get two
+# partitions each only out of six.
+SCALE_CHANGES = {"join": (1, 2, 4), "join-two": (1, 3, 6), "leave": (2, 1, 4)}
+FAULT_ROWS = {"join": "rebalance-alive", "join-two": "rebalance-three", "leave": "rebalance-leave"}
+CHANGE_TEXT = {
+    "join": "a second worker joins while sellers are breached (the first stays alive)",
+    "join-two": "two workers join a first one while sellers are breached (6 partitions)",
+    "leave": "one of two workers leaves cleanly (SIGTERM) while sellers are breached",
+}
+
+
+@pytest.mark.parametrize("change", sorted(SCALE_CHANGES))
+def test_alerts_follow_their_partition_when_workers_join_or_leave(change, kafka_bootstrap, alertmanager, fleet):
+    started = time.monotonic()
+    before, after, partitions = SCALE_CHANGES[change]
+    topics = Topics(f"scale-{change}")
+    env = {"CANCELWATCH_PARTITIONS": str(partitions)}
+    workers = [fleet(topics, f"worker-{index}", env=env, alertmanager_url=alertmanager.url)
+               for index in range(before)]
+    for worker in workers:
+        worker.wait_ready()
+    owned_before = spread_over(workers, topics, partitions)
+
+    breached = sellers_on_each_partition(-(-SELLERS // partitions), partitions, "SCALE")
+    everyone = [seller for sellers in breached.values() for seller in sellers]
+    # 100 orders an hour before the anchor, 3 of them cancelled for NoInventory: 3% against
+    # the US limit of 2.5%. Then 300 clean orders: 3 of 400 is 0.75%, below every alert.
+    breach_stream = []
+    for seller in everyone:
+        placed = seller.orders(100, ANCHOR - HOUR)
+        breach_stream += placed + [seller.cancel(order, ANCHOR + index * MINUTE)
+                                   for index, order in enumerate(placed[:3])]
+    sent = publish(kafka_bootstrap, topics, breach_stream, seed=1)
+    wanted = {(seller.seller_id, names.ALERT_BREACHED) for seller in everyone}
+    wait_for(lambda: set(seller_alerts(alertmanager)) == wanted,
+             f"the breaches of all {len(everyone)} sellers active in Alertmanager", seconds=90)
+    wait_alerts_owned(workers, owned_before, breached)
+
+    if after > before:
+        joined = [fleet(topics, f"worker-{index}", env=env, alertmanager_url=alertmanager.url)
+                  for index in range(before, after)]
+        for worker in joined:
+            worker.wait_ready()
+        workers += joined
+    else:
+        for worker in workers[after:]:
+            worker.stop()
+        workers = workers[:after]
+    owned_after = spread_over(workers, topics, partitions)
+    wait_alerts_owned(workers, owned_after, breached)
+
+    clear_stream = [order for seller in everyone for order in seller.orders(300, ANCHOR + 10 * MINUTE)]
+    sent += publish(kafka_bootstrap, topics, clear_stream, seed=2)
+    _, expected = expected_answers(breach_stream + clear_stream)
+    expected = strip_listing(expected)
+    assert all(window["status"] == "ok" and window["headroom"] > 1
+               for answer in expected.values() for window in answer["windows"])
+    lost = double = 0
+    for worker in workers:                       # every worker answers for every seller
+        worker_lost, worker_double = assert_exact(worker, expected, timeout=90)
+        lost, double = lost + worker_lost, double + worker_double
+    applied = time.monotonic()
+
+    # Resolved in time, and still resolved a re-send period later: an old owner still
+    # re-sending would open the alert again.
+    limit = 2 * RESEND_SECONDS + CLEAR_SLACK_SECONDS
+    cleared = None
+    while cleared is None or since < cleared + RESEND_SECONDS + 1:
+        since = time.monotonic() - applied
+        left = seller_alerts(alertmanager)
+        if left and since > limit:
+            fail_still_active(left, since, breached, owned_before, owned_after)
+        if left:
+            cleared = None
+        elif cleared is None:
+            cleared = since
+        time.sleep(0.2)
+    faults_table.record_fault(
+        FAULT_ROWS[change], fault=CHANGE_TEXT[change], injected=1, events=len(breach_stream) + len(clear_stream),
+        lost=lost, double_counted=double, sellers=len(everyone), seconds=time.monotonic() - started,
+        checked=f"{sent:,} messages sent; partitions {owned_before} -> {owned_after}; each worker fired the "
+                f"breaches of its own partitions; all {len(everyone)} resolved in Alertmanager {cleared:.1f} s "
+                f"after the clearing orders were applied (due within {2 * RESEND_SECONDS} s)")
+
+
+def fail_still_active(left: dict, since: float, breached: dict[int, list[Seller]], owned_before: list[set[int]],
+                      owned_after: list[set[int]]) -> None:
+    partition_of = {seller.seller_id: partition for partition, sellers in breached.items() for seller in sellers}
+    now = datetime.now(timezone.utc)
+    examples = [f"{seller} on partition {partition_of[seller]} (updated "
+                f"{(now - datetime.fromisoformat(alert['updatedAt'].replace('Z', '+00:00'))).total_seconds():.1f}"
+                f"s ago, ends {alert['endsAt']})" for (seller, _), alert in sorted(left.items())[:3]]
+    pytest.fail(f"{len(left)} seller alerts active in Alertmanager {since:.1f}s after every worker had applied "
+                f"the orders that cleared them (due resolved within two re-sends of {RESEND_SECONDS}s + "
+                f"{CLEAR_SLACK_SECONDS}s, and to stay so); partitions per worker before {owned_before}, after "
+                f"{owned_after}; e.g. {'; '.join(examples)}")
+
+
+# --- 2. more workers than partitions ---------------------------------------------------------
+
+
+def test_a_worker_without_partitions_answers_every_seller_with_the_owners_answer(kafka_bootstrap, fleet):
+    topics = Topics("idle")
+    one_partition = {"CANCELWATCH_PARTITIONS": "1"}
+    first = fleet(topics, "first", env=one_partition)
+    first.wait_ready()                           # it creates the topics, with one partition
+    second = fleet(topics, "second", env=one_partition)
+    second.wait_ready()
+    wait_for(lambda: group_state(kafka_bootstrap, topics.app_id) == ("Stable", 2),
+             "both workers in the consumer group")
+
+    def owner_and_idle():
+        first_holds, second_holds = (owned_partitions(worker, topics.orders) for worker in (first, second))
+        if sorted([first_holds, second_holds], key=len) != [set(), {0}]:
+            return None
+        return (first, second) if first_holds else (second, first)
+    owner, idle = wait_for(owner_and_idle, "one worker holding the only partition, the other none")
+
+    stream = simulated_stream(seed=31, sellers=6, days=8)
+    publish(kafka_bootstrap, topics, stream, seed=3)
+    _, expected = expected_answers(stream)
+    expected = strip_listing(expected)
+    assert_exact(owner, expected, timeout=60)
+    statuses = takeover_statuses(idle, expected, timeout=15)
+    assert statuses.get(404, 0) == 0, (
+        f"the worker without a partition answered 404 for known sellers: {dict(statuses)}\n{idle.tail()}")
+    assert_exact(idle, expected, timeout=15)
+    assert owner_and_idle() == (owner, idle), "the partition moved during the test"
+
+
+# --- 3. a crash at each gap of a group commit ------------------------------------------------
+
+
+@pytest.mark.parametrize("failpoint", FAILPOINTS)
+def test_a_worker_stopped_hard_at_a_commit_gap_is_exact_after_takeover_restart_and_restore(
+        failpoint, replay, fleet, tmp_path):
+    started = time.monotonic()
+    topics = replay.group(f"fail-{failpoint}")
+    first = fleet(topics, "first", env={"CANCELWATCH_FAILPOINT": failpoint,
+                                        "CANCELWATCH_FAILPOINT_AT": str(FAILPOINT_AT)})
+    stopped_at(first, failpoint)
+
+    # (c) a second worker with an empty data dir of its own takes over, the first not restarted
+    second = fleet(topics, "second")
+    second.wait_ready()
+    statuses = takeover_statuses(second, replay.expected, timeout=120)
+    assert statuses.get(404, 0) == 0, f"a known seller was answered 404 during the takeover: {dict(statuses)}"
+    figures = [assert_exact(second, replay.expected, timeout=60)]
+    second.stop()
+    # (a) the first restarts on the data dir the crash left
+    restarted = fleet(topics, "first-restarted", data_dir=first.data_dir)
+    restarted.wait_ready()
+    figures.append(assert_exact(restarted, replay.expected, timeout=120))
+    restarted.stop()
+    # (b) and on an empty data dir: the changelog alone restores it
+    empty = fleet(topics, "empty")
+    empty.wait_ready()
+    figures.append(assert_exact(empty, replay.expected, timeout=120))
+    assert empty.metric("cancelwatch_dead_letters_total") == 0
+    faults_table.record_fault(
+        f"failpoint-{failpoint}",
+        fault=f"worker stopped hard (exit {FAILPOINT_EXIT_CODE}) at fail point `{failpoint}` of its "
+              f"commit {FAILPOINT_AT} during a replay",
+        injected=1, events=len(replay.stream), lost=sum(lost for lost, _ in figures),
+        double_counted=sum(double for _, double in figures), sellers=len(replay.expected),
+        seconds=time.monotonic() - started,
+        checked=f"{replay.sent:,} messages sent; exact after a takeover by a second worker with an empty data "
+                f"dir ({statuses.get(503, 0)} answers 503 on the way, none 404), a restart on the crashed "
+                f"data dir and a restart on an empty one")
+
+
+# --- 4. SIGKILLs during a replay, then the data dir wiped ------------------------------------
+
+
+def test_sigkills_during_a_replay_then_a_wiped_data_dir_restore_every_seller(replay, fleet, tmp_path):
+    started = time.monotonic()
+    rng = random.Random(2027)
+    topics = replay.group("wipe")
+    state = tmp_path / "state"
+    kills = []
+    for attempt in range(3):
+        worker = fleet(topics, f"run-{attempt}", data_dir=state)
+        if attempt == 1:
+            time.sleep(rng.uniform(1.0, 4.0))        # during start-up or the changelog restore
+            kills.append(None)
+        else:
+            worker.wait_ready()
+            target = rng.uniform(2_000, 20_000)    # events handled before the kill
+            wait_for(lambda: handled_or_caught_up(worker, target), f"the worker handling {target:,.0f} events")
+            kills.append(worker.metric("cancelwatch_events_total"))
+        worker.kill()
+    shutil.rmtree(state, ignore_errors=True)
+    worker = fleet(topics, "wiped", data_dir=state)
+    worker.wait_ready()
+    lost, double = assert_exact(worker, replay.expected, timeout=120)
+    assert worker.metric("cancelwatch_dead_letters_total") == 0
+    faults_table.record_fault(
+        "wipe-restore", fault="worker SIGKILLed during a replay, then its data dir deleted and restarted",
+        injected=len(kills), events=len(replay.stream), lost=lost, double_counted=double,
+        sellers=len(replay.expected), seconds=time.monotonic() - started,
+        checked=f"{replay.sent:,} messages sent; messages handled by each killed run: "
+                f"{', '.join('start-up' if n is None else f'{n:,.0f}' for n in kills)}; then restored from "
+                f"the changelog and the committed offsets alone")
+
+
+# --- 5-7. time and keys ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def edge(tmp_path_factory, kafka_bootstrap):
+    """One worker for the time tests; each test's events end at ANCHOR for each of its sellers,
+    so the worker's clock and the oracle's `now` agree."""
+    directory = tmp_path_factory.mktemp("edge")
+    topics = Topics("edge")
+    worker = WorkerProcess(topics, directory / "state", extra_env=FAST).start()
+    worker.wait_ready()
+    yield topics, worker
+    worker.stop()
+
+
+def counters(worker: WorkerProcess) -> dict[str, float]:
+    return {"orders": worker.metric("cancelwatch_orders_total"),
+            "faults": worker.metric("cancelwatch_seller_fault_cancellations_total"),
+            "late": worker.metric("cancelwatch_events_total", outcome="late")}
+
+
+def test_a_late_order_and_its_cancel_count_as_late_not_as_orders(edge, kafka_bootstrap):
+    topics, worker = edge
+    seller = Seller("LATE")
+    recent = seller.orders(1, ANCHOR)
+    publish(kafka_bootstrap, topics, recent, seed=5)
+    _, expected = expected_answers(recent)
+    assert_exact(worker, strip_listing(expected), timeout=30)
+    before = counters(worker)
+
+    # 12 days old: outside the US 7-day window, inside the 30 days kept for the listing rule.
+    old = seller.orders(1, ANCHOR - 12 * DAY)
+    late = old + [seller.cancel(old[0], ANCHOR - 12 * DAY + HOUR)]
+    publish(kafka_bootstrap, topics, late, seed=6)
+    wait_for(lambda: counters(worker)["late"] >= before["late"] + 2,
+             f"the order and the cancel counted late (before: {before['late']:.0f})")
+    after = counters(worker)
+    assert (after["orders"], after["faults"]) == (before["orders"], before["faults"]), (
+        f"a late order or cancel moved the counters: orders {before['orders']:.0f} -> {after['orders']:.0f}, "
+        f"seller-fault cancels {before['faults']:.0f} -> {after['faults']:.0f}")
+    _, expected = expected_answers(recent + late)
+    assert_exact(worker, strip_listing(expected), timeout=30)
+
+
+def test_a_cancel_whose_purchase_date_falls_in_the_next_bucket_counts_one_order(edge, kafka_bootstrap):
+    topics, worker = edge
+    boundary = (ANCHOR - 6 * HOUR).replace(minute=0)
+    order_first, cancel_first = Seller("SKEW-ORDER-FIRST"), Seller("SKEW-CANCEL-FIRST")
+    placed, cancels = {}, {}
+    for seller in (order_first, cancel_first):
+        # The order says 07:59:59.6 and its cancel 08:00:00.4: one order, purchased in the earlier bucket.
+        [placed[seller]] = seller.orders(1, boundary - timedelta(milliseconds=400))
+        cancel = seller.cancel(placed[seller], boundary + 2 * HOUR)
+        cancels[seller] = msgspec.structs.replace(cancel, purchase_date=boundary + timedelta(milliseconds=400))
+    first = [placed[order_first], cancels[cancel_first]]
+    publish(kafka_bootstrap, topics, first, seed=7)
+    wait_for(lambda: all(worker.get(f"/sellers/{seller.seller_id}", marketplace="US").status_code == 200
+                         for seller in (order_first, cancel_first)), "both sellers' first event applied")
+    then = [cancels[order_first], placed[cancel_first]]
+    clock = [order for seller in (order_first, cancel_first) for order in seller.orders(1, ANCHOR)]
+    publish(kafka_bootstrap, topics, then + clock, seed=8)
+    _, expected = expected_answers(first + then + clock)
+    expected = strip_listing(expected)
+    assert [answer["windows"][0]["orders"] for answer in expected.values()] == [2, 2]
+    assert_exact(worker, expected, timeout=30)
+
+
+def test_seller_ids_with_the_key_separator_or_the_clock_prefix_survive_a_restart(kafka_bootstrap, fleet, tmp_path):
+    topics = Topics("keys")
+    sellers = [Seller("SEP\x1fARATED"), Seller("~clock"), Seller("PLAIN")]
+    stream = []
+    for number, seller in enumerate(sellers, start=1):
+        placed = seller.orders(40, ANCHOR - 3 * HOUR)
+        stream += placed + [seller.cancel(order, ANCHOR - HOUR + index * MINUTE)
+                            for index, order in enumerate(placed[:number])]
+    worker = fleet(topics, "first", data_dir=tmp_path / "state")
+    worker.wait_ready()
+    publish(kafka_bootstrap, topics, stream, seed=10)
+    _, expected = expected_answers(stream)
+    expected = strip_listing(expected)
+    assert_exact(worker, expected, timeout=60)
+    worker.stop()
+    restarted = fleet(topics, "restarted", data_dir=tmp_path / "state")
+    restarted.wait_ready(timeout=45)
+    assert_exact(restarted, expected, timeout=60)

@@ -40,7 +40,7 @@ from streams.ledger import Record
 from streams.policy import Policy
 
 KIND_BUCKET = "b"      # a purchase bucket's order records
-KIND_SEEN = "s"        # a seller known without any bucket (AFN-only, late-only, expired)
+KIND_SEEN = "s"        # a seller known from events that left no bucket (AFN, late) or whose buckets expired
 KIND_ALERTS = "a"      # a seller's firing alerts (written by the worker)
 KIND_ORDER = "o"       # the order index: the bucket holding an order's record (local only)
 INTERNAL = "~"         # first character of internal keys (`clock_key`)

@@ -36,10 +36,11 @@ def in_window(t: float, now: float, days: int, bucket: int) -> bool:
     return now // bucket - days * 86400 // bucket < t // bucket <= now // bucket
 
 
-def older_than_kept(t: float, now: float, days: int, bucket: int) -> bool:
-    """Section 5: an event whose purchase date is already outside every window the monitor
-    keeps (the longest, the listing rule's 30 days included) changes nothing."""
-    return t // bucket <= now // bucket - days * 86400 // bucket
+def older_than_kept(t: float, now: float, kept_seconds: int, bucket: int) -> bool:
+    """Section 5: an event whose purchase date is already older than anything the monitor
+    keeps (the policy's retention: the longest window, the listing rule's 30 days included,
+    plus grace or Amazon's report lag) changes nothing."""
+    return t // bucket <= now // bucket - kept_seconds // bucket
 
 
 def _cancelled_while_pending(order) -> bool:
@@ -58,7 +59,7 @@ def compute(all_events, now: float, policy: Policy) -> dict:
         sellers.add((event.seller_id, event.marketplace))
         if event.fulfillment_channel != "MFN":
             continue
-        if older_than_kept(event.purchase_date.timestamp(), now, policy.longest_window_days, bucket):
+        if older_than_kept(event.purchase_date.timestamp(), now, policy.retention_seconds, bucket):
             continue
         order = orders[(event.seller_id, event.marketplace, event.order_id)]
         purchase = int(event.purchase_date.timestamp())

@@ -25,6 +25,7 @@ def parsed_keys():
         st.builds(lambda s, m, b: ParsedKey(state.KIND_BUCKET, s, m, b), seller_ids, marketplaces, buckets),
         st.builds(lambda s, m: ParsedKey(state.KIND_SEEN, s, m), seller_ids, marketplaces),
         st.builds(lambda s, m: ParsedKey(state.KIND_ALERTS, s, m), seller_ids, marketplaces),
+        st.builds(lambda s, m: ParsedKey(state.KIND_HEALTH, s, m), seller_ids, marketplaces),
         st.builds(lambda s, m, o: ParsedKey(state.KIND_ORDER, s, m, None, o), seller_ids, marketplaces, order_ids),
     )
 
@@ -36,6 +37,8 @@ def key_of(parsed: ParsedKey) -> bytes:
         return state.seen_key(parsed.seller_id, parsed.marketplace)
     if parsed.kind == state.KIND_ALERTS:
         return state.alerts_key(parsed.seller_id, parsed.marketplace)
+    if parsed.kind == state.KIND_HEALTH:
+        return state.health_key(parsed.seller_id, parsed.marketplace)
     return state.order_key(parsed.seller_id, parsed.marketplace, parsed.order_id)
 
 
@@ -66,6 +69,7 @@ def test_the_layout_is_kind_length_seller_marketplace_then_bucket_or_order():
     assert state.bucket_key("A1", "US", 493000) == b"b002A1/US/493000"
     assert state.seen_key("é/", "DE") == b"s003\xc3\xa9//DE"
     assert state.alerts_key("A1", "IN") == b"a002A1/IN"
+    assert state.health_key("A1", "IN") == b"h002A1/IN"
     assert state.order_key("~clock/1", "US", "113-1/2") == b"o008~clock/1/US/113-1/2"
 
 

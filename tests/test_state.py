@@ -49,11 +49,12 @@ def order_streams(draw):
         seller = draw(st.sampled_from(sellers))
         marketplace = draw(st.sampled_from(marketplaces))
         channel = draw(st.sampled_from(["MFN", "MFN", "MFN", "AFN"]))
-        # purchase times from 35 days ago up to now, often near bucket and window edges
+        # purchase times from 35 days ago up to now, often near bucket, window and retention edges
         age = draw(st.one_of(
             st.integers(0, (3 if focused else 35) * 86400),
             st.sampled_from([0, 3599, 3600, 7 * 86400 - 1, 7 * 86400, 7 * 86400 + 3600, 30 * 86400 - 1,
-                             30 * 86400, 6 * 86400 + 82800, BOUNDARY_AGE - 0.4, BOUNDARY_AGE + 0.4]),
+                             30 * 86400, 6 * 86400 + 82800, BOUNDARY_AGE - 0.4, BOUNDARY_AGE + 0.4,
+                             POLICY.retention_seconds - 3600, POLICY.retention_seconds]),
         ))
         purchase = NOW - timedelta(seconds=age)
         order_id = f"O{index}"
@@ -172,7 +173,7 @@ def test_expiry_deletes_old_buckets_from_store_index_and_totals():
     bucket = window.bucket_of(placed.purchase_date.timestamp(), 3600)
     assert list(store) == [state.bucket_key("S1", "US", bucket)]
     assert index == {state.order_key("S1", "US", "O1"): str(bucket).encode()}
-    assert book.expire(NOW.timestamp() + 3 * 86400) == 1
+    assert book.expire(placed.purchase_date.timestamp() + POLICY.retention_seconds + 3600) == 1
     # its last bucket gone, a marker keeps the seller known after a restart
     assert list(store) == [state.seen_key("S1", "US")]
     assert index == {}

@@ -68,6 +68,8 @@ BOUNDS: dict[str, Bound] = {
     "cancelwatch_fleet_window_cancelled": Bound("M × W", lambda p: p.marketplaces * p.windows),
     "cancelwatch_seller_rate": Bound("K × W", lambda p: p.top_k * p.windows),
     "cancelwatch_seller_headroom": Bound("K × W", lambda p: p.top_k * p.windows),
+    "cancelwatch_seller_limit": Bound("K × W", lambda p: p.top_k * p.windows),
+    "cancelwatch_seller_hours_to_breach": Bound("K × W", lambda p: p.top_k * p.windows),
     "cancelwatch_seller_window_orders": Bound("K × W", lambda p: p.top_k * p.windows),
     "cancelwatch_seller_window_cancelled": Bound("K × W", lambda p: p.top_k * p.windows),
     "cancelwatch_table_keys": Bound("S", lambda p: p.tables),

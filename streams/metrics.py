@@ -45,12 +45,13 @@ class SellerSummary:
     def __init__(self, status: str, band: str, windows: tuple) -> None:
         self.status = status
         self.band = band
-        # ((days, orders, cancelled, limit_bps), ...)
+        # ((days, orders, cancelled, limit_bps, warning_bps, hours to breach or None), ...)
         self.windows = windows
 
     def risk(self, seller_id: str) -> tuple:
         """The at-risk API's ranking (contract section 8): breached, then share of the limit, then headroom."""
-        return window.risk_key((orders, cancelled, limit) for _, orders, cancelled, limit in self.windows) \
+        return window.risk_key((orders, cancelled, limit, warning)
+                               for _, orders, cancelled, limit, warning, _ in self.windows) \
             + (seller_id,)
 
 
@@ -149,7 +150,7 @@ class _StateCollector:
             status_counts[key] = status_counts.get(key, 0) + 1
             key = (marketplace, summary.band)
             band_counts[key] = band_counts.get(key, 0) + 1
-            for days, orders, cancelled, _ in summary.windows:
+            for days, orders, cancelled, *_ in summary.windows:
                 key = (marketplace, str(days))
                 window_orders[key] = window_orders.get(key, 0) + orders
                 window_cancelled[key] = window_cancelled.get(key, 0) + cancelled
@@ -169,15 +170,20 @@ class _StateCollector:
         headroom = _gauge("cancelwatch_seller_headroom")
         orders_gauge = _gauge("cancelwatch_seller_window_orders")
         cancelled_gauge = _gauge("cancelwatch_seller_window_cancelled")
+        limit_gauge = _gauge("cancelwatch_seller_limit")
+        to_breach = _gauge("cancelwatch_seller_hours_to_breach")
         for (seller_id, marketplace), summary in top:
-            for days, orders, cancelled, limit in summary.windows:
+            for days, orders, cancelled, limit, _, hours in summary.windows:
                 labels = [seller_id, marketplace, str(days)]
                 if orders:
                     rate.add_metric(labels, cancelled / orders)
                     headroom.add_metric(labels, window.headroom(orders, cancelled, limit))
                 orders_gauge.add_metric(labels, orders)
                 cancelled_gauge.add_metric(labels, cancelled)
-        yield from (rate, headroom, orders_gauge, cancelled_gauge)
+                limit_gauge.add_metric(labels, limit / 10000)
+                if hours is not None:
+                    to_breach.add_metric(labels, hours)
+        yield from (rate, headroom, orders_gauge, cancelled_gauge, limit_gauge, to_breach)
 
         lag = _gauge("cancelwatch_consumer_lag_messages")
         for (topic, partition), messages in sorted(state.lag.items()):

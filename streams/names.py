@@ -176,6 +176,17 @@ METRICS = {
         "gauge", ("seller_id", "marketplace", "window_days"),
         "Cancellation rate of the top-K sellers at risk only (bounded).",
     ),
+    "cancelwatch_seller_limit": (
+        "gauge", ("seller_id", "marketplace", "window_days"),
+        "Limit in force (a fraction: the seller's own target, or the marketplace's) of the top-K "
+        "sellers at risk only; rate / limit is the share of the limit.",
+    ),
+    "cancelwatch_seller_hours_to_breach": (
+        "gauge", ("seller_id", "marketplace", "window_days"),
+        "Hours until the window is projected to breach (the forecast of "
+        "SellerCancelRateForecastBreach; 0 when breached now) of the top-K sellers at risk, "
+        "only for windows breached or projected to breach within the horizon.",
+    ),
     "cancelwatch_seller_headroom": (
         "gauge", ("seller_id", "marketplace", "window_days"),
         "Headroom (more seller-fault cancels absorbable) of the top-K sellers at risk only.",

@@ -20,7 +20,7 @@ def scrape(sellers: int, top_k: int = 50) -> dict[str, int]:
         cancelled = rng.randint(0, orders // 20)
         marketplace = rng.choice(["US", "UK", "DE", "IN"])
         summaries[(f"S{index}", marketplace)] = SellerSummary(
-            "ok", rate_band(orders, cancelled), ((7, orders, cancelled, 250),))
+            "ok", rate_band(orders, cancelled), ((7, orders, cancelled, 250, 200, None),))
     metrics.attach(lambda: ScrapeState(summaries, {("orders", 0): 3}, {"order-buckets": 10},
                                        [("SellerCancelRateBreached", "critical")], 0, 1.0))
     metrics.events.labels("orders", "applied").inc(5)
@@ -52,9 +52,42 @@ def test_rate_bands_compare_in_integers():
 
 
 def test_top_k_are_the_sellers_most_at_risk():
-    breached = SellerSummary("breach", "2.5%+", ((7, 40, 1, 250),))
-    tight = SellerSummary("ok", "0-1%", ((7, 10, 0, 250),))
-    easy = SellerSummary("ok", "0-1%", ((7, 1000, 1, 250),))
+    breached = SellerSummary("breach", "2.5%+", ((7, 40, 1, 250, 200, 0),))
+    tight = SellerSummary("ok", "0-1%", ((7, 10, 0, 250, 200, None),))
+    easy = SellerSummary("ok", "0-1%", ((7, 1000, 1, 250, 200, None),))
     ranked = sorted([("E", easy), ("T", tight), ("B", breached)], key=lambda item: item[1].risk(item[0]))
     # contract section 8: rate as a share of the limit before headroom; no seller-fault cancel ranks last
     assert [seller for seller, _ in ranked] == ["B", "E", "T"]
+
+
+def test_hours_to_breach_is_the_forecast_the_alert_uses_and_limits_are_those_in_force():
+    from pathlib import Path
+
+    from streams import alerting, policy as policy_module, window as window_module
+    from streams.state import BucketTotals, SellerState
+
+    policy = policy_module.load(Path(__file__).resolve().parent.parent / "streams" / "policy.yaml")
+    [seven] = policy.windows("US")
+    now_bucket = 500_000
+    state = SellerState("CLIMB", "US")
+    recent = [(age, 5, 1 if age < 4 else 0) for age in range(24)]          # 3.3% lately
+    old = [(age, 100, 0) for age in range(150, 168)]                         # ageing out within 18 h
+    for age, orders, cancelled in recent + old:
+        totals = BucketTotals()
+        totals.orders, totals.cancelled, totals.reasons = orders, cancelled, ({"NoInventory": cancelled}
+                                                                             if cancelled else None)
+        state.buckets[now_bucket - age] = totals
+    # the oldest buckets (no cancels) age out first: the rate climbs
+    totals = window_module.totals(state.buckets, seven, policy, now_bucket)
+    projection = window_module.forecast_breach(state.buckets, seven, policy, now_bucket)
+    assert projection is not None and not totals.breached
+    wanted = alerting.desired(state, policy, now_bucket * policy.bucket_seconds, "")
+    assert any(key for key in wanted if dict(key)["alertname"] == "SellerCancelRateForecastBreach")
+
+    metrics = Metrics("test", "wall", 5)
+    summary = SellerSummary("ok", "1-2%", ((7, totals.orders, totals.cancelled, 50, 40, projection.hours_ahead),))
+    metrics.attach(lambda: ScrapeState({("CLIMB", "US"): summary}, {}, {}, [], 0, 1.0))
+    text = metrics.exposition().decode()
+    assert (f'cancelwatch_seller_hours_to_breach{{marketplace="US",seller_id="CLIMB",window_days="7"}} '
+            f'{float(projection.hours_ahead)}') in text
+    assert 'cancelwatch_seller_limit{marketplace="US",seller_id="CLIMB",window_days="7"} 0.005' in text

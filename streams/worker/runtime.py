@@ -481,6 +481,16 @@ class Runtime:
             summary = self._summary_pool[signature] = SellerSummary(status, band, windows)
         return summary
 
+    def _hours_to_breach(self, state, totals: window.WindowTotals, now_bucket: int) -> int | None:
+        """0 when breached; the forecast's hours when projected to breach (the same projection
+        SellerCancelRateForecastBreach uses); None otherwise, or without a seller-fault cancel."""
+        if totals.breached:
+            return 0
+        if not totals.cancelled:
+            return None
+        projection = window.forecast_breach(state.buckets, totals.window, self.policy, now_bucket)
+        return None if projection is None else projection.hours_ahead
+
     def evaluate(self) -> Outbox:
         """Re-evaluate dirty sellers, or all of them when the clock entered a new bucket. The
         firing sets that changed are staged in the store; the caller commits the store, then
@@ -512,7 +522,8 @@ class Runtime:
             state.summary = self._shared_summary(
                 max((w.status for w in windows), key=names.STATUSES.index),
                 rate_band(first.orders, first.cancelled),
-                tuple((w.window.days, w.orders, w.cancelled, w.window.limit_bps) for w in windows),
+                tuple((w.window.days, w.orders, w.cancelled, w.window.limit_bps, w.window.warning_bps,
+                       self._hours_to_breach(state, w, now_bucket)) for w in windows),
             )
             previous = self.alerts.get(key, {})
             report = self.health.get(key)

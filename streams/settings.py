@@ -102,6 +102,11 @@ SETTINGS: tuple[Setting, ...] = (
             "many messages is catching up: its counts are partial, so it sends no new alert and "
             "resolves none until caught up (contract section 9). A worker keeping up stays under "
             "one fetch (1,000 records) behind; see docs/alerts.md."),
+    Setting("CANCELWATCH_CATCHUP_AGE_SECONDS", "300",
+            "Live (wall-clock) mode: a partition applying events that occurred more than this long "
+            "ago is replaying history (a bulk backfill, a producer's outage) and is catching up too, "
+            "even while the worker keeps up with the producer, until it applies a current event or "
+            "its topics stay quiet for 5 s. Event-clock mode uses the lag alone."),
     Setting("CANCELWATCH_FAILPOINT", "",
             "For tests only: `after-changelog`, `after-local-write` or `before-commit` makes the worker "
             "exit hard (code 70) at that point of a state commit, to prove each crash point."),
@@ -167,6 +172,7 @@ class Settings:
     session_timeout_seconds: float = 60.0
     account_health_topic: str = names.ACCOUNT_HEALTH_TOPIC
     catchup_lag: int = 1000
+    catchup_age_seconds: float = 300.0
     failpoint: str = ""
     failpoint_at: int = 1
     targets_topic: str = names.TARGETS_TOPIC
@@ -355,6 +361,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         session_timeout_seconds=_seconds(env, "CANCELWATCH_SESSION_TIMEOUT_SECONDS", 6, 1800),
         account_health_topic=_topic(env, "CANCELWATCH_ACCOUNT_HEALTH_TOPIC"),
         catchup_lag=_integer(env, "CANCELWATCH_CATCHUP_LAG", 0, 100_000_000),
+        catchup_age_seconds=_seconds(env, "CANCELWATCH_CATCHUP_AGE_SECONDS", 1, 30 * 86400),
         failpoint=_failpoint(env),
         failpoint_at=_integer(env, "CANCELWATCH_FAILPOINT_AT", 1, 1_000_000),
     )

@@ -18,6 +18,7 @@ and checks:
 from __future__ import annotations
 
 import collections
+import signal
 import time
 from datetime import timedelta
 
@@ -151,10 +152,10 @@ def test_a_restart_after_sigkill_with_a_backlog_pages_nobody_falsely(kafka_boots
     stream = simulated_stream(seed=22, sellers=600, days=1.5)
     half = len(stream) // 2
     topics = Topics("catchup-kill")
+    publish(kafka_bootstrap, topics, stream[:half], seed=3)        # a backlog at start too
     worker = receiver.worker(topics, tmp_path / "state").start()
     try:
         worker.wait_ready(timeout=180)
-        publish(kafka_bootstrap, topics, stream[:half], seed=3)
         _, expected = expected_answers(stream[:half])
         settled_answers(worker, strip_listing(expected), timeout=300)
         worker.kill()
@@ -172,17 +173,19 @@ def test_a_takeover_with_a_backlog_pages_nobody_falsely(kafka_bootstrap, receive
     stream = simulated_stream(seed=23, sellers=600, days=1.5)
     half = len(stream) // 2
     topics = Topics("catchup-takeover")
+    publish(kafka_bootstrap, topics, stream[:half], seed=5)
     first = receiver.worker(topics, tmp_path / "a").start()
     second = None
     try:
         first.wait_ready(timeout=180)
-        publish(kafka_bootstrap, topics, stream[:half], seed=5)
         _, expected = expected_answers(stream[:half])
         settled_answers(first, strip_listing(expected), timeout=300)
-        second = receiver.worker(topics, tmp_path / "b").start()
-        second.wait_ready(timeout=180)
-        first.kill()
+        # The first worker hangs (SIGSTOP) while the rest arrives, then dies: the second worker
+        # joins, waits out the first one's session and takes every partition over with a backlog.
+        first.process.send_signal(signal.SIGSTOP)
         publish(kafka_bootstrap, topics, stream[half:], seed=6)
+        second = receiver.worker(topics, tmp_path / "b").start()
+        first.kill()
         _, expected = expected_answers(stream)
         settle(receiver, second, expected)
         assert receiver.flapped() == [], "alerts fired and resolved during the takeover's catch-up"

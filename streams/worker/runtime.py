@@ -37,6 +37,7 @@ VERSION = "0.1.0"
 GROUP_RECORDS = 20_000                         # records applied, written and acknowledged together
 GROUP_BUCKETS = 4_000                          # buckets a group holds open (decoded), at most
 SUMMARY_POOL_SIZE = 100_000                    # distinct seller summaries kept for sharing
+REPLAY_QUIET_SECONDS = 5.0                     # a backfill is over once its partition is quiet this long
 
 _libc_trim = None
 _firing_encoder = msgspec.msgpack.Encoder()
@@ -149,6 +150,7 @@ class Runtime:
         self.group: Group | None = None
         self.applied: dict = {}             # TP -> last offset applied and committed here
         self.produced: dict[int, int] = {}  # reroute partition -> end offset of what this worker sent
+        self.replaying: dict[int, float] = {}   # partition -> when it last applied old events (live mode)
         self.lag: dict = {}                 # (topic, partition) -> messages not yet applied
         self.catching_up: set[int] = set()  # owned partitions whose new alerts are held
         self.targets: dict[tuple[str, str], targets.Target] = {}   # the sellers' own limits
@@ -198,6 +200,7 @@ class Runtime:
         self.group = None
         self.dirty = set()
         self.applied = {}
+        self.replaying = {}
         self.health = {}
         if self.store is not None:
             self.store.abandon()
@@ -368,6 +371,15 @@ class Runtime:
         for (marketplace, cause), count in result.new_excluded.items():
             self.metrics.excluded.labels(marketplace, cause).inc(count)
         self.dirty.update(result.touched)
+        if self.settings.clock == "wall":
+            # Events that occurred long ago are history being replayed (a backfill, a producer's
+            # outage), even when the worker keeps up with them: the partition is catching up.
+            oldest_current = time.time() - self.settings.catchup_age_seconds
+            for partition, clock in group.clocks.items():
+                if clock < oldest_current:
+                    self.replaying[partition] = time.monotonic()
+                else:
+                    self.replaying.pop(partition, None)
         if self.settings.clock == "event":
             for partition, clock in group.clocks.items():
                 key = state_module.clock_key(partition)
@@ -458,7 +470,10 @@ class Runtime:
             log.debug("lag unavailable: %r", error)
             return
         self.lag = lag
-        if sources_behind or not self.targets_ready:
+        quiet_since = time.monotonic() - REPLAY_QUIET_SECONDS
+        for partition in [p for p, last in self.replaying.items() if last < quiet_since]:
+            del self.replaying[partition]
+        if sources_behind or self.replaying or not self.targets_ready:
             behind = set(owned)
         caught_up = self.catching_up - behind
         if caught_up and self.book is not None:

@@ -10,9 +10,11 @@ that JSON through dashboards/provisioning. docs/metrics.md is written from
 
 Every query references metric names from `streams.names`, so a rename there
 changes the dashboards on the next run, and tests/test_dashboards.py fails
-until the regenerated JSON is committed. Limits come from the packaged
-policy (streams/policy.yaml): rates are drawn as a share of the limit in
-force in their marketplace, so one 100% line is every marketplace's limit.
+until the regenerated JSON is committed. Rates are drawn as a share of the
+limit in force, so one 100% line is every limit: a seller's rate is divided
+by the limit its worker exports for it (its own target or its marketplace's,
+`cancelwatch_seller_limit`), a marketplace's fleet rate by the marketplace's
+limit in the packaged policy (streams/policy.yaml).
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ from grafana_foundation_sdk.models.dashboard import (
     FieldColorModeId,
     Threshold,
     ThresholdsMode,
+    ValueMap,
+    ValueMappingResult,
     VariableRefresh,
     VariableSort,
 )
@@ -154,6 +158,13 @@ class Limits:
             terms.append(f"{expression(_marketplace_matcher(marketplaces))} / {bps / 10000:g}")
         return " or ".join(terms)
 
+    def describe_limits(self) -> str:
+        """The marketplace limits in words: `2.5% (IN: 2.0%)`."""
+        text = f"{self.default_bps / 100:.1f}%"
+        exceptions = "; ".join(f"{', '.join(marketplaces)}: {bps / 100:.1f}%"
+                               for bps, marketplaces in sorted(self.exceptions().items()))
+        return f"{text} ({exceptions})" if exceptions else text
+
     def describe(self) -> str:
         """The levels in words, for panel descriptions."""
         def levels(bps: int, warning_bps: int) -> str:
@@ -201,6 +212,13 @@ CLOCK_BEHIND = ((None, "green"), (60, "orange"), (300, "red"))
 ALERT_QUEUE = ((None, "green"), (1, "orange"), (100, "red"))
 # A rate as a share of the limit in force.
 SHARE_OF_LIMIT = ((None, "green"), (LIMITS.warning_share, "orange"), (1.0, "red"))
+# Hours until a window is projected to breach (whole hours): 0 red (breached now), within the
+# forecast horizon orange (SellerCancelRateForecastBreach fires), beyond it green. The base
+# step is green: no value means no breach projected, and Grafana colours "no value" by it.
+TIME_TO_BREACH = ((None, "green"), (0, "red"), (1, "orange"),
+                  (POLICY.forecast_horizon_hours + 1, "green"))
+# 0 hours to breach reads "breached" (Grafana would print 0 hours as "0 ms").
+BREACHED_NOW = [ValueMap(options={"0": ValueMappingResult(text="breached", color="red", index=0)})]
 
 SEVERITY_LEVELS = {"critical": BAD_WHEN_ANY, "warning": WARN_WHEN_ANY}
 STATUS_LEVELS = {names.STATUS_OK: NEUTRAL, names.STATUS_WARNING: WARN_WHEN_ANY,
@@ -247,7 +265,8 @@ def share_panel(panel_id: int, title: str, description: str, *targets, width: in
 
 def stat_panel(panel_id: int, title: str, description: str, *targets, levels: Levels,
                by_name: dict[str, Levels] | None = None, unit: str = "short",
-               width: int = 6, height: int = 6, no_value: str | None = None) -> stat.Panel:
+               width: int = 6, height: int = 6, no_value: str | None = None,
+               decimals: int | None = None, mappings: list | None = None) -> stat.Panel:
     """Big numbers coloured by `levels` (and per field by `by_name`, keyed by legend)."""
     panel = (stat.Panel().id(panel_id).title(title).description(description)
              .datasource(PROMETHEUS).unit(unit).span(width).height(height)
@@ -262,6 +281,10 @@ def stat_panel(panel_id: int, title: str, description: str, *targets, levels: Le
             id_val="thresholds", value=thresholds(field_levels).build())])
     if no_value is not None:
         panel = panel.no_value(no_value)
+    if decimals is not None:
+        panel = panel.decimals(decimals)
+    if mappings:
+        panel = panel.mappings(mappings)
     for target in targets:
         panel = panel.with_target(target)
     return panel
@@ -340,10 +363,30 @@ def fleet_rate(marketplace_matcher: str) -> str:
             f" / ({by} (cancelwatch_fleet_window_orders{selector(*matchers)}) > 0)")
 
 
-def per_seller(metric: str, marketplace_matcher: str = "") -> str:
+def per_seller(metric: str, *matchers: str) -> str:
     """A top-K gauge by seller, marketplace and window, without job and instance."""
     labels = f"{names.LABEL_SELLER}, {names.LABEL_MARKETPLACE}, {names.LABEL_WINDOW_DAYS}"
-    return f"max by ({labels}) ({metric}{selector(marketplace_matcher)})"
+    return f"max by ({labels}) ({metric}{selector(*matchers)})"
+
+
+def seller_share_of_limit(*matchers: str) -> str:
+    """A top-K seller's rate per window divided by the limit in force for it (its own target or
+    its marketplace's), as its worker exports them."""
+    return (f"{per_seller('cancelwatch_seller_rate', *matchers)}"
+            f" / {per_seller('cancelwatch_seller_limit', *matchers)}")
+
+
+def seller_risk() -> str:
+    """Per window row, its seller's highest share of the limit over its windows.
+
+    Sorting on it ranks sellers as the at-risk API does (contract section 8): breached
+    (100% or more in some window) first, then at the warning level (80% of every marketplace
+    limit), then by share of the limit; the windows of one seller stay together. The warning
+    level is not exported, so a seller's own target with another warning level, and ties the
+    API breaks by headroom, rank by the share alone."""
+    seller = f"{names.LABEL_SELLER}, {names.LABEL_MARKETPLACE}"
+    return (f"{per_seller('cancelwatch_seller_limit')} * 0 + on ({seller}) group_left "
+            f"max by ({seller}) ({seller_share_of_limit()})")
 
 
 def per_minute(counter: str, by: str, matcher: str = "") -> str:
@@ -357,7 +400,9 @@ def overview() -> dashboard_builders.Dashboard:
                    f"${{__data.fields.{names.LABEL_SELLER}}}&${{__url_time_range}}")
     at_risk_columns = {
         "Value #E": "of limit",
+        "Value #F": "time to breach",
         "Value #A": "rate",
+        "Value #G": "limit",
         "Value #B": "headroom",
         "Value #C": "orders",
         "Value #D": "cancelled",
@@ -365,9 +410,15 @@ def overview() -> dashboard_builders.Dashboard:
     at_risk = (
         table.Panel().id(4).title("Sellers at risk (top-K)")
         .description("The top-K sellers at risk exported by the workers (setting "
-                     "CANCELWATCH_TOP_K), one row per window, highest share of the limit first: "
-                     f"rate as a share of the limit in force ({LIMITS.describe()}), rate, headroom, "
-                     "orders and seller-fault cancelled orders. Click a seller for its dashboard.")
+                     "CANCELWATCH_TOP_K), one row per window, ranked as the at-risk API ranks sellers: "
+                     "by the seller's highest share of its limit in force over its windows, so breached "
+                     "sellers come first, then those at the warning level, and a seller's windows stay "
+                     "together. Columns: rate as a share of the limit in force (the seller's own target "
+                     "or its marketplace's limit), hours until the window is projected to breach "
+                     "(breached, red, when it is; orange within the forecast horizon of "
+                     f"{POLICY.forecast_horizon_hours} h; empty when no breach is projected), rate, the "
+                     "limit in force, headroom, orders and seller-fault cancelled orders. Click a seller "
+                     "for its dashboard.")
         .datasource(PROMETHEUS).span(24).height(10)
         .with_target(query(per_seller("cancelwatch_seller_rate"), ref_id="A", instant=True, as_table=True))
         .with_target(query(per_seller("cancelwatch_seller_headroom"), ref_id="B", instant=True, as_table=True))
@@ -375,25 +426,40 @@ def overview() -> dashboard_builders.Dashboard:
                            as_table=True))
         .with_target(query(per_seller("cancelwatch_seller_window_cancelled"), ref_id="D", instant=True,
                            as_table=True))
-        .with_target(query(LIMITS.share_of_limit(lambda matcher: per_seller("cancelwatch_seller_rate", matcher)),
-                           ref_id="E", instant=True, as_table=True))
+        .with_target(query(seller_share_of_limit(), ref_id="E", instant=True, as_table=True))
+        .with_target(query(per_seller("cancelwatch_seller_hours_to_breach"), ref_id="F", instant=True,
+                           as_table=True))
+        .with_target(query(per_seller("cancelwatch_seller_limit"), ref_id="G", instant=True, as_table=True))
+        .with_target(query(seller_risk(), ref_id="H", instant=True, as_table=True))
         .with_transformation(DataTransformerConfig(id_val="merge", options={}))
+        # Grafana sorts on one field only: the seller's risk, before organize hides it.
+        .with_transformation(DataTransformerConfig(id_val="sortBy", options={
+            "sort": [{"field": "Value #H", "desc": True}]}))
         .with_transformation(DataTransformerConfig(id_val="organize", options={
-            "excludeByName": {"Time": True},
+            "excludeByName": {"Time": True, "Value #H": True},
             "indexByName": {names.LABEL_SELLER: 0, names.LABEL_MARKETPLACE: 1,
-                            names.LABEL_WINDOW_DAYS: 2, "Value #E": 3, "Value #A": 4,
-                            "Value #B": 5, "Value #C": 6, "Value #D": 7},
+                            names.LABEL_WINDOW_DAYS: 2}
+            | {column: index for index, column in enumerate(at_risk_columns, start=3)},
             "renameByName": at_risk_columns,
         }))
-        .with_transformation(DataTransformerConfig(id_val="sortBy", options={
-            "sort": [{"field": "of limit", "desc": True}]}))
         .override_by_name("of limit", [
             DynamicConfigValue(id_val="unit", value="percentunit"),
             DynamicConfigValue(id_val="decimals", value=0),
             DynamicConfigValue(id_val="thresholds", value=thresholds(SHARE_OF_LIMIT).build()),
             DynamicConfigValue(id_val="custom.cellOptions", value={"type": "color-background"}),
         ])
+        .override_by_name("time to breach", [
+            DynamicConfigValue(id_val="unit", value="h"),
+            DynamicConfigValue(id_val="decimals", value=0),
+            DynamicConfigValue(id_val="thresholds", value=thresholds(TIME_TO_BREACH).build()),
+            DynamicConfigValue(id_val="mappings", value=BREACHED_NOW),
+            DynamicConfigValue(id_val="custom.cellOptions", value={"type": "color-text"}),
+        ])
         .override_by_name("rate", [
+            DynamicConfigValue(id_val="unit", value="percentunit"),
+            DynamicConfigValue(id_val="decimals", value=2),
+        ])
+        .override_by_name("limit", [
             DynamicConfigValue(id_val="unit", value="percentunit"),
             DynamicConfigValue(id_val="decimals", value=2),
         ])
@@ -475,9 +541,9 @@ def seller() -> dashboard_builders.Dashboard:
     by_window = "{{window_days}} days"
     return (
         base_dashboard("seller", "cancelwatch / Seller",
-                       "One seller in one marketplace: rate per window as a share of the limit, "
-                       "headroom, orders and cancellations, and its alerts. Sellers come from "
-                       "the top-K sellers at risk.")
+                       "One seller in one marketplace: rate per window as a share of its limit in "
+                       "force, headroom, time to a projected breach, the limit in force, orders and "
+                       "cancellations, and its alerts. Sellers come from the top-K sellers at risk.")
         .with_variable(dashboard_builders.QueryVariable(names.LABEL_MARKETPLACE)
                        .label("Marketplace").datasource(PROMETHEUS)
                        .query(f"label_values(cancelwatch_seller_rate, {names.LABEL_MARKETPLACE})")
@@ -495,19 +561,33 @@ def seller() -> dashboard_builders.Dashboard:
             [ANNOTATION_TAG, tag(names.LABEL_SELLER, f"${names.LABEL_SELLER}"),
              tag(names.LABEL_MARKETPLACE, f"${names.LABEL_MARKETPLACE}")], "red"))
         .with_panel(share_panel(
-            1, "Cancellation rate per window, share of the limit",
-            "The seller's rate in each window of its marketplace divided by the marketplace's "
-            f"limit: {LIMITS.describe()}. A seller's own stricter target (contract section 10) "
-            "is not drawn: no metric carries it yet.",
-            query(LIMITS.share_of_limit(
-                lambda matcher: f"cancelwatch_seller_rate{selector(*seller_matchers, matcher)}"),
-                by_window),
-            width=16))
+            1, "Cancellation rate per window, share of its limit in force",
+            "The seller's rate in each window of its marketplace divided by the limit in force for "
+            "it: its own target when it has one (contract section 10), else its marketplace's. "
+            f"100% is that limit and {LIMITS.warning_share:.0%} the marketplace's warning level.",
+            query(seller_share_of_limit(*seller_matchers), by_window),
+            width=12))
         .with_panel(stat_panel(
             2, "Headroom", "More seller-fault cancellations the seller can absorb and stay under "
             "the limit, per window: red at 0, orange at the headroom-low alert's level, green above.",
             query(f"cancelwatch_seller_headroom{chosen}", by_window, instant=True),
-            levels=HEADROOM, width=8, height=8))
+            levels=HEADROOM, width=4, height=8))
+        .with_panel(stat_panel(
+            6, "Time to breach",
+            "Hours until the window is projected to breach its limit at the recent pace (the forecast "
+            "SellerCancelRateForecastBreach fires on): breached (red) when it is breached now, orange "
+            f"within the forecast horizon of {POLICY.forecast_horizon_hours} h, \"not projected\" "
+            "(green) when no breach is projected.",
+            query(f"cancelwatch_seller_hours_to_breach{chosen}", by_window, instant=True),
+            levels=TIME_TO_BREACH, unit="h", decimals=0, mappings=BREACHED_NOW,
+            no_value="not projected", width=4, height=8))
+        .with_panel(stat_panel(
+            7, "Limit in force",
+            "The limit the seller's rate is held to in each window. The marketplace limits of the "
+            f"packaged policy are {LIMITS.describe_limits()}; any other value is the seller's own "
+            "target (contract section 10), which its alerts name in their limit_source annotation.",
+            query(f"cancelwatch_seller_limit{chosen}", by_window, instant=True),
+            levels=NEUTRAL, unit="percentunit", decimals=2, width=4, height=8))
         .with_panel(series_panel(
             3, "Orders in window", "Orders in each window (rate denominator).",
             query(f"cancelwatch_seller_window_orders{chosen}", by_window)))
@@ -529,6 +609,7 @@ def seller() -> dashboard_builders.Dashboard:
 # --- Pipeline health -------------------------------------------------------------
 
 def pipeline() -> dashboard_builders.Dashboard:
+    reconciliation = selector(f'{names.LABEL_ALERTNAME}=~"{"|".join(names.RECONCILIATION_ALERTS)}"')
     return (
         base_dashboard("pipeline", "cancelwatch / Pipeline health",
                        "Is the worker keeping up: throughput, lag, latency, dead letters, "
@@ -611,7 +692,19 @@ def pipeline() -> dashboard_builders.Dashboard:
         .with_panel(series_panel(
             10, "Alerts firing by name", "Alerts currently firing from the workers.",
             query(f"sum by ({names.LABEL_ALERTNAME}) (cancelwatch_alerts_active)", "{{alertname}}"),
-            width=24))
+            width=16))
+        .with_panel(stat_panel(
+            14, "Reconciliation alerts firing",
+            "Alerts from comparing cancelwatch's counts with Amazon's account-health reports, by "
+            f"name: {names.ALERT_DRIFT} (orange when any) means the counts disagree, so an order "
+            f"source may not publish, or publish twice; {names.ALERT_ACCOUNT_AT_RISK} (red when "
+            "any) means Amazon reports an account at risk or deactivated.",
+            query(f"sum by ({names.LABEL_ALERTNAME}) (cancelwatch_alerts_active{reconciliation})",
+                  "{{alertname}}", instant=True),
+            levels=WARN_WHEN_ANY,
+            by_name={name: SEVERITY_LEVELS[names.ALERT_SEVERITY[name]]
+                     for name in names.RECONCILIATION_ALERTS},
+            width=8, height=8))
     )
 
 

@@ -50,6 +50,8 @@ CAUSES = len(names.EXCLUDED_CAUSES)
 STATUSES = len(names.STATUSES)
 BANDS = len(names.RATE_BANDS)
 ALERTS = len(names.ALERT_SEVERITY)  # each alert name has one severity
+# The gauges with a series per top-K seller and window.
+PER_SELLER = tuple(name for name, (_, labels, _) in names.METRICS.items() if names.LABEL_SELLER in labels)
 
 BOUNDS: dict[str, Bound] = {
     "cancelwatch_events_total": Bound(f"T × {OUTCOMES} outcomes", lambda p: p.topics * OUTCOMES),
@@ -117,8 +119,9 @@ def markdown(parameters: Parameters = Parameters()) -> str:
         "",
         "## Cardinality bound",
         "",
-        "No series carries a seller id except the four `cancelwatch_seller_*` gauges, which",
-        "are built at scrape time for the top-K sellers at risk only. Every other label",
+        f"No series carries a seller id except the {len(PER_SELLER)} `cancelwatch_seller_*` gauges "
+        "of the top-K,",
+        "which are built at scrape time for the sellers at risk only. Every other label",
         "ranges over a fixed vocabulary from `streams/names.py`, so the series count of",
         "`/metrics` does not depend on how many sellers there are.",
         "",
@@ -133,7 +136,7 @@ def markdown(parameters: Parameters = Parameters()) -> str:
         "`_created`) and B + 3 for a histogram (B buckets, `_sum`, `_count`, `_created`).",
         f"At the defaults one worker exposes at most **{series_bound(parameters)}** `cancelwatch_`",
         "series, whether it owns a thousand sellers or millions. Raising `CANCELWATCH_TOP_K`",
-        "by one adds at most 4 × W series.",
+        f"by one adds at most {len(PER_SELLER)} × W series.",
         "",
     ]
     return "\n".join(lines)

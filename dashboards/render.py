@@ -5,8 +5,8 @@ Grafana variables filled the way Grafana would ($__rate_interval from the
 data source's scrape interval, each template variable its first value unless
 given). Timeseries become lines (stacked where the panel stacks) with the
 panel's threshold lines, stats big numbers coloured by the panel's
-thresholds (per-field overrides included), tables text with their coloured
-cells. Annotations are not drawn.
+thresholds (per-field overrides and value mappings included), tables text
+with their coloured cells. Annotations are not drawn.
 
     python -m dashboards.render                               # every dashboard, last 60 minutes
     python -m dashboards.render seller --var seller_id=S0012  # one dashboard, one seller
@@ -191,7 +191,8 @@ def field_config(panel: dict, name: str) -> dict:
 
 
 def threshold_colour(config: dict, value: float | None) -> str:
-    """The colour of the threshold step `value` falls in (Grafana's absolute thresholds)."""
+    """The colour of the threshold step `value` falls in (Grafana's absolute thresholds);
+    -inf gives the base step, the colour Grafana gives a "no value" text."""
     steps = config.get("thresholds", {}).get("steps") or [{"value": None, "color": "green"}]
     colour = steps[0]["color"]
     if value is None or math.isnan(value):
@@ -206,6 +207,31 @@ def rgb(colour: str) -> str:
     return GRAFANA_COLOURS.get(colour, colour)
 
 
+def mapped(config: dict, value: float | None) -> tuple[str | None, str | None]:
+    """The text and colour a value mapping of the field gives `value` (Grafana's "value" type,
+    keyed by the value as JavaScript prints it), or (None, None) when none matches."""
+    if value is None or math.isnan(value):
+        return None, None
+    key = str(int(value)) if float(value).is_integer() else repr(value)
+    for mapping in config.get("mappings", []):
+        if mapping.get("type") == "value" and key in mapping.get("options", {}):
+            result = mapping["options"][key]
+            return result.get("text"), rgb(result["color"]) if result.get("color") else None
+    return None, None
+
+
+def display(config: dict, value: float | None) -> tuple[str, str]:
+    """A field's value as Grafana shows it: its text (mapped, or in the field's unit, or the
+    field's "no value" text) and its colour (mapped, or of its threshold step)."""
+    text, colour = mapped(config, value)
+    if text is None:
+        text = (config["noValue"] if value is None and "noValue" in config
+                else format_value(value, config.get("unit", "short"), config.get("decimals")))
+    if colour is None:
+        colour = threshold_colour(config, -math.inf if value is None and "noValue" in config else value)
+    return text, colour
+
+
 DURATIONS = ((86400, " day"), (3600, " h"), (60, " min"))
 
 
@@ -217,6 +243,8 @@ def format_value(value: float | None, unit: str = "short", decimals: int | None 
         return "∞" if value > 0 else "-∞"
     if unit == "percentunit":
         return f"{value * 100:.{1 if decimals is None else decimals}f}%"
+    if unit == "h":
+        return format_value(value * 3600, "s", decimals)
     if unit == "s":
         for size, suffix in DURATIONS:
             if abs(value) >= size:
@@ -435,11 +463,7 @@ def draw_stat(figure: Figure, panel: dict, area: Box, data: dict[str, list[Serie
         cell = Box(area.left + column * area.width / columns,
                    area.bottom + (rows - 1 - row) * area.height / rows,
                    area.width / columns, area.height / rows, width, height).inset(0.03, 0.03, 0.03, 0.03)
-        config = field_config(panel, item.name)
-        value = item.last()
-        text = (config["noValue"] if value is None and "noValue" in config
-                else format_value(value, config.get("unit", "short"), config.get("decimals")))
-        colour = threshold_colour(config, 0.0 if value is None and "noValue" in config else value)
+        text, colour = display(field_config(panel, item.name), item.last())
         axes = figure.add_axes(cell.rect())
         axes.set_axis_off()
         axes.add_patch(FancyBboxPatch((0, 0), 1, 1, boxstyle="round,pad=0,rounding_size=0.03",
@@ -474,12 +498,12 @@ def table_rows(panel: dict, data: dict[str, list[Series]]) -> tuple[list[str], l
                              key=lambda c: (order.get(c, len(order)), c))
             rows = [{renamed.get(k, k): v for k, v in row.items() if k not in excluded} for row in rows]
             columns = [renamed.get(c, c) for c in columns]
-        elif transformation["id"] == "sortBy":
-            for rule in reversed(options.get("sort", [])):
-                field, descending = rule["field"], rule.get("desc", False)
-                present = [row for row in rows if row.get(field) is not None]
-                missing = [row for row in rows if row.get(field) is None]
-                rows = sorted(present, key=lambda row: row[field], reverse=descending) + missing
+        elif transformation["id"] == "sortBy" and options.get("sort"):
+            # Grafana sorts on the first field given only.
+            field, descending = options["sort"][0]["field"], options["sort"][0].get("desc", False)
+            present = [row for row in rows if row.get(field) is not None]
+            missing = [row for row in rows if row.get(field) is None]
+            rows = sorted(present, key=lambda row: row[field], reverse=descending) + missing
     return columns, rows
 
 
@@ -503,12 +527,14 @@ def draw_table(figure: Figure, panel: dict, area: Box, data: dict[str, list[Seri
             value, config = row.get(column), configs[column]
             kind = config.get("custom", {}).get("cellOptions", {}).get("type")
             if isinstance(value, float) or value is None:
-                cells[-1].append(format_value(value, config.get("unit", "short"), config.get("decimals")))
+                text, colour = display(config, value)
+                cells[-1].append(text)
             else:
                 cells[-1].append(str(value))
-            colour = threshold_colour(config, value) if kind and isinstance(value, float) else None
-            colours[-1].append(colour if kind == "color-background" else "#FFFFFF")
-            inks[-1].append(colour if kind == "color-text" else "#202226")
+            # Only values are coloured; an empty cell stays plain.
+            coloured = kind if isinstance(value, float) else None
+            colours[-1].append(colour if coloured == "color-background" else "#FFFFFF")
+            inks[-1].append(colour if coloured == "color-text" else "#202226")
     height = min(1.0, (len(shown) + 1) * line / area.height_inches)
     grid = axes.table(cellText=cells, colLabels=columns, cellColours=colours, loc="upper center",
                       cellLoc="left", colLoc="left", bbox=[0, 1 - height, 1, height])

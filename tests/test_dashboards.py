@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
 import shutil
 import subprocess
@@ -310,7 +311,8 @@ def promql_values(tmp_path: Path, series: dict[str, float], expr: str) -> dict[s
 
 
 # One seller-marketplace in the US (limit 2.5%, warning 2.0%) and one in IN (2.0% and 1.6%),
-# contract section 4. The same 1.8% is 72% of the US limit and 90% of India's.
+# contract section 4. The same 1.8% is 72% of the US limit and 90% of India's. S3 holds itself
+# to its own 0.5% target (contract section 10), so its 0.6% is 120% of its limit.
 LIMIT_INPUT = {
     'cancelwatch_fleet_window_cancelled{marketplace="US", window_days="7"}': 18,
     'cancelwatch_fleet_window_orders{marketplace="US", window_days="7"}': 1000,
@@ -321,6 +323,13 @@ LIMIT_INPUT = {
     'cancelwatch_seller_rate{seller_id="S1", marketplace="IN", window_days="7", instance="w1"}': 0.016,
     'cancelwatch_seller_rate{seller_id="S1", marketplace="IN", window_days="30", instance="w1"}': 0.02,
     'cancelwatch_seller_rate{seller_id="S2", marketplace="US", window_days="7", instance="w2"}': 0.016,
+    'cancelwatch_seller_rate{seller_id="S3", marketplace="US", window_days="7", instance="w2"}': 0.006,
+    'cancelwatch_seller_limit{seller_id="S1", marketplace="IN", window_days="7", instance="w1"}': 0.02,
+    'cancelwatch_seller_limit{seller_id="S1", marketplace="IN", window_days="30", instance="w1"}': 0.02,
+    'cancelwatch_seller_limit{seller_id="S2", marketplace="US", window_days="7", instance="w2"}': 0.025,
+    'cancelwatch_seller_limit{seller_id="S3", marketplace="US", window_days="7", instance="w2"}': 0.005,
+    # S4 has no order in its window: no rate, but its limit in force.
+    'cancelwatch_seller_limit{seller_id="S4", marketplace="US", window_days="7", instance="w2"}': 0.025,
     'marketplace:cancelwatch_seller_fault_cancellations_per_order:ratio_rate14m{marketplace="US"}': 0.05,
     'marketplace:cancelwatch_seller_fault_cancellations_per_order:ratio_rate14m{marketplace="IN"}': 0.01,
 }
@@ -338,24 +347,43 @@ def test_burn_rate_is_a_share_of_each_marketplace_limit(tmp_path):
         '{marketplace="US"}': 2.0, '{marketplace="IN"}': 0.5}
 
 
-def test_sellers_at_risk_show_the_rate_as_a_share_of_the_limit(tmp_path):
+def test_sellers_at_risk_show_the_rate_as_a_share_of_the_limit_in_force(tmp_path):
     table = panel_titled("overview", "Sellers at risk")
     share = next(target for target in table["targets"] if target["refId"] == "E")
     assert promql_values(tmp_path, LIMIT_INPUT, share["expr"]) == {
         '{marketplace="IN", seller_id="S1", window_days="30"}': 1.0,
         '{marketplace="IN", seller_id="S1", window_days="7"}': 0.8,
-        '{marketplace="US", seller_id="S2", window_days="7"}': 0.64}
-    renamed = table["transformations"][1]["options"]["renameByName"]
+        '{marketplace="US", seller_id="S2", window_days="7"}': 0.64,
+        '{marketplace="US", seller_id="S3", window_days="7"}': 1.2}
+    renamed = table["transformations"][2]["options"]["renameByName"]
     assert renamed["Value #E"] == "of limit"
-    assert table["transformations"][2]["options"]["sort"] == [{"field": "of limit", "desc": True}]
+    assert "0.025" not in share["expr"] and "0.02" not in share["expr"]
 
 
-def test_seller_rate_is_a_share_of_its_marketplace_limit(tmp_path):
+def test_sellers_at_risk_are_ranked_by_their_highest_share_of_the_limit(tmp_path):
+    """Contract section 8: breached first, then warning, then share of the limit; each row ranks
+    by its seller's most exposed window, so a seller's windows stay together."""
+    table = panel_titled("overview", "Sellers at risk")
+    risk = next(target for target in table["targets"] if target["refId"] == "H")
+    assert promql_values(tmp_path, LIMIT_INPUT, risk["expr"]) == {
+        '{marketplace="US", seller_id="S3", window_days="7"}': 1.2,
+        '{marketplace="IN", seller_id="S1", window_days="30"}': 1.0,
+        '{marketplace="IN", seller_id="S1", window_days="7"}': 1.0,
+        '{marketplace="US", seller_id="S2", window_days="7"}': 0.64}
+    merge, sort, organize = (transformation["id"] for transformation in table["transformations"])
+    assert (merge, sort, organize) == ("merge", "sortBy", "organize")
+    assert table["transformations"][1]["options"]["sort"] == [{"field": "Value #H", "desc": True}]
+    assert table["transformations"][2]["options"]["excludeByName"]["Value #H"] is True
+
+
+def test_seller_rate_is_a_share_of_its_limit_in_force(tmp_path):
     [target] = panel_titled("seller", "Cancellation rate per window")["targets"]
-    expr = queries.fill_variables(target["expr"], {"seller_id": "S1", "marketplace": "IN"})
-    assert promql_values(tmp_path, LIMIT_INPUT, expr) == {
-        '{instance="w1", marketplace="IN", seller_id="S1", window_days="30"}': 1.0,
-        '{instance="w1", marketplace="IN", seller_id="S1", window_days="7"}': 0.8}
+    for seller, marketplace, expected in (
+            ("S1", "IN", {'{marketplace="IN", seller_id="S1", window_days="30"}': 1.0,
+                          '{marketplace="IN", seller_id="S1", window_days="7"}': 0.8}),
+            ("S3", "US", {'{marketplace="US", seller_id="S3", window_days="7"}': 1.2})):
+        expr = queries.fill_variables(target["expr"], {"seller_id": seller, "marketplace": marketplace})
+        assert promql_values(tmp_path, LIMIT_INPUT, expr) == expected
 
 
 def test_limits_follow_the_policy():
@@ -411,6 +439,7 @@ def field_thresholds(panel: dict, field: str | None) -> dict:
 
 
 ZERO_OR_ANY = {0: GOOD, 1: BAD, 3: BAD}
+HORIZON = generate.POLICY.forecast_horizon_hours
 # (dashboard, stat panel) -> field shown (None: every field without an override) -> value -> meaning
 STAT_COLOURS = {
     ("pipeline", "Workers up"): {None: {0: BAD, 1: GOOD}},
@@ -430,6 +459,14 @@ STAT_COLOURS = {
         alertname: ZERO_OR_ANY if severity == "critical" else {0: GOOD, 1: WARN, 3: WARN}
         for alertname, severity in names.ALERT_SEVERITY.items()},
     ("seller", "Headroom"): {None: {0: BAD, 1: WARN, 2: GOOD, 500: GOOD}},
+    # Hours: breached now, within the forecast horizon, beyond it; -inf is how Grafana colours
+    # the "not projected" text shown when no breach is projected (no series).
+    ("seller", "Time to breach"): {None: {
+        0: BAD, 1: WARN, 23: WARN, HORIZON: WARN, HORIZON + 1: GOOD, -math.inf: GOOD}},
+    ("seller", "Limit in force"): {None: {0.005: NEUTRAL, 0.02: NEUTRAL, 0.025: NEUTRAL}},
+    ("pipeline", "Reconciliation alerts firing"): {
+        alertname: ZERO_OR_ANY if names.ALERT_SEVERITY[alertname] == "critical" else {0: GOOD, 1: WARN, 3: WARN}
+        for alertname in names.RECONCILIATION_ALERTS},
 }
 
 
@@ -459,6 +496,21 @@ def test_sellers_at_risk_colour_the_share_of_the_limit_and_the_headroom():
         0.5: GOOD, 0.8: WARN, 0.99: WARN, 1.0: BAD}
     headroom = field_thresholds(table, "headroom")
     assert {v: meaning(colour_at(headroom, v)) for v in (0, 1, 2)} == {0: BAD, 1: WARN, 2: GOOD}
+    hours = field_thresholds(table, "time to breach")
+    assert {v: meaning(colour_at(hours, v)) for v in (0, 1, 23, HORIZON, HORIZON + 1)} == {
+        0: BAD, 1: WARN, 23: WARN, HORIZON: WARN, HORIZON + 1: GOOD}
+
+
+def test_time_to_breach_reads_breached_at_0_hours():
+    """Grafana prints 0 hours as "0 ms": a value mapping says what 0 means, in red."""
+    table = panel_titled("overview", "Sellers at risk")
+    stat = panel_titled("seller", "Time to breach")
+    for config in (render.field_config(table, "time to breach"), render.field_config(stat, "7 days")):
+        assert config["unit"] == "h"
+        assert render.display(config, 0.0) == ("breached", render.rgb("red"))
+        assert render.display(config, 5.0) == ("5 h", render.rgb("orange"))
+    assert stat["fieldConfig"]["defaults"]["noValue"] == "not projected"
+    assert render.display(render.field_config(stat, ""), None) == ("not projected", render.rgb("green"))
 
 
 def test_dead_letter_panels_show_0_without_data():
@@ -478,13 +530,16 @@ def test_counts_are_per_minute_whatever_the_zoom():
 # --- Render (dashboards/render.py) --------------------------------------------------------
 
 class FakePrometheus:
-    """Two series per query over the window, and one value per template variable."""
+    """Two series per query over the window, and one value per template variable. Hours to
+    breach have none, as when no breach is projected: empty table cells, a "no value" stat."""
 
     def __init__(self) -> None:
         self.queries: list[str] = []
 
     def range(self, expr, start, end, step):
         self.queries.append(expr)
+        if "cancelwatch_seller_hours_to_breach" in queries.metric_names(expr):
+            return []
         times = range(int(start), int(end) + 1, step)
         return [{"metric": {"marketplace": marketplace, "status": status, "seller_id": "S1",
                             "window_days": "7", "instance": "w1"},
@@ -530,20 +585,36 @@ def test_render_table_merges_sorts_and_renames_like_grafana():
 
     def series(value, **extra):
         return render.Series("", dict(extra), [0.0], [value])
-    data = {"A": [series(0.016, **labels), series(0.01, **other)], "B": [series(2, **labels)],
-            "C": [series(500, **labels)], "D": [series(8, **labels)],
-            "E": [series(0.8, **labels), series(0.4, **other)]}
+    thirty = dict(labels, window_days="30")
+    data = {"A": [series(0.016, **labels), series(0.01, **other), series(0.006, **thirty)],
+            "B": [series(2, **labels)], "C": [series(500, **labels)], "D": [series(8, **labels)],
+            "E": [series(0.8, **labels), series(0.4, **other), series(0.3, **thirty)],
+            "F": [series(7, **labels)],
+            "G": [series(0.02, **labels), series(0.025, **other), series(0.02, **thirty)],
+            "H": [series(0.8, **labels), series(0.4, **other), series(0.8, **thirty)]}
     columns, rows = render.table_rows(table, data)
-    assert columns == ["seller_id", "marketplace", "window_days", "of limit", "rate", "headroom",
-                       "orders", "cancelled"]
-    assert [row["seller_id"] for row in rows] == ["S1", "S2"]
-    assert rows[0]["of limit"] == 0.8 and rows[1].get("headroom") is None
+    assert columns == ["seller_id", "marketplace", "window_days", "of limit", "time to breach", "rate",
+                       "limit", "headroom", "orders", "cancelled"]
+    # S1's 30-day window (30%) ranks with its 7-day one (80%), above S2 (40%).
+    assert [(row["seller_id"], row["window_days"]) for row in rows] == [("S1", "7"), ("S1", "30"), ("S2", "7")]
+    assert rows[0]["of limit"] == 0.8 and rows[0]["time to breach"] == 7
+    assert rows[2].get("headroom") is None and rows[2].get("time to breach") is None
+    assert "Value #H" not in rows[0]
+
+
+def test_render_sorts_on_the_first_sort_field_only_like_grafana():
+    panel = {"transformations": [{"id": "sortBy", "options": {"sort": [
+        {"field": "Value #A", "desc": True}, {"field": "Value #B"}]}}]}
+    data = {"A": [render.Series("", {"k": key}, [0.0], [value]) for key, value in (("x", 1.0), ("y", 2.0))],
+            "B": [render.Series("", {"k": key}, [0.0], [value]) for key, value in (("x", 0.0), ("y", 9.0))]}
+    assert [row["k"] for row in render.table_rows(panel, data)[1]] == ["y", "x"]
 
 
 def test_render_formats_values_in_the_panel_unit():
     assert render.format_value(0.8, "percentunit", 0) == "80%"
     assert render.format_value(12.0, "cpm") == "12 /min"
     assert render.format_value(90.0, "s") == "1.5 min"
+    assert render.format_value(5.0, "h", 0) == "5 h" and render.format_value(48.0, "h", 0) == "2 day"
     assert render.format_value(15300.0) == "15.3K"
     assert render.format_value(None) == "-"
     assert render.legend("{{window_days}} days", {"window_days": "30"}) == "30 days"

@@ -23,6 +23,9 @@ from streams import names
 pytestmark = pytest.mark.stack
 
 RATE_INTERVAL = "5m"
+# Exported only for the windows breached or projected to breach: the seller the Seller
+# dashboard picks (the first in alphabetical order) may rightly have none.
+ONLY_AT_RISK = {"cancelwatch_seller_hours_to_breach"}
 DASHBOARDS = {key: json.loads(generate.path_of(key).read_text(encoding="utf-8"))
               for key in names.DASHBOARD_UIDS}
 
@@ -67,7 +70,8 @@ def test_every_panel_query_returns_data(live_pipeline, key):
     empty = []
     for title, expr in queries.panel_queries(dashboard):
         filled = queries.fill_variables(expr, values)
-        if not instant(live_pipeline, filled):
+        result = instant(live_pipeline, filled)
+        if not result and not (key == "seller" and queries.metric_names(expr) & ONLY_AT_RISK):
             empty.append(f"{title}: {filled}")
     assert not empty, "queries without data:\n" + "\n".join(empty)
 

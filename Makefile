@@ -5,7 +5,7 @@
 
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
-.PHONY: help install stack-up stack-down stack-status stack-clean test demo bench
+.PHONY: help install stack-up stack-down stack-status stack-clean test test-unit demo bench
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -27,6 +27,9 @@ stack-clean: ## Stop everything and wipe local data (.stack/ except jars, .state
 
 test: ## Install, start what the tests need, run pytest (PYTEST_ARGS=...), stop what it started
 	@stack/test.sh
+
+test-unit: install ## Run the tests that need no service (-m "not stack"; PYTEST_ARGS=...); starts nothing
+	@.venv/bin/python -m pytest -m "not stack" -q $(PYTEST_ARGS)
 
 demo: ## Install, start the stack, the worker and the simulator; print where to look
 	@stack/demo.sh

@@ -176,25 +176,21 @@ def decide(previous: Mapping[AlertKey, Firing], wanted: Mapping[AlertKey, Wanted
 
     A wanted alert keeps the start of its previous firing; one not wanted any more is
     resolved. `hold` (the seller's partition is catching up on a backlog, so `wanted`
-    comes from partial counts): nothing new fires and nothing firing resolves; alerts
-    already firing keep firing, with their annotations brought up to date."""
+    comes from partial counts): nothing is sent at all; what fired before stays as it was
+    (the sender keeps re-sending what it sent), and the caught-up state decides later."""
+    if hold:
+        return Decision(dict(previous), [], [], False)
     firing: dict[AlertKey, Firing] = {}
     fire: list[Firing] = []
     resolve: list[Firing] = []
     for key, want in wanted.items():
         before = previous.get(key)
-        if before is None and hold:
-            continue
         alert = Firing(want.labels, want.annotations, before.starts_at if before is not None else now)
         firing[key] = alert
         if alert != before:
             fire.append(alert)
     for key, before in previous.items():
-        if key in wanted:
-            continue
-        if hold:
-            firing[key] = before
-        else:
+        if key not in wanted:
             resolve.append(before)
     return Decision(firing, fire, resolve, firing.keys() != previous.keys())
 

@@ -65,11 +65,11 @@ def test_holding_fires_nothing_new_and_resolves_nothing():
     assert list(decision.firing) == [BREACH.key]
 
 
-def test_holding_still_refreshes_what_already_fires():
+def test_holding_sends_nothing_even_for_changed_annotations():
     previous = {BREACH.key: firing(BREACH)}
     worse = wanted(names.ALERT_BREACHED, rate="3.0%")
     decision = alerting.decide(previous, {worse.key: worse}, now=200.0, hold=True)
-    assert [alert.annotations["rate"] for alert in decision.fire] == ["3.0%"]
+    assert decision.fire == [] and decision.firing == previous
 
 
 ALERTS = [wanted(name, days=days) for name in names.SELLER_ALERTS for days in ("7", "30")]

@@ -248,8 +248,10 @@ class Runtime:
                 outbox.resolve.extend(alerts.values())
                 del self.store[state_module.alerts_key(*seller)]
             else:
+                # Not re-sent until evaluated on a caught-up view: the previous owner's sends keep
+                # them active in Alertmanager meanwhile, and one that expired during a long outage
+                # is not paged again from partial counts.
                 self.alerts[seller] = alerts
-                outbox.fire.extend(alerts.values())   # kept alive as sent, until evaluated
         self.dirty = set(book.states())
         self.group = None           # applied to the book just replaced; its fetches are read again
         self.evaluated_bucket = None

@@ -433,19 +433,21 @@ class Runtime:
         """Which owned partitions are catching up, from the offsets applied and committed here to
         the high watermarks (`self.lag` per source partition, also exported as a metric).
 
-        A seller's events can wait on any partition of the orders and cancellations topics (a
-        producer that keys by something else: they are rerouted once read), so while any source
-        partition this worker reads is more than CANCELWATCH_CATCHUP_LAG behind, or its high
-        watermark is not known yet, every owned partition is catching up; otherwise a partition
-        is catching up while its own reroute partition is that far behind. When one catches
-        up, every seller is evaluated again at once, so what the caught-up state warrants
-        (firing or resolving) goes out."""
+        A seller's events can wait on any partition of the source topics (a producer that keys
+        by something else: they are rerouted once read), so while any source partition this
+        worker reads is more than CANCELWATCH_CATCHUP_LAG behind, or its high watermark is not
+        known yet, every owned partition is catching up; so is a partition whose own reroute
+        partition is that far behind. A partition that is catching up stays so until it has
+        applied everything known (lag 0 on every source partition and on its reroute
+        partition): the last messages of a backlog can still move a seller across a level.
+        When one catches up, every seller is evaluated again at once, so what the caught-up
+        state warrants (firing or resolving) goes out."""
         if consumer is None:
             return
         lag: dict[tuple[str, int], int] = {}
-        behind: set[int] = set()
         owned: set[int] = set()
-        sources_behind = False
+        sources = 0                 # the largest lag of a source partition (inf: unknown)
+        reroute_lag: dict[int, float] = {}
         reroute = self.settings.reroute_topic
         try:
             for tp in consumer.assignment():
@@ -460,14 +462,13 @@ class Runtime:
                     committed = consumer._committed_offset.get(tp)
                     done = committed - 1 if committed is not None else -1
                 if highwater is None:
-                    messages = None
+                    messages = float("inf")
                 else:
                     messages = lag[(tp.topic, tp.partition)] = max(0, highwater - (done + 1))
-                if messages is None or messages > self.settings.catchup_lag:
-                    if tp.topic == reroute:
-                        behind.add(tp.partition)
-                    else:
-                        sources_behind = True
+                if tp.topic == reroute:
+                    reroute_lag[tp.partition] = messages
+                else:
+                    sources = max(sources, messages)
         except Exception as error:  # the consumer may be mid-rebalance: keep the last view
             log.debug("lag unavailable: %r", error)
             return
@@ -475,13 +476,17 @@ class Runtime:
         quiet_since = time.monotonic() - REPLAY_QUIET_SECONDS
         for partition in [p for p, last in self.replaying.items() if last < quiet_since]:
             del self.replaying[partition]
-        if sources_behind or self.replaying or not self.targets_ready:
+        threshold = self.settings.catchup_lag
+        if sources > threshold or self.replaying or not self.targets_ready:
             behind = set(owned)
+        else:
+            behind = {p for p in owned if reroute_lag.get(p, float("inf")) > threshold}
+            behind |= {p for p in self.catching_up & owned if sources or reroute_lag.get(p, float("inf"))}
         caught_up = self.catching_up - behind
         if caught_up and self.book is not None:
             log.info("partitions %s caught up: evaluating their sellers", sorted(caught_up))
             self.dirty = set(self.book.states())
-        self.catching_up = behind & owned
+        self.catching_up = behind
 
     # -- alerts ----------------------------------------------------------------
     def dashboard_url(self, seller_id: str, marketplace: str) -> str:

@@ -482,6 +482,8 @@ class Runtime:
         else:
             behind = {p for p in owned if reroute_lag.get(p, float("inf")) > threshold}
             behind |= {p for p in self.catching_up & owned if sources or reroute_lag.get(p, float("inf"))}
+            if behind and self.settings.clock == "event":
+                behind = set(owned)     # one event clock for all: a partition behind still moves it
         caught_up = self.catching_up - behind
         if caught_up and self.book is not None:
             log.info("partitions %s caught up: evaluating their sellers", sorted(caught_up))

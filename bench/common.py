@@ -25,8 +25,8 @@ KAFKA_PORT = os.environ.get("KAFKA_PORT", "9092")
 BOOTSTRAP = f"127.0.0.1:{KAFKA_PORT}"
 KAFKA_DATA = Path(os.environ.get("STACK_DIR", ROOT / ".stack")) / "kafka" / "data"
 
-sys.path.insert(0, str(ROOT))
-from streams import names  # noqa: E402
+sys.path.insert(0, str(ROOT / "streams"))
+from cancelwatch import names  # noqa: E402
 
 PARTITIONS = names.DEFAULT_PARTITIONS
 
@@ -321,8 +321,14 @@ class Worker:
         if WORKER_SOURCE is None:
             command, env, cwd = [CANCELWATCH, "worker"], self.env, ROOT
         else:  # the exported commit comes first on the path (and is the cwd, which -m puts first)
-            command = [sys.executable, "-m", "streams.cli", "worker"]
-            env, cwd = {**self.env, "PYTHONPATH": str(WORKER_SOURCE)}, WORKER_SOURCE
+            packaged = WORKER_SOURCE / "streams" / "cancelwatch"
+            if packaged.is_dir():     # streams/cancelwatch/ (the package's own name)
+                command = [sys.executable, "-m", "cancelwatch.cli", "worker"]
+                cwd = WORKER_SOURCE / "streams"
+            else:                     # an older commit: the package was streams/ itself
+                command = [sys.executable, "-m", "streams.cli", "worker"]
+                cwd = WORKER_SOURCE
+            env = {**self.env, "PYTHONPATH": str(cwd)}
         self.process = subprocess.Popen(command, env=env, cwd=cwd, stdout=log_file, stderr=subprocess.STDOUT)
         log_file.close()
         return self

@@ -23,7 +23,7 @@ import requests
 
 from common import (BenchError, Worker, cancel_line, create_topics, delete_topics, free_port, iso, log,
                     order_line, produce, producer, simulator_cache, tag)
-from streams import names
+from cancelwatch import names
 
 ALERTMANAGER = "/usr/bin/prometheus-alertmanager"
 ORDERS_PER_SELLER = 40

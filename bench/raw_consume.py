@@ -14,7 +14,7 @@ import time
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-PARTITIONS = 4  # the suite's topics are created with 4 partitions (streams.names.DEFAULT_PARTITIONS)
+PARTITIONS = 4  # the suite's topics are created with 4 partitions (cancelwatch.names.DEFAULT_PARTITIONS)
 
 
 async def consume(bootstrap: str, target: int, cap: float, topics: list[str]) -> dict:

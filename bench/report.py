@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-GENERIC_FRAMES = ("asyncio/", "(cancelwatch)", "mode/", "streams/cli.py", "<module>", "threading.py",
-                  "runpy", "main (streams/worker.py)")
+GENERIC_FRAMES = ("asyncio/", "(cancelwatch)", "mode/", "streams/cancelwatch/cli.py", "<module>", "threading.py",
+                  "runpy", "main (streams/cancelwatch/worker.py)")
 
 
 def _rate(stat: dict) -> str:

@@ -3,5 +3,5 @@
 `dashboards.generate` builds the three dashboards with grafana-foundation-sdk
 and writes the committed JSON beside it; `dashboards.queries` reads the
 PromQL back out of that JSON for the tests; `dashboards.metrics_reference`
-writes docs/metrics.md from `streams.names.METRICS`.
+writes docs/metrics.md from `cancelwatch.names.METRICS`.
 """

@@ -3,18 +3,18 @@
 The three dashboards (Overview, Seller, Pipeline health) are built here with
 grafana-foundation-sdk and written as JSON beside this file; Grafana loads
 that JSON through dashboards/provisioning. docs/metrics.md is written from
-`streams.names.METRICS` by `dashboards.metrics_reference`.
+`cancelwatch.names.METRICS` by `dashboards.metrics_reference`.
 
     python -m dashboards.generate           # rewrite the JSON and docs/metrics.md
     python -m dashboards.generate --check   # exit 1 when a committed file differs
 
-Every query references metric names from `streams.names`, so a rename there
+Every query references metric names from `cancelwatch.names`, so a rename there
 changes the dashboards on the next run, and tests/test_dashboards.py fails
 until the regenerated JSON is committed. Rates are drawn as a share of the
 limit in force, so one 100% line is every limit: a seller's rate is divided
 by the limit its worker exports for it (its own target or its marketplace's,
 `cancelwatch_seller_limit`), a marketplace's fleet rate by the marketplace's
-limit in the packaged policy (streams/policy.yaml).
+limit in the packaged policy (streams/cancelwatch/core/policy.yaml).
 """
 
 from __future__ import annotations
@@ -48,13 +48,14 @@ from grafana_foundation_sdk.models.dashboard import (
 from grafana_foundation_sdk.models.prometheus import PromQueryFormat
 
 from dashboards import metrics_reference
-from streams import names, policy
+from cancelwatch import names
+from cancelwatch.core import policy
 
 DASHBOARDS_DIR = Path(__file__).resolve().parent
 REPOSITORY_ROOT = DASHBOARDS_DIR.parent
 METRICS_DOC = REPOSITORY_ROOT / "docs" / "metrics.md"
 # The policy the worker loads when CANCELWATCH_POLICY is not set (contract section 4).
-POLICY_FILE = REPOSITORY_ROOT / "streams" / "policy.yaml"
+POLICY_FILE = REPOSITORY_ROOT / "streams" / "cancelwatch" / "core" / "policy.yaml"
 
 PROMETHEUS = DataSourceRef(type_val="prometheus", uid=names.PROMETHEUS_DATASOURCE_UID)
 # Grafana's own annotation store, where `cancelwatch grafana-annotations` writes.
@@ -70,7 +71,7 @@ REASON_GROUP_COLOURS = {
     "policy": "red",
 }
 
-# Tags of the annotations written by streams.grafana_annotations.
+# Tags of the annotations written by cancelwatch.receivers.grafana_annotations.
 ANNOTATION_TAG = "cancelwatch"
 
 
@@ -91,9 +92,9 @@ def query(expr: str, legend: str = "", ref_id: str = "A", *, instant: bool = Fal
 
 
 def recorded(rule: str) -> str:
-    """A recording rule of alerts/rules/*.yml, by its name in `streams.names.RECORDING_RULES`."""
+    """A recording rule of alerts/rules/*.yml, by its name in `cancelwatch.names.RECORDING_RULES`."""
     if rule not in names.RECORDING_RULES:
-        raise ValueError(f"recording rule {rule!r} is not in streams.names.RECORDING_RULES: "
+        raise ValueError(f"recording rule {rule!r} is not in cancelwatch.names.RECORDING_RULES: "
                          "define it in alerts/rules/ and names.py, or query the raw metric")
     return rule
 
@@ -223,7 +224,7 @@ BREACHED_NOW = [ValueMap(options={"0": ValueMappingResult(text="breached", color
 SEVERITY_LEVELS = {"critical": BAD_WHEN_ANY, "warning": WARN_WHEN_ANY}
 STATUS_LEVELS = {names.STATUS_OK: NEUTRAL, names.STATUS_WARNING: WARN_WHEN_ANY,
                  names.STATUS_BREACH: BAD_WHEN_ANY}
-# Bands of the absolute 7-day rate (streams.metrics.rate_band), coloured by the default
+# Bands of the absolute 7-day rate (cancelwatch.worker.metrics.rate_band), coloured by the default
 # policy: 2-2.5% is at the warning level, 2.5%+ breached.
 BAND_LEVELS = dict(zip(names.RATE_BANDS, (NEUTRAL, NEUTRAL, WARN_WHEN_ANY, BAD_WHEN_ANY)))
 

@@ -1,4 +1,4 @@
-"""docs/metrics.md, written from `streams.names.METRICS`: every metric and its series bound.
+"""docs/metrics.md, written from `cancelwatch.names.METRICS`: every metric and its series bound.
 
 Each metric has a stated upper bound on its label sets that does not grow
 with the number of sellers; a metric added to `names.METRICS` without a
@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable
 
-from streams import names, settings
+from cancelwatch import names, settings
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,7 +102,7 @@ def markdown(parameters: Parameters = Parameters()) -> str:
     lines = [
         "# Metrics",
         "",
-        "Generated from `streams/names.py` by `python -m dashboards.generate`; a test fails",
+        "Generated from `streams/cancelwatch/names.py` by `python -m dashboards.generate`; a test fails",
         "when this file and the names drift. Every metric is exported by each worker on",
         "`GET /metrics`. Dashboards over them: [dashboards.md](dashboards.md).",
         "",
@@ -122,7 +122,7 @@ def markdown(parameters: Parameters = Parameters()) -> str:
         f"No series carries a seller id except the {len(PER_SELLER)} `cancelwatch_seller_*` gauges "
         "of the top-K,",
         "which are built at scrape time for the sellers at risk only. Every other label",
-        "ranges over a fixed vocabulary from `streams/names.py`, so the series count of",
+        "ranges over a fixed vocabulary from `streams/cancelwatch/names.py`, so the series count of",
         "`/metrics` does not depend on how many sellers there are.",
         "",
         "| symbol | meaning | default |",

@@ -41,7 +41,7 @@ from matplotlib.patches import FancyBboxPatch, Rectangle
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 from dashboards import generate, queries
-from streams import names
+from cancelwatch import names
 
 DEFAULT_PROMETHEUS_URL = "http://127.0.0.1:9090"
 OUTPUT_DIR = generate.REPOSITORY_ROOT / ".render"

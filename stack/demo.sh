@@ -16,11 +16,11 @@ DEMO_SCENARIO="${DEMO_SCENARIO:-inventory-outage}"
 "$ROOT/stack/install.sh"
 "$STACK" up
 
-# A command is available when it is listed in streams/cli.py and its module exists.
+# A command is available when it is listed in streams/cancelwatch/cli.py and its module exists.
 available() {
     "$ROOT/.venv/bin/python" - "$1" <<'PYTHON'
 import importlib.util, sys
-from streams.cli import COMMANDS
+from cancelwatch.cli import COMMANDS
 command = sys.argv[1]
 sys.exit(0 if command in COMMANDS and importlib.util.find_spec(COMMANDS[command][0]) else 1)
 PYTHON

@@ -221,7 +221,7 @@ start_oncall() {
     require_free_port oncall "$ONCALL_PORT" ONCALL_PORT
     [[ -x "$VENV/bin/python" ]] || die "the project's virtualenv $VENV is missing: run 'make install'."
     mkdir -p "$STACK_DIR/oncall"
-    spawn oncall "$VENV/bin/python" -u -m streams.cli oncall --host 127.0.0.1 --port "$ONCALL_PORT" \
+    spawn oncall "$VENV/bin/python" -u -m cancelwatch.cli oncall --host 127.0.0.1 --port "$ONCALL_PORT" \
         --log "$STACK_DIR/oncall/notifications.jsonl"
 }
 
@@ -236,13 +236,13 @@ start_worker() {
     require_free_port worker "$WORKER_PORT" WORKER_PORT
     [[ -x "$VENV/bin/python" ]] || die "the project's virtualenv $VENV is missing: run 'make install'."
     application_environment
-    (cd "$ROOT" && spawn worker "$VENV/bin/python" -u -m streams.cli worker)
+    (cd "$ROOT" && spawn worker "$VENV/bin/python" -u -m cancelwatch.cli worker)
 }
 
 start_simulate() {
     [[ -x "$VENV/bin/python" ]] || die "the project's virtualenv $VENV is missing: run 'make install'."
     application_environment
-    (cd "$ROOT" && spawn simulate "$VENV/bin/python" -u -m streams.cli simulate \
+    (cd "$ROOT" && spawn simulate "$VENV/bin/python" -u -m cancelwatch.cli simulate \
         --scenario "$DEMO_SCENARIO" --duration forever --speed "$DEMO_SPEED")
 }
 

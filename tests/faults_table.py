@@ -27,7 +27,7 @@ offsets after it has applied a batch (faust's at-least-once, not
 `exactly_once`, whose duplicate and fencing problems on rebalance and kill are
 open upstream). A crash therefore replays some events. Replays change nothing:
 
-- The durable state is one record per order (`streams/ledger.py`), in a faust
+- The durable state is one record per order (`streams/cancelwatch/core/ledger.py`), in a faust
   table on RocksDB with a changelog topic. Applying an event to an order record
   only adds facts (a cancellation seen, a sku seen, that it was placed) or
   lowers a minimum (the earliest purchase date); applying the same event twice,

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from streams import names
-from streams.policy import Policy
+from cancelwatch import names
+from cancelwatch.core.policy import Policy
 
 
 def counts_against_seller(cancel) -> bool:

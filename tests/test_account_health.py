@@ -1,4 +1,4 @@
-"""Amazon's account-health report in its envelope (streams/account_health.py): the example
+"""Amazon's account-health report in its envelope (streams/cancelwatch/core/account_health.py): the example
 document of amazon-documents.md 1.7, every known quirk of 1.6, and bad envelopes and reports.
 No services."""
 
@@ -12,8 +12,8 @@ import msgspec
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from streams import account_health, events
-from streams.account_health import BadReport
+from cancelwatch.core import account_health, events
+from cancelwatch.core.account_health import BadReport
 
 NOW = datetime(2026, 8, 10, 6, 30, tzinfo=timezone.utc)
 AUG_3 = int(datetime(2026, 8, 3, tzinfo=timezone.utc).timestamp())
@@ -313,8 +313,8 @@ def test_a_report_of_foreign_marketplaces_only_is_refused_naming_them():
 
 
 def test_every_contract_marketplace_id_is_read():
-    from streams import names
-    from streams.amazon_orders import MARKETPLACE_IDS
+    from cancelwatch import names
+    from cancelwatch.core.amazon_orders import MARKETPLACE_IDS
     def every(report):
         template = us_metrics(report)
         report["performanceMetrics"] = [dict(template, marketplaceId=marketplace_id)

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 from hypothesis import given, strategies as st
 
-from streams import alerting, names
+from cancelwatch import names
+
+from cancelwatch.core import alerting
 
 
 def wanted(alertname: str, seller: str = "A1", days: str = "7", rate: str = "2.6%") -> alerting.Wanted:

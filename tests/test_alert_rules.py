@@ -1,7 +1,7 @@
 """Tests of alerts/: Prometheus rules (promtool) and Alertmanager routing (amtool).
 
 - promtool check rules / test rules over alerts/rules and alerts/tests;
-- every rule file name, metric and label checked against streams/names.py;
+- every rule file name, metric and label checked against streams/cancelwatch/names.py;
 - every rule, recording or alerting, has a promtool test;
 - amtool check-config and `amtool config routes test` for each kind of alert;
 - against a real Alertmanager running alerts/alertmanager.yml (its own, on a
@@ -26,7 +26,7 @@ import pytest
 import requests
 import yaml
 
-from streams import names
+from cancelwatch import names
 from tests.test_alertmanager import LocalAlertmanager, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -80,7 +80,7 @@ def metric_of(name: str) -> tuple[str, tuple[str, ...]]:
         base = name.removesuffix(suffix)
         if base != name and names.METRICS.get(base, ("",))[0] == "histogram":
             return base, names.METRICS[base][1] + (("le",) if suffix == "_bucket" else ())
-    raise AssertionError(f"{name} is not in streams/names.py METRICS: a rule queries a metric "
+    raise AssertionError(f"{name} is not in streams/cancelwatch/names.py METRICS: a rule queries a metric "
                          "the worker does not export")
 
 
@@ -103,7 +103,7 @@ def test_promtool_test_rules():
     assert result.stdout.count("SUCCESS") == len(TEST_FILES), result.stdout
 
 
-# --- rules against streams/names.py -------------------------------------------------------
+# --- rules against streams/cancelwatch/names.py -------------------------------------------------------
 
 
 def test_alert_names_and_severities_are_those_of_names_py():

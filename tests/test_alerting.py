@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
-from streams import alerting, events, names, policy as policy_module
-from streams.state import Book
+from cancelwatch import names
 
-POLICY = policy_module.load("streams/policy.yaml")
+from cancelwatch.core import alerting, events, policy as policy_module
+from cancelwatch.core.state import Book
+
+POLICY = policy_module.load("streams/cancelwatch/core/policy.yaml")
 NOW = datetime(2026, 11, 20, 13, 5, tzinfo=timezone.utc)
 
 

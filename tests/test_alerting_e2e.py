@@ -27,7 +27,9 @@ import requests
 import yaml
 from kafka import KafkaProducer
 
-from streams import events, names
+from cancelwatch import names
+
+from cancelwatch.core import events
 from tests.test_alertmanager import LocalAlertmanager
 from tests.workers import CANCELWATCH, ROOT, Topics, WorkerProcess, free_port
 

@@ -1,4 +1,4 @@
-"""Tests of streams.alertmanager: the Alert value, and delivery to a real Alertmanager.
+"""Tests of cancelwatch.delivery.alertmanager: the Alert value, and delivery to a real Alertmanager.
 
 The delivery tests start their own Alertmanager (Debian's
 /usr/bin/prometheus-alertmanager) on a free port with a temporary storage
@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from streams import names
-from streams.alertmanager import Alert, AlertSender
+from cancelwatch import names
+from cancelwatch.delivery.alertmanager import Alert, AlertSender
 
 ALERTMANAGER_BINARY = "/usr/bin/prometheus-alertmanager"
 MINIMAL_CONFIG = """\

@@ -1,5 +1,5 @@
-"""Amazon order documents as events (streams/amazon_orders.py) and the reading of files of them
-(streams/import_orders.py with --dry-run): no services."""
+"""Amazon order documents as events (streams/cancelwatch/core/amazon_orders.py) and the reading of files of them
+(streams/cancelwatch/tools/import_orders.py with --dry-run): no services."""
 
 from __future__ import annotations
 
@@ -10,11 +10,15 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from streams import amazon_orders, events, import_orders, ledger, names, policy as policy_module
-from streams.amazon_orders import Rejected
+from cancelwatch import names
+
+from cancelwatch.core import amazon_orders, events, ledger, policy as policy_module
+
+from cancelwatch.tools import import_orders
+from cancelwatch.core.amazon_orders import Rejected
 from tests import oracle
 
-POLICY = policy_module.load("streams/policy.yaml")
+POLICY = policy_module.load("streams/cancelwatch/core/policy.yaml")
 NOW = datetime(2026, 11, 20, 12, tzinfo=timezone.utc)
 
 # The getOrder response of amazon-documents.md, section 2.5 (MFN, IN, item 2 cancelled by the merchant).

@@ -1,8 +1,8 @@
 """docs/api.md against the worker: every endpoint, parameter, status and field is documented.
 
-Read from the worker's route table (`streams/worker/web.py`), from its views
+Read from the worker's route table (`streams/cancelwatch/worker/web.py`), from its views
 driven through every answer they give, and from the pure functions that
-build the answers (streams/window.py), so an endpoint, parameter or field
+build the answers (streams/cancelwatch/core/window.py), so an endpoint, parameter or field
 added there without its documentation fails here.
 """
 
@@ -13,13 +13,15 @@ import json
 import re
 from pathlib import Path
 
-from streams import names, policy as policy_module, window
-from streams.worker import web
+from cancelwatch import names
+
+from cancelwatch.core import policy as policy_module, window
+from cancelwatch.worker import web
 from tests.worker.test_web import api_replies
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = (ROOT / "docs" / "api.md").read_text()
-POLICY = policy_module.load(ROOT / "streams" / "policy.yaml")
+POLICY = policy_module.load(ROOT / "streams" / "cancelwatch" / "core" / "policy.yaml")
 
 
 def worker_paths() -> list[str]:

@@ -30,15 +30,15 @@ class _Finished:
 def test_profile_sums_self_and_inclusive_shares(tmp_path):
     raw = tmp_path / "samples.txt"
     raw.write_text(
-        "<module> (cancelwatch:6);main (streams/worker.py:616);decode (streams/events.py:95) 6\n"
-        "<module> (cancelwatch:6);main (streams/worker.py:616);Book.apply (streams/state.py:40) 3\n"
-        "<module> (cancelwatch:6);main (streams/worker.py:616) 1\n"
+        "<module> (cancelwatch:6);main (streams/cancelwatch/worker.py:616);decode (streams/cancelwatch/core/events.py:95) 6\n"
+        "<module> (cancelwatch:6);main (streams/cancelwatch/worker.py:616);Book.apply (streams/cancelwatch/core/state.py:40) 3\n"
+        "<module> (cancelwatch:6);main (streams/cancelwatch/worker.py:616) 1\n"
         "garbage line without count\n")
     summary = pyspy.finish(_Finished(), raw)
     assert summary["samples"] == 10
-    assert summary["self"][0] == ("decode (streams/events.py)", 0.6)
-    assert ("Book.apply (streams/state.py)", 0.3) in summary["self"]
-    assert dict(summary["inclusive"])["main (streams/worker.py)"] == 1.0
+    assert summary["self"][0] == ("decode (streams/cancelwatch/core/events.py)", 0.6)
+    assert ("Book.apply (streams/cancelwatch/core/state.py)", 0.3) in summary["self"]
+    assert dict(summary["inclusive"])["main (streams/cancelwatch/worker.py)"] == 1.0
 
 
 def test_profile_counts_a_frame_once_per_sample_even_when_recursive(tmp_path):
@@ -113,9 +113,9 @@ def test_report_shows_measurements_and_missed_targets():
                 "ratios": {"c/a": 0.04, "c/b": 4.0, "c/d": 0.27},
                 "runs": {name: [{"events": 1000}] for name in
                          ("raw_aiokafka", "naive_faust", "cancelwatch_worker", "quix_streams")},
-                "profile": {"samples": 100, "self": [("decode (streams/events.py)", 0.25)],
+                "profile": {"samples": 100, "self": [("decode (streams/cancelwatch/core/events.py)", 0.25)],
                             "inclusive": [("BaseEventLoop._run_once (asyncio/base_events.py)", 0.9),
-                                          ("Book.apply (streams/state.py)", 0.3)]},
+                                          ("Book.apply (streams/cancelwatch/core/state.py)", 0.3)]},
                 "meets_target": False,
             },
             "latency": {"crossings": 200, "observed": 200, "missed": 0, "background_events_per_s": 500,
@@ -128,7 +128,7 @@ def test_report_shows_measurements_and_missed_targets():
     assert "| (c) cancelwatch worker (exact counts, durable state) | 8,000 | 7,200 – 8,800 |" in text
     assert "c/a = 0.040, c/b = 4.00, c/d = 0.27" in text
     assert "**missed** (median 8,000)" in text
-    assert "| `decode (streams/events.py)` | 25.0% |" in text
+    assert "| `decode (streams/cancelwatch/core/events.py)` | 25.0% |" in text
     assert "Book.apply" in text and "_run_once" not in text
     assert "| 200 | 200 | 50 ms | 200 ms | 30 ms | 300 ms | met |" in text
     assert "- scaleout: BenchError: worker exited" in text

@@ -24,7 +24,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from streams import names
+from cancelwatch import names
 from tests.test_alerting_e2e import (ALERTMANAGER_CONFIG, PROJECT_WEBHOOK, Oncall, Seller, _warning_group_wait,
                                      wait_for)
 from tests.test_alertmanager import LocalAlertmanager

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from streams import cli
+from cancelwatch import cli
 
 COMMANDS_DOC = Path(__file__).resolve().parent.parent / "docs" / "commands.md"
 # Commands whose options this test reads from their --help.

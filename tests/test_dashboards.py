@@ -24,7 +24,7 @@ from grafana_foundation_sdk.models import prometheus as prometheus_models
 from grafana_foundation_sdk.models.dashboard import Dashboard
 
 from dashboards import generate, metrics_reference, queries, render
-from streams import names
+from cancelwatch import names
 
 ROOT = Path(__file__).resolve().parent.parent
 PROVISIONING = ROOT / "dashboards" / "provisioning"
@@ -155,7 +155,7 @@ def test_every_query_selects_only_known_metrics(key):
         selected = queries.metric_names(expr)
         assert selected, f"{title!r}: {expr!r} selects no metric"
         unknown = selected - set(known)
-        assert not unknown, f"{title!r}: {expr!r} selects {sorted(unknown)}, not in streams.names.METRICS"
+        assert not unknown, f"{title!r}: {expr!r} selects {sorted(unknown)}, not in cancelwatch.names.METRICS"
 
 
 @pytest.mark.parametrize("key", sorted(ALL))

@@ -18,7 +18,7 @@ import pytest
 import requests
 
 from dashboards import generate, queries, render
-from streams import names
+from cancelwatch import names
 
 pytestmark = pytest.mark.stack
 

@@ -18,7 +18,9 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings as hypothesis_settings, strategies as st
 
-from streams import events, names, policy as policy_module, settings as settings_module
+from cancelwatch import names, settings as settings_module
+
+from cancelwatch.core import events, policy as policy_module
 from tests import faults_table
 
 CANCELWATCH = str(Path(sys.executable).with_name("cancelwatch"))

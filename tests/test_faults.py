@@ -32,7 +32,7 @@ from typing import Iterator
 import pytest
 import requests
 
-from streams import names
+from cancelwatch import names
 from tests import faults_table
 from tests.test_worker import expected_answers, publish, simulated_stream, strip_listing, wait_for_answers
 from tests.workers import ROOT, Topics, WorkerProcess, free_port

@@ -22,9 +22,10 @@ import requests
 from grafana_client import GrafanaApi
 
 from dashboards import generate
-from streams import grafana_annotations, names
-from streams.grafana_annotations import AnnotationWriter, WebhookError
-from streams.webhook import JSONHandler
+from cancelwatch import names
+from cancelwatch.receivers import grafana_annotations
+from cancelwatch.receivers.grafana_annotations import AnnotationWriter, WebhookError
+from cancelwatch.receivers.webhook import JSONHandler
 
 TOKEN = "glsa_test_token"
 CREATE_FIELDS = {"dashboardUID": str, "dashboardId": int, "panelId": int, "time": int,

@@ -9,7 +9,11 @@ import uuid
 
 import pytest
 
-from streams import events, import_orders, settings
+from cancelwatch import settings
+
+from cancelwatch.core import events
+
+from cancelwatch.tools import import_orders
 from tests.test_amazon_orders import EXAMPLE, EXAMPLE_EVENTS, item, order
 from tests.test_producer import read_all, stack_env  # noqa: F401 (fixture)
 from tests.workers import Topics, WorkerProcess

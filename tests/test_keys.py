@@ -6,8 +6,10 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, strategies as st
 
-from streams import names, state
-from streams.state import ParsedKey
+from cancelwatch import names
+
+from cancelwatch.core import state
+from cancelwatch.core.state import ParsedKey
 
 # Any Unicode but lone surrogates (the event decoder never yields them), biased towards the
 # characters a separator-based layout would trip on.

@@ -7,8 +7,8 @@ import random
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from streams import names
-from streams.metrics import Metrics, ScrapeState, SellerSummary, rate_band
+from cancelwatch import names
+from cancelwatch.worker.metrics import Metrics, ScrapeState, SellerSummary, rate_band
 
 
 def scrape(sellers: int, top_k: int = 50) -> dict[str, int]:
@@ -63,10 +63,10 @@ def test_top_k_are_the_sellers_most_at_risk():
 def test_hours_to_breach_is_the_forecast_the_alert_uses_and_limits_are_those_in_force():
     from pathlib import Path
 
-    from streams import alerting, policy as policy_module, window as window_module
-    from streams.state import BucketTotals, SellerState
+    from cancelwatch.core import alerting, policy as policy_module, window as window_module
+    from cancelwatch.core.state import BucketTotals, SellerState
 
-    policy = policy_module.load(Path(__file__).resolve().parent.parent / "streams" / "policy.yaml")
+    policy = policy_module.load(Path(__file__).resolve().parent.parent / "streams" / "cancelwatch" / "core" / "policy.yaml")
     [seven] = policy.windows("US")
     now_bucket = 500_000
     state = SellerState("CLIMB", "US")

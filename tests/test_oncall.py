@@ -1,4 +1,4 @@
-"""The on-call webhook receiver (streams/oncall.py): what it logs, prints and
+"""The on-call webhook receiver (streams/cancelwatch/receivers/oncall.py): what it logs, prints and
 serves, in-process and as `cancelwatch oncall`, and the whole path from the
 running Alertmanager to the running receiver of the stack."""
 
@@ -18,7 +18,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from streams import names, oncall
+from cancelwatch import names
+
+from cancelwatch.receivers import oncall
 
 
 def webhook(status: str, *alerts: dict) -> dict:
@@ -144,7 +146,7 @@ def test_command_serves_and_refuses_a_busy_port(tmp_path):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    command = [sys.executable, "-m", "streams.cli", "oncall", "--port", str(port),
+    command = [sys.executable, "-m", "cancelwatch.cli", "oncall", "--port", str(port),
                "--log", str(tmp_path / "log.jsonl")]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     try:

@@ -1,4 +1,4 @@
-"""The producer client (streams/producer.py) against the real broker."""
+"""The producer client (streams/cancelwatch/tools/producer.py) against the real broker."""
 
 from __future__ import annotations
 
@@ -10,8 +10,10 @@ import pytest
 from kafka import KafkaConsumer, TopicPartition
 from kafka.admin import KafkaAdminClient, NewTopic
 
-from streams import events, settings
-from streams.producer import EventProducer, ProducerError, ensure_topics, topic_names
+from cancelwatch import settings
+
+from cancelwatch.core import events
+from cancelwatch.tools.producer import EventProducer, ProducerError, ensure_topics, topic_names
 
 NOW = datetime.now(timezone.utc).replace(microsecond=0)
 

@@ -1,4 +1,4 @@
-"""`cancelwatch publish` (streams/publish.py): validation, and delivery to the real broker."""
+"""`cancelwatch publish` (streams/cancelwatch/tools/publish.py): validation, and delivery to the real broker."""
 
 from __future__ import annotations
 
@@ -8,8 +8,12 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from streams import events, publish, scenarios, settings
-from streams.producer import ensure_topics
+from cancelwatch import settings
+
+from cancelwatch.core import events
+
+from cancelwatch.tools import publish, scenarios
+from cancelwatch.tools.producer import ensure_topics
 from tests.test_producer import read_all, stack_env  # noqa: F401 (fixture)
 
 NOW = datetime.now(timezone.utc).replace(microsecond=0)

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from streams import policy as policy_module, window
+from cancelwatch.core import policy as policy_module, window
 
-POLICY = policy_module.load(Path(__file__).resolve().parent.parent / "streams" / "policy.yaml")
+POLICY = policy_module.load(Path(__file__).resolve().parent.parent / "streams" / "cancelwatch" / "core" / "policy.yaml")
 
 
 def ranked(sellers: dict[str, list[tuple[int, int, int]]]) -> list[str]:

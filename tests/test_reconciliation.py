@@ -1,4 +1,4 @@
-"""Amazon's account-health report against cancelwatch's counts (streams/reconciliation.py):
+"""Amazon's account-health report against cancelwatch's counts (streams/cancelwatch/core/reconciliation.py):
 the range's buckets, the drift rule at its boundaries, the endpoint's JSON, the two alerts, and
 the policy's reconciliation settings. No services."""
 
@@ -11,12 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from streams import alerting, names, policy as policy_module, reconciliation, window
-from streams.account_health import CancellationRate
-from streams.reconciliation import RangeCounts
+from cancelwatch import names
+
+from cancelwatch.core import alerting, policy as policy_module, reconciliation, window
+from cancelwatch.core.account_health import CancellationRate
+from cancelwatch.core.reconciliation import RangeCounts
 
 ROOT = Path(__file__).resolve().parent.parent
-POLICY = policy_module.load(ROOT / "streams" / "policy.yaml")
+POLICY = policy_module.load(ROOT / "streams" / "cancelwatch" / "core" / "policy.yaml")
 HOUR = 3600
 
 
@@ -105,7 +107,7 @@ def test_a_range_is_complete_while_none_of_its_buckets_has_expired():
 def test_with_the_reconciliation_retention_a_report_compares_complete_for_the_lag_after_its_range():
     """Retention max(longest window + grace, longest window + report_lag_days): a report fetched
     up to report_lag_days after its range ended still compares complete."""
-    text = (ROOT / "streams" / "policy.yaml").read_text().replace("order_window_days: 30", "order_window_days: 7") \
+    text = (ROOT / "streams" / "cancelwatch" / "core" / "policy.yaml").read_text().replace("order_window_days: 30", "order_window_days: 7") \
         .replace("{days: 30, limit_bps: 200, warning_bps: 160}", "{days: 7, limit_bps: 150, warning_bps: 100}") \
         .replace("      - {days: 7, limit_bps: 150, warning_bps: 100}\n", "", 1)
     policy = policy_module.parse(text)
@@ -160,7 +162,7 @@ def test_an_incomplete_comparison_never_drifts():
 
 
 def test_the_tolerances_come_from_the_policy():
-    text = (ROOT / "streams" / "policy.yaml").read_text()
+    text = (ROOT / "streams" / "cancelwatch" / "core" / "policy.yaml").read_text()
     text = re.sub(r"max_cancelled_drift: \d+", "max_cancelled_drift: 0", text)
     text = re.sub(r"max_orders_drift: \d+", "max_orders_drift: 0", text)
     text = re.sub(r"max_orders_drift_bps: \d+", "max_orders_drift_bps: 50", text)
@@ -172,7 +174,7 @@ def test_the_tolerances_come_from_the_policy():
 
 
 def test_a_policy_without_a_reconciliation_section_has_the_defaults():
-    text = (ROOT / "streams" / "policy.yaml").read_text().split("\nreconciliation:", 1)[0] + "\n"
+    text = (ROOT / "streams" / "cancelwatch" / "core" / "policy.yaml").read_text().split("\nreconciliation:", 1)[0] + "\n"
     assert policy_module.parse(text).reconciliation == policy_module.Reconciliation(1, 5, 100, 3)
     assert POLICY.reconciliation == policy_module.Reconciliation(1, 5, 100, 3)
     assert POLICY.reconciliation_retention_seconds == (POLICY.longest_window_days + 3) * 86400
@@ -187,7 +189,7 @@ def test_a_policy_without_a_reconciliation_section_has_the_defaults():
     ("reconciliation:", "reconciliation: 3", "reconciliation must be a mapping"),
 ])
 def test_a_bad_reconciliation_setting_names_its_line(old, new, word):
-    lines = (ROOT / "streams" / "policy.yaml").read_text().splitlines()
+    lines = (ROOT / "streams" / "cancelwatch" / "core" / "policy.yaml").read_text().splitlines()
     number = next(index for index, line in enumerate(lines) if line.startswith(old) or line.startswith("  " + old))
     lines[number] = lines[number].replace(old, new)
     if new == "reconciliation: 3":

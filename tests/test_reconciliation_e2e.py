@@ -10,7 +10,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from kafka import KafkaProducer
 
-from streams import names
+from cancelwatch import names
 from tests.test_alerting_e2e import Seller, wait_for
 from tests.test_catchup import Receiver
 from tests.test_targets_e2e import send

@@ -1,6 +1,6 @@
 """Each simulator scenario raises the alert it is named for, through the real worker.
 
-A scenario's events (streams/scenarios.py) are published to topics of the
+A scenario's events (streams/cancelwatch/tools/scenarios.py) are published to topics of the
 test's own and consumed by `cancelwatch worker` in event-clock mode, which
 delivers to an Alertmanager of the test's own. The test reads the
 alerts back from Alertmanager's API once the worker has caught up: its clock
@@ -15,8 +15,10 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from kafka import KafkaProducer
 
-from streams import events, names
-from streams.scenarios import Simulation
+from cancelwatch import names
+
+from cancelwatch.core import events
+from cancelwatch.tools.scenarios import Simulation
 from tests.test_alertmanager import LocalAlertmanager
 from tests.test_alerting_e2e import wait_for
 from tests.workers import Topics, WorkerProcess

@@ -5,7 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from streams import cli, events, schema_cli
+from cancelwatch import cli
+
+from cancelwatch.core import events
+
+from cancelwatch.tools import schema_cli
 
 SCHEMA_FILE = Path(__file__).resolve().parent.parent / "docs" / "events.schema.json"
 

@@ -20,8 +20,10 @@ from typing import Iterator
 
 import pytest
 
-from streams import events, settings as settings_module
-from streams.producer import EventProducer, ensure_topics
+from cancelwatch import settings as settings_module
+
+from cancelwatch.core import events
+from cancelwatch.tools.producer import EventProducer, ensure_topics
 from tests.test_worker import expected_answers, simulated_stream, strip_listing, wait_for_answers
 from tests.workers import ROOT, Topics, WorkerProcess, free_port
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from streams import settings
+from cancelwatch import settings
 
 ROOT = Path(__file__).resolve().parent.parent
 

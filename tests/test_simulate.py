@@ -1,4 +1,4 @@
-"""The traffic generator (streams/scenarios.py) and `cancelwatch simulate` (streams/simulate.py).
+"""The traffic generator (streams/cancelwatch/tools/scenarios.py) and `cancelwatch simulate` (streams/cancelwatch/tools/simulate.py).
 
 Scenario properties are checked with the brute-force oracle of the counting
 rules (tests/oracle.py), not with the generator's own bookkeeping.
@@ -13,7 +13,11 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from streams import events, policy, scenarios, settings, simulate
+from cancelwatch import settings
+
+from cancelwatch.core import events, policy
+
+from cancelwatch.tools import scenarios, simulate
 from tests import oracle
 from tests.test_producer import read_all, stack_env  # noqa: F401 (fixture)
 

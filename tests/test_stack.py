@@ -22,7 +22,7 @@ import yaml
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import KafkaAdminClient
 
-from streams import names
+from cancelwatch import names
 from tests.workers import free_port
 
 ROOT = Path(__file__).resolve().parent.parent

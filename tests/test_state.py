@@ -9,11 +9,13 @@ from datetime import datetime, timedelta, timezone
 
 from hypothesis import given, settings as hyp_settings, strategies as st
 
-from streams import alerting, events, ledger, names, policy as policy_module, state, window
-from streams.state import Book
+from cancelwatch import names
+
+from cancelwatch.core import alerting, events, ledger, policy as policy_module, state, window
+from cancelwatch.core.state import Book
 from tests import oracle
 
-POLICY = policy_module.load("streams/policy.yaml")
+POLICY = policy_module.load("streams/cancelwatch/core/policy.yaml")
 NOW = datetime(2026, 11, 20, 13, 5, tzinfo=timezone.utc)
 SKUS = ("SKU-A", "SKU-B", "SKU-C")
 

@@ -10,7 +10,9 @@ import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient, NewTopic
 
-from streams import cli, settings, targets
+from cancelwatch import cli, settings
+
+from cancelwatch.core import targets
 
 pytestmark = pytest.mark.stack
 

@@ -1,4 +1,4 @@
-"""Seller targets (streams/targets.py), policy presets and the command's number parsing: no services."""
+"""Seller targets (streams/cancelwatch/core/targets.py), policy presets and the command's number parsing: no services."""
 
 from __future__ import annotations
 
@@ -8,8 +8,10 @@ from pathlib import Path
 import pytest
 from hypothesis import given, strategies as st
 
-from streams import events, names, policy, targets, window
-from streams.target_cli import parse_fraction
+from cancelwatch import names
+
+from cancelwatch.core import events, policy, targets, window
+from cancelwatch.tools.target_cli import parse_fraction
 
 POLICY_FILE = Path(policy.__file__).with_name("policy.yaml")
 POLICY = policy.load(POLICY_FILE)

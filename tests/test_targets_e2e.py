@@ -13,7 +13,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from kafka import KafkaConsumer, KafkaProducer
 
-from streams import names
+from cancelwatch import names
 from tests.test_alerting_e2e import Seller, wait_for
 from tests.test_catchup import Receiver
 from tests.workers import CANCELWATCH, ROOT, Topics
@@ -42,7 +42,7 @@ def rig(tmp_path, kafka_bootstrap):
 
 
 def send(producer, topics, stream) -> None:
-    from streams import events
+    from cancelwatch.core import events
     for event in stream:
         topic = topics.orders if events.TOPIC_OF_TYPE[type(event)] == names.ORDERS_TOPIC else topics.cancellations
         producer.send(topic, key=event.seller_id.encode(), value=events.encode(event))

@@ -1,4 +1,4 @@
-"""`cancelwatch seller` and `cancelwatch top` (streams/terminal.py).
+"""`cancelwatch seller` and `cancelwatch top` (streams/cancelwatch/tools/terminal.py).
 
 The HTTP server here is a stand-in for the worker's API (contract section 8)
 and for Alertmanager's `/api/v2/alerts`: the worker itself runs in other
@@ -15,8 +15,8 @@ from http.server import ThreadingHTTPServer
 
 import pytest
 
-from streams import terminal
-from streams.webhook import JSONHandler
+from cancelwatch.tools import terminal
+from cancelwatch.receivers.webhook import JSONHandler
 
 
 def window(days, orders, cancelled, limit, warning, headroom, status):

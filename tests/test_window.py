@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from hypothesis import given, strategies as st
 
-from streams import policy as policy_module, window
-from streams.policy import Window
+from cancelwatch.core import policy as policy_module, window
+from cancelwatch.core.policy import Window
 
-POLICY = policy_module.load("streams/policy.yaml")
+POLICY = policy_module.load("streams/cancelwatch/core/policy.yaml")
 US = POLICY.windows("US")[0]
 
 

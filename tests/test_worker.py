@@ -11,14 +11,16 @@ import pytest
 import requests
 from kafka import KafkaConsumer, KafkaProducer
 
-from streams import events, names, policy as policy_module
-from streams.scenarios import Simulation
+from cancelwatch import names
+
+from cancelwatch.core import events, policy as policy_module
+from cancelwatch.tools.scenarios import Simulation
 from tests import oracle
 from tests.workers import Topics, WorkerProcess
 
 pytestmark = pytest.mark.stack
 
-POLICY = policy_module.load("streams/policy.yaml")
+POLICY = policy_module.load("streams/cancelwatch/core/policy.yaml")
 MALFORMED = [
     (b"not json", "invalid_json"),
     (b'{"schema_version": 1}', "invalid_event"),
@@ -131,7 +133,7 @@ def test_worker_answers_exactly_as_the_oracle_and_survives_sigkill(kafka_bootstr
 
 
 def test_a_worker_with_an_empty_data_dir_restores_every_seller_from_the_changelog(kafka_bootstrap, tmp_path):
-    """The restore writes each fetch of changelog records to the store at once (streams/consumer.py);
+    """The restore writes each fetch of changelog records to the store at once (streams/cancelwatch/worker/consumer.py);
     a worker that starts with nothing on disk must answer exactly as the one that wrote the changelog."""
     topics = Topics("restore")
     stream = simulated_stream(seed=17, sellers=30, days=9)

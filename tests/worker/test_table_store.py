@@ -12,8 +12,8 @@ import asyncio
 import pytest
 from rocksdict import Options, Rdict
 
-from streams.worker import table_store
-from streams.worker.table_store import Failpoints, TableStore
+from cancelwatch.worker import table_store
+from cancelwatch.worker.table_store import Failpoints, TableStore
 
 OFFSET_KEY = b"__faust\0offset__"
 

@@ -1,6 +1,6 @@
 """The worker's HTTP views without faust or Kafka: routing by ownership, errors, merging.
 
-The views (`streams/worker/web.py`) take a runtime and an `Ownership`; here
+The views (`streams/cancelwatch/worker/web.py`) take a runtime and an `Ownership`; here
 both are small in-memory stand-ins (the real ones need a faust app and a
 broker, which tests/test_worker.py and tests/test_scaleout.py run), and
 forwarding to another worker is a function that records where it was sent.
@@ -11,9 +11,9 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 
-from streams import names
-from streams.worker import web
-from streams.worker.ownership import Owners, Ownership, owner_partition
+from cancelwatch import names
+from cancelwatch.worker import web
+from cancelwatch.worker.ownership import Owners, Ownership, owner_partition
 
 ME = "http://me:6066"
 OTHER = "http://other:6067"

@@ -1,0 +1,607 @@
+"""The worker's state: durable per-order buckets and the seller totals derived from them.
+
+Durable (`store`, changelogged): one key per (seller, marketplace, purchase
+bucket) whose value is the encoded `ledger.Bucket` of that bucket's orders. A
+batch of events reads and writes each touched bucket once, so writes (and
+changelog records) grow with touched buckets, not events, and a seller's
+state never fans out. An order has one record, in the bucket of the earliest
+purchase date among its events (contract section 4): an event with an
+earlier purchase date moves the record there.
+
+Local (`index`, not changelogged): per order, the bucket holding its record,
+so an event whose purchase date falls in another bucket finds the order. It
+is derived from the durable buckets (`Book.load` rewrites it) and consulted
+only when the event's own bucket does not hold the order.
+
+Derived, in memory: per seller and marketplace, the totals of each bucket
+(orders, seller-fault cancels, reasons, excluded causes) and, per sku, the
+latest orders for the listing rule. They are rebuilt from the durable
+buckets on start (`Book.load`), so they are exact after any crash: the
+durable records are idempotent, and the totals are a function of them.
+
+Keys: one ASCII kind character, the UTF-8 length of the seller id in three
+digits, the seller id, "/" and the marketplace, then "/" and the bucket
+number (bucket keys) or "/" and the order id (order index keys). The length
+prefix makes keys unambiguous whatever characters a seller id holds.
+Internal keys start with "~" (`clock_key`), which no kind character is.
+
+Pure: the store and the index are any MutableMapping[bytes, bytes] (the
+worker's table and its local database, dicts in tests).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+from typing import Iterable, Iterator, MutableMapping, NamedTuple
+
+from cancelwatch import names
+
+from cancelwatch.core import events, ledger, window
+from cancelwatch.core.ledger import Record
+from cancelwatch.core.policy import Policy
+
+KIND_BUCKET = "b"      # a purchase bucket's order records
+KIND_SEEN = "s"        # a seller known from events that left no bucket (AFN, late) or whose buckets expired
+KIND_ALERTS = "a"      # a seller's firing alerts (written by the worker)
+KIND_ORDER = "o"       # the order index: the bucket holding an order's record (local only)
+INTERNAL = "~"         # first character of internal keys (`clock_key`)
+KIND_HEALTH = "h"      # a seller's latest account-health report of a marketplace (written by the worker)
+_KINDS = frozenset((KIND_BUCKET, KIND_SEEN, KIND_ALERTS, KIND_ORDER, KIND_HEALTH))
+_INTERNAL_BYTE = ord(INTERNAL)
+_CLOCK_PREFIX = b"~clock/"
+_MAX_SELLER_BYTES = 999    # three digits of length; the contract's 64 characters take at most 256 bytes
+
+# Bucket numbers shared by every seller's dict of buckets (one int object per hour, not per seller).
+_BUCKET_NUMBERS: dict[int, int] = {}
+_MARKETPLACES = {marketplace: marketplace for marketplace in names.MARKETPLACES}
+
+
+class KeyLayoutError(ValueError):
+    """A store key that is not in this version's layout."""
+
+
+class ParsedKey(NamedTuple):
+    kind: str                   # KIND_BUCKET, KIND_SEEN, KIND_ALERTS or KIND_ORDER
+    seller_id: str
+    marketplace: str
+    bucket: int | None = None   # bucket keys only
+    order_id: str | None = None  # order index keys only
+
+
+def _seller_bytes(seller_id: str) -> bytes:
+    raw = seller_id.encode()
+    if len(raw) > _MAX_SELLER_BYTES:
+        raise KeyLayoutError(f"seller id {seller_id[:40]!r}... takes {len(raw)} bytes in UTF-8; "
+                             f"a key holds at most {_MAX_SELLER_BYTES} (the contract allows 64 characters)")
+    return raw
+
+
+def bucket_key(seller_id: str, marketplace: str, bucket: int) -> bytes:
+    raw = _seller_bytes(seller_id)
+    return b"b%03d%s/%s/%d" % (len(raw), raw, marketplace.encode(), bucket)
+
+
+def seen_key(seller_id: str, marketplace: str) -> bytes:
+    raw = _seller_bytes(seller_id)
+    return b"s%03d%s/%s" % (len(raw), raw, marketplace.encode())
+
+
+def health_key(seller_id: str, marketplace: str) -> bytes:
+    raw = _seller_bytes(seller_id)
+    return b"h%03d%s/%s" % (len(raw), raw, marketplace.encode())
+
+
+def alerts_key(seller_id: str, marketplace: str) -> bytes:
+    raw = _seller_bytes(seller_id)
+    return b"a%03d%s/%s" % (len(raw), raw, marketplace.encode())
+
+
+def order_key(seller_id: str, marketplace: str, order_id: str) -> bytes:
+    raw = _seller_bytes(seller_id)
+    return b"o%03d%s/%s/%s" % (len(raw), raw, marketplace.encode(), order_id.encode())
+
+
+def clock_key(partition: int) -> bytes:
+    """The key of a partition's event clock."""
+    return b"%s%d" % (_CLOCK_PREFIX, partition)
+
+
+def clock_partition(key: bytes) -> int | None:
+    """The partition a clock key names; None for any other key."""
+    return int(key[len(_CLOCK_PREFIX):]) if key.startswith(_CLOCK_PREFIX) else None
+
+
+def seller_of_key(key: bytes) -> str | None:
+    """The seller id of a seller's key (any kind), without parsing the rest; None for internal keys."""
+    if key[0] == _INTERNAL_BYTE:
+        return None
+    return key[4:4 + int(key[1:4])].decode()
+
+
+def _layout_error(key: bytes, what: str) -> KeyLayoutError:
+    return KeyLayoutError(
+        f"store key {key[:120]!r}: {what}. Keys are kind, 3-digit seller length, seller, "
+        f"/marketplace[/bucket or /order]; a key in another layout was written by an older "
+        f"cancelwatch: delete the state table's changelog topic and the local state directory, "
+        f"then replay the source topics")
+
+
+def parse_key(key: bytes) -> ParsedKey | None:
+    """The parts of a seller's key; None for internal keys ("~...").
+    Raises KeyLayoutError, naming the key, for a key in no known layout."""
+    if not key:
+        raise _layout_error(key, "empty")
+    if key[0] == _INTERNAL_BYTE:
+        return None
+    kind = chr(key[0])
+    length = key[1:4]
+    if kind not in _KINDS or len(length) != 3 or not length.isdigit():
+        raise _layout_error(key, "no kind and seller length at its start")
+    end = 4 + int(length)
+    marketplace = key[end + 1:end + 3]
+    if len(key) < end + 3 or key[end:end + 1] != b"/" or not (marketplace.isascii() and marketplace.isalpha()):
+        raise _layout_error(key, "no /marketplace after the seller id")
+    try:
+        seller_id = key[4:end].decode()
+        rest = key[end + 3:]
+        if kind in (KIND_SEEN, KIND_ALERTS, KIND_HEALTH):
+            if rest:
+                raise _layout_error(key, "text after the marketplace")
+            return ParsedKey(kind, seller_id, marketplace.decode())
+        if rest[:1] != b"/" or len(rest) < 2:
+            raise _layout_error(key, "no /bucket or /order after the marketplace")
+        if kind == KIND_BUCKET:
+            if not rest[1:].isdigit():
+                raise _layout_error(key, "a bucket number that is not a whole number")
+            return ParsedKey(kind, seller_id, marketplace.decode(), int(rest[1:]))
+        return ParsedKey(kind, seller_id, marketplace.decode(), None, rest[1:].decode())
+    except UnicodeDecodeError:
+        raise _layout_error(key, "not UTF-8") from None
+
+
+class BucketTotals:
+    __slots__ = ("orders", "cancelled", "reasons", "causes")
+
+    def __init__(self) -> None:
+        self.orders = 0
+        self.cancelled = 0
+        self.reasons: dict[str, int] | None = None
+        self.causes: dict[str, int] | None = None
+
+    def add(self, part: ledger.Contribution, sign: int) -> None:
+        self.orders += sign * part.orders
+        self.cancelled += sign * part.cancelled
+        if part.reason is not None:
+            self.reasons = _bump(self.reasons, part.reason, sign)
+        for cause in part.causes:
+            self.causes = _bump(self.causes, cause, sign)
+
+    @property
+    def empty(self) -> bool:
+        return not (self.orders or self.cancelled or self.reasons or self.causes)
+
+
+def _bump(counts: dict[str, int] | None, key: str, sign: int) -> dict[str, int] | None:
+    counts = {} if counts is None else counts
+    value = counts.get(key, 0) + sign
+    if value:
+        counts[key] = value
+    else:
+        counts.pop(key, None)
+    return counts or None
+
+
+class SellerState:
+    """Derived totals of one seller in one marketplace."""
+
+    __slots__ = ("seller_id", "marketplace", "buckets", "listing", "summary")
+
+    def __init__(self, seller_id: str, marketplace: str) -> None:
+        self.seller_id = seller_id
+        self.marketplace = _MARKETPLACES.get(marketplace, marketplace)   # one str per marketplace
+        self.buckets: dict[int, BucketTotals | int] = {}
+        self.summary = None     # the worker's last evaluation (metrics.SellerSummary), shared
+        # sku -> latest orders containing it, newest first: (purchase, order_id, seller-fault for this sku).
+        # Orders cancelled while Pending never were orders: they take no place here.
+        self.listing: dict[str, tuple[tuple[int, str, bool], ...]] | None = None
+
+    def change(self, bucket: int, old: Record | None, new: Record | None) -> None:
+        """Move the bucket's totals from `old` to `new` (None: not in this bucket)."""
+        before, after = ledger.Contribution.of(old), ledger.Contribution.of(new)
+        if before == after:
+            return
+        bucket = _BUCKET_NUMBERS.setdefault(bucket, bucket)
+        totals = self.buckets.get(bucket, 0)
+        plain = not (before.cancelled or before.causes or after.cancelled or after.causes)
+        if type(totals) is int and plain:
+            # Most buckets hold orders and nothing else: keep just their count.
+            count = totals - before.orders + after.orders
+            if count:
+                self.buckets[bucket] = count
+            else:
+                self.buckets.pop(bucket, None)
+            return
+        if type(totals) is int:
+            count, totals = totals, BucketTotals()
+            totals.orders = count
+            self.buckets[bucket] = totals
+        totals.add(before, -1)
+        totals.add(after, +1)
+        if totals.empty:
+            del self.buckets[bucket]
+        elif not (totals.cancelled or totals.reasons or totals.causes):
+            self.buckets[bucket] = totals.orders
+
+    def relist(self, order_id: str, record: Record, depth: int) -> list[tuple[str, int]]:
+        """Bring the order's place among the latest `depth` orders of each of its skus up to date.
+
+        Returns (sku, purchase of the oldest order kept before) for each sku whose latest
+        orders may now miss an order left out earlier (this order left a full list, or fell
+        to its end): `Book` completes those from the buckets."""
+        refill: list[tuple[str, int]] = []
+        listing = self.listing
+        if listing is None:
+            listing = self.listing = {}
+        eligible = record.in_denominator
+        for sku in record.skus:
+            latest = listing.get(sku, ())
+            others = [entry for entry in latest if entry[1] != order_id]
+            present = len(others) < len(latest)
+            full = len(latest) >= depth
+            if eligible:
+                entry = (record.purchase, order_id, record.sku_faulted(sku))
+                if not present and full and entry[:2] < latest[-1][:2]:
+                    continue
+                others.append(entry)
+                others.sort(reverse=True)
+                shortened = present and full and others[-1] is entry and entry[:2] < latest[-1][:2]
+            elif present:
+                shortened = full
+            else:
+                continue
+            if others:
+                listing[sku] = tuple(others[:depth])
+            else:
+                del listing[sku]
+            if shortened:
+                refill.append((sku, latest[-1][0]))
+        if not listing:
+            self.listing = None
+        return refill
+
+    def drop_before(self, oldest_bucket: int, oldest_purchase: int) -> list[int]:
+        dropped = [b for b in self.buckets if b < oldest_bucket]
+        for bucket in dropped:
+            del self.buckets[bucket]
+        if self.listing:
+            for sku in list(self.listing):
+                kept = tuple(e for e in self.listing[sku] if e[0] >= oldest_purchase)
+                if kept:
+                    self.listing[sku] = kept
+                else:
+                    del self.listing[sku]
+        return dropped
+
+
+# An open bucket of a batch: (key, seller state, bucket, its records with the batch applied,
+# {order_id: record before the batch, None when the order was not in this bucket}).
+OpenBucket = tuple
+
+
+@dataclasses.dataclass
+class Pending:
+    """A batch being applied: its result so far, its open buckets by (seller, marketplace,
+    bucket), the order index entries it will write (order key -> bucket), the records it
+    moved to an earlier bucket ((seller, marketplace, order_id) -> record before the batch)
+    and the clock's bucket at its last slice."""
+
+    result: "BatchResult"
+    buckets: dict
+    index: dict = dataclasses.field(default_factory=dict)
+    moved: dict = dataclasses.field(default_factory=dict)
+    now_bucket: int | None = None
+
+
+@dataclasses.dataclass
+class BatchResult:
+    outcomes: Counter  # (topic_role, outcome) -> events
+    touched: set       # SellerStates whose totals may have changed
+    new_orders: Counter      # marketplace -> orders that entered a denominator
+    new_faults: Counter      # (marketplace, reason) -> orders that became seller-fault
+    new_excluded: Counter    # (marketplace, cause) -> orders newly excluded for a cause
+    writes: int = 0
+
+
+class Book:
+    """All sellers' derived totals, and the rules to change them from events.
+
+    `store` holds the durable buckets and seen markers; `index` the local order index
+    (a private dict when not given). Both may be one mapping: their keys differ in kind."""
+
+    def __init__(self, policy: Policy, store: MutableMapping[bytes, bytes],
+                 index: MutableMapping[bytes, bytes] | None = None) -> None:
+        self.policy = policy
+        self.store = store
+        self.index: MutableMapping[bytes, bytes] = {} if index is None else index
+        # marketplace -> seller_id -> state (no key tuple per seller)
+        self._markets: dict[str, dict[str, SellerState]] = {}
+        self.listing_depth = policy.listing_consecutive
+        # marketplace -> buckets of its longest rate window (older events are "late")
+        self._rate_buckets = {marketplace: max(policy.window_buckets(w) for w in policy.windows(marketplace))
+                              for marketplace in names.MARKETPLACES}
+        # buckets kept at all (the longest window, the listing rule's included): older events change nothing
+        # (retention covers Amazon's report lag, so late events still reach a report's range)
+        self._keep_buckets = policy.retention_seconds // policy.bucket_seconds
+        self._listing_buckets = policy.listing_order_window_days * 86400 // policy.bucket_seconds
+
+    # -- reading -------------------------------------------------------------
+    def seller(self, seller_id: str, marketplace: str) -> SellerState | None:
+        by_seller = self._markets.get(marketplace)
+        return by_seller.get(seller_id) if by_seller is not None else None
+
+    def in_marketplace(self, marketplace: str) -> Iterator[SellerState]:
+        return iter(self._markets.get(marketplace, {}).values())
+
+    def states(self) -> Iterator[SellerState]:
+        """Every seller's state, in every marketplace."""
+        for by_seller in self._markets.values():
+            yield from by_seller.values()
+
+    def __len__(self) -> int:
+        return sum(len(by_seller) for by_seller in self._markets.values())
+
+    def known(self, seller_id: str, marketplace: str) -> SellerState:
+        """The seller's state, made known (and kept known across restarts) when new: a seller
+        with an account-health report but no event yet."""
+        return self._state(seller_id, marketplace, mark=True)
+
+    def _state(self, seller_id: str, marketplace: str, mark: bool = False) -> SellerState:
+        """The seller's state, created when new. `mark`: the event leaves no order bucket behind
+        (AFN, too old), so a marker key keeps the seller known after a restart; a seller with a
+        bucket is known from the bucket's key."""
+        state = self.seller(seller_id, marketplace)
+        if state is None:
+            state = self._new_state(seller_id, marketplace)
+            if mark:
+                self.store[seen_key(seller_id, marketplace)] = b""
+        return state
+
+    def _new_state(self, seller_id: str, marketplace: str) -> SellerState:
+        state = SellerState(seller_id, marketplace)
+        self._markets.setdefault(state.marketplace, {})[seller_id] = state
+        return state
+
+    def _listing_depth(self, marketplace: str) -> int:
+        return self.listing_depth if marketplace in self.policy.listing_marketplaces else 0
+
+    # -- rebuilding from durable state ---------------------------------------
+    def load(self, items: Iterable[tuple[bytes, bytes]],
+             index: bool | MutableMapping[bytes, bytes] = True) -> int:
+        """Rebuild derived totals from durable (key, value) pairs; returns orders loaded.
+
+        `index`: where to (re)write each order's index entry: True for the book's own
+        index, a mapping to collect them (to write them in bulk), False for nowhere.
+        Alert sets and order index keys among `items` are skipped."""
+        target = self.index if index is True else None if index is False else index
+        orders = 0
+        for key, value in items:
+            parsed = parse_key(key)
+            if parsed is None or parsed.kind in (KIND_ALERTS, KIND_ORDER, KIND_HEALTH):
+                continue
+            kind, seller_id, marketplace, bucket, _ = parsed
+            state = self.seller(seller_id, marketplace)
+            if state is None:
+                state = self._new_state(seller_id, marketplace)
+            if kind == KIND_SEEN:
+                continue
+            depth = self._listing_depth(marketplace)
+            where = b"%d" % bucket
+            for order_id, record in ledger.decode_bucket(value).items():
+                state.change(bucket, None, record)
+                if depth and record.skus:
+                    state.relist(order_id, record, depth)
+                if target is not None:
+                    target[order_key(seller_id, marketplace, order_id)] = where
+                orders += 1
+        return orders
+
+    # -- applying events -----------------------------------------------------
+    def apply(self, batch: Iterable[tuple[str, events.Event]], now: float) -> BatchResult:
+        """Apply (topic_role, event) pairs with `now` as the clock; write each touched bucket once."""
+        pending = self.begin()
+        self.feed(pending, batch, now)
+        return self.finish(pending)
+
+    def begin(self) -> Pending:
+        """A batch that `feed` fills over several slices of events and `finish` writes at once."""
+        return Pending(BatchResult(Counter(), set(), Counter(), Counter(), Counter()), {})
+
+    def feed(self, pending: Pending, batch: Iterable[tuple[str, events.Event]], now: float) -> None:
+        """Apply events to the batch's private copies of their buckets (nothing is written yet).
+
+        The common case costs one lookup in the event's open bucket; only an order that
+        bucket does not hold is looked up in the order index (the batch's own entries first)."""
+        policy = self.policy
+        apply = ledger.apply
+        bucket_seconds = policy.bucket_seconds
+        now_bucket = pending.now_bucket = window.bucket_of(now, bucket_seconds)
+        oldest_kept = now_bucket - self._keep_buckets
+        outcomes = pending.result.outcomes
+        open_buckets = pending.buckets
+        rate_buckets = self._rate_buckets
+        for role, event in batch:
+            seller_id, marketplace = event.seller_id, event.marketplace
+            if event.fulfillment_channel == "AFN":
+                self._state(seller_id, marketplace, mark=True)
+                outcomes[(role, "afn")] += 1
+                continue
+            bucket = int(event.purchase_date.timestamp() // bucket_seconds)
+            if bucket <= oldest_kept:
+                self._state(seller_id, marketplace, mark=True)
+                outcomes[(role, "late")] += 1
+                continue
+            opened = open_buckets.get((seller_id, marketplace, bucket))
+            if opened is None:
+                opened = self._open(pending, seller_id, marketplace, bucket)
+            order_id = event.order_id
+            old = opened[3].get(order_id)
+            if old is None:
+                order = order_key(seller_id, marketplace, order_id)
+                home = self._home(pending, seller_id, marketplace, order_id, order)
+                if home is None:
+                    pending.index[order] = bucket
+                elif home[2] < bucket:      # stored at an earlier purchase date: updated there
+                    opened, old = home, home[3][order_id]
+                else:                       # this event's purchase date is earlier: the record moves here
+                    old = self._move_out(pending, home, (seller_id, marketplace, order_id))
+                    pending.index[order] = bucket
+                    if order_id not in opened[4]:
+                        opened[4][order_id] = None
+            new = apply(policy, old, event)
+            late = opened[2] <= now_bucket - rate_buckets[marketplace]
+            if new == old:
+                outcomes[(role, "late" if late else "unchanged")] += 1
+                continue
+            originals = opened[4]
+            if order_id not in originals:
+                originals[order_id] = old
+            opened[3][order_id] = new
+            outcomes[(role, "late" if late else "applied")] += 1
+
+    def _open(self, pending: Pending, seller_id: str, marketplace: str, bucket: int) -> OpenBucket:
+        """Open a bucket for the batch: a private copy of its records, decoded from the store."""
+        key = bucket_key(seller_id, marketplace, bucket)
+        raw = self.store.get(key)
+        opened = pending.buckets[(seller_id, marketplace, bucket)] = (
+            key, self._state(seller_id, marketplace), bucket, ledger.decode_bucket(raw) if raw else {}, {})
+        return opened
+
+    def _home(self, pending: Pending, seller_id: str, marketplace: str, order_id: str,
+              order: bytes) -> OpenBucket | None:
+        """The open bucket holding the order's record, found through the order index; None
+        when the order is unknown (an index entry whose bucket does not hold it is stale)."""
+        bucket = pending.index.get(order)
+        if bucket is None:
+            raw = self.index.get(order)
+            if raw is None:
+                return None
+            bucket = int(raw)
+        opened = pending.buckets.get((seller_id, marketplace, bucket))
+        if opened is None:
+            opened = self._open(pending, seller_id, marketplace, bucket)
+        return opened if order_id in opened[3] else None
+
+    @staticmethod
+    def _move_out(pending: Pending, home: OpenBucket, order: tuple[str, str, str]) -> Record:
+        """Take an order's record out of its bucket (it moves to an earlier one); returns it."""
+        order_id = order[2]
+        record = home[3].pop(order_id)
+        originals = home[4]
+        if order_id not in originals:
+            originals[order_id] = record
+        if order not in pending.moved:
+            pending.moved[order] = originals[order_id]
+        return record
+
+    def finish(self, pending: Pending) -> BatchResult:
+        """Write each changed bucket once (an emptied one is deleted), the order index entries,
+        and move the derived totals. Counters count only orders inside a rate window."""
+        result = pending.result
+        store = self.store
+        changed = []
+        for opened in pending.buckets.values():
+            key, _, _, orders, originals = opened
+            if not originals:
+                continue
+            if orders:
+                store[key] = ledger.encode_bucket(orders)
+                result.writes += 1
+            elif key in store:
+                del store[key]
+                result.writes += 1
+            changed.append(opened)
+        index = self.index
+        for order, bucket in pending.index.items():
+            index[order] = b"%d" % bucket
+        moved = pending.moved
+        now_bucket = pending.now_bucket
+        refills: dict[tuple[SellerState, str], int] = {}
+        for _, state, bucket, orders, originals in changed:
+            marketplace = state.marketplace
+            counted = bucket > now_bucket - self._rate_buckets[marketplace]
+            depth = self._listing_depth(marketplace)
+            for order_id, old in originals.items():
+                new = orders.get(order_id)
+                state.change(bucket, old, new)
+                if new is None:
+                    continue        # moved to an earlier bucket: counted there
+                if counted:
+                    before = moved.get((state.seller_id, marketplace, order_id)) if old is None and moved else old
+                    self._count_news(marketplace, before, new, result)
+                if depth and new.skus:
+                    for sku, oldest in state.relist(order_id, new, depth):
+                        refills[(state, sku)] = max(oldest, refills.get((state, sku), oldest))
+            result.touched.add(state)
+        for (state, sku), oldest in refills.items():
+            self._refill(state, sku, oldest, now_bucket - self._listing_buckets)
+        pending.buckets.clear()
+        pending.index.clear()
+        moved.clear()
+        return result
+
+    def _refill(self, state: SellerState, sku: str, oldest: int, outside: int) -> None:
+        """Complete the latest orders of a sku from the seller's buckets, newest first, from the
+        bucket of `oldest` (the oldest order the list kept) down to the listing window's edge
+        (`outside`: the newest bucket out of it)."""
+        depth = self._listing_depth(state.marketplace)
+        bucket_seconds = self.policy.bucket_seconds
+        chosen = {entry[1]: entry for entry in (state.listing or {}).get(sku, ())}
+        start = window.bucket_of(oldest, bucket_seconds)
+        for bucket in sorted((b for b in state.buckets if outside < b <= start), reverse=True):
+            raw = self.store.get(bucket_key(state.seller_id, state.marketplace, bucket))
+            for order_id, record in (ledger.decode_bucket(raw) if raw else {}).items():
+                if sku in record.skus and record.in_denominator:
+                    chosen[order_id] = (record.purchase, order_id, record.sku_faulted(sku))
+            # every order not read yet is older than this bucket
+            if sum(1 for entry in chosen.values() if entry[0] // bucket_seconds >= bucket) >= depth:
+                break
+        if chosen:
+            if state.listing is None:
+                state.listing = {}
+            state.listing[sku] = tuple(sorted(chosen.values(), reverse=True)[:depth])
+
+    @staticmethod
+    def _count_news(marketplace: str, old: Record | None, new: Record, result: BatchResult) -> None:
+        before, after = ledger.Contribution.of(old), ledger.Contribution.of(new)
+        if after.orders and not before.orders:
+            result.new_orders[marketplace] += 1
+        if after.cancelled and not before.cancelled:
+            result.new_faults[(marketplace, after.reason)] += 1
+        for cause in set(after.causes) - set(before.causes):
+            result.new_excluded[(marketplace, cause)] += 1
+
+    # -- expiry ----------------------------------------------------------------
+    def expire(self, now: float) -> int:
+        """Delete order buckets older than the longest window plus grace, and the index entries
+        of their orders; returns buckets deleted."""
+        policy = self.policy
+        oldest_purchase = int(now) - policy.retention_seconds
+        oldest_bucket = window.bucket_of(oldest_purchase, policy.bucket_seconds)
+        store, index = self.store, self.index
+        deleted = 0
+        for state in self.states():
+            dropped = state.drop_before(oldest_bucket, oldest_purchase)
+            for bucket in dropped:
+                key = bucket_key(state.seller_id, state.marketplace, bucket)
+                raw = store.get(key)
+                if raw is not None:
+                    for order_id in ledger.decode_bucket(raw):
+                        order = order_key(state.seller_id, state.marketplace, order_id)
+                        if order in index:
+                            del index[order]
+                    del store[key]
+                deleted += 1
+            if dropped and not state.buckets:   # its last bucket gone: a marker keeps it known
+                store[seen_key(state.seller_id, state.marketplace)] = b""
+        return deleted

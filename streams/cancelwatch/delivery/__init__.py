@@ -1,0 +1,1 @@
+"""Delivery of the worker's alerts to Alertmanager (API v2)."""

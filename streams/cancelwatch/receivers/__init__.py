@@ -1,0 +1,1 @@
+"""Receivers of Alertmanager's webhooks: the on-call log and Grafana annotations."""

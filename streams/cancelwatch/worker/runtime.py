@@ -1,0 +1,653 @@
+"""The worker's runtime: apply fetches in groups, commit them, evaluate alerts, answer views.
+
+Everything the agent, the timers and the web views share lives on one
+`Runtime`. It owns the derived state (`state.Book`), the transaction
+(`TableStore`), the firing alerts of the sellers this worker owns, and the
+order of a write: apply (`process`), commit (`commit`: buckets staged, then
+logged and written by `TableStore.commit`), evaluate (`evaluate`: what to
+fire or resolve, the firing set staged with the rest), and only after the
+commit, send (`deliver`).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import dataclasses
+import logging
+import time
+from collections import Counter, defaultdict
+from datetime import datetime, timezone
+from typing import Iterator
+
+import msgspec
+
+from cancelwatch import names
+
+from cancelwatch.core import account_health, alerting, events, policy as policy_module, reconciliation, state as state_module, targets, window
+from cancelwatch.delivery.alertmanager import Alert, AlertSender
+from cancelwatch.worker.metrics import Metrics, ScrapeState, SellerSummary, rate_band
+from cancelwatch.settings import Settings
+from cancelwatch.core.state import Book
+from cancelwatch.worker.ownership import Owners
+from cancelwatch.worker.table_store import TableStore
+
+log = logging.getLogger("cancelwatch.worker")
+
+VERSION = "0.1.0"
+GROUP_RECORDS = 20_000                         # records applied, written and acknowledged together
+GROUP_BUCKETS = 4_000                          # buckets a group holds open (decoded), at most
+SUMMARY_POOL_SIZE = 100_000                    # distinct seller summaries kept for sharing
+REPLAY_QUIET_SECONDS = 5.0                     # a backfill is over once its partition is quiet this long
+
+_libc_trim = None
+_firing_encoder = msgspec.msgpack.Encoder()
+_firing_decoder = msgspec.msgpack.Decoder(list[tuple[str, str, str, float, dict[str, str]]])
+_health_encoder = msgspec.msgpack.Encoder()
+_health_decoder = msgspec.msgpack.Decoder(tuple[float, account_health.MarketplaceHealth])
+HEALTH_ROLE = "account-health"
+KIND_HEADER = "cancelwatch.kind"
+
+
+def release_memory() -> None:
+    """Hand the heap's free pages back to the system (glibc's malloc_trim).
+
+    A fetch of 20,000 events allocates tens of MiB of short-lived objects; once
+    freed they stay in the process unless trimmed."""
+    global _libc_trim
+    if _libc_trim is None:
+        try:
+            _libc_trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _libc_trim = False          # not glibc: nothing to do
+    if _libc_trim:
+        _libc_trim(0)
+
+
+class Summaries:
+    """(seller_id, marketplace) -> SellerSummary of every evaluated seller, read at scrape time
+    (the summary is kept on the seller's state, not in a dict of its own)."""
+
+    def __init__(self, book: Book | None) -> None:
+        self.book = book
+
+    def items(self) -> Iterator[tuple[tuple[str, str], SellerSummary]]:
+        if self.book is None:
+            return iter(())
+        return (((state.seller_id, state.marketplace), state.summary)
+                for state in self.book.states() if state.summary is not None)
+
+
+class Group:
+    """Fetches applied together: their events go into one batch of the book, which is
+    written (each touched bucket once), committed and acknowledged as one."""
+
+    __slots__ = ("pending", "fetches", "records", "clocks", "outcomes", "dead", "reroute")
+
+    def __init__(self, pending) -> None:
+        self.pending = pending
+        self.fetches: list = []                 # consumer.Fetch, records dropped once applied
+        self.records = 0
+        self.clocks: dict[int, float] = {}      # partition -> latest occurred_at
+        self.outcomes: Counter = Counter()      # (topic, outcome) -> events
+        self.dead: list = []                    # (record, BadEvent)
+        self.reroute: list = []                 # (record, seller_id, owner partition)
+
+    def complete(self) -> bool:
+        """Large enough to commit without waiting for more fetches."""
+        return self.records >= GROUP_RECORDS or len(self.pending.buckets) >= GROUP_BUCKETS
+
+
+@dataclasses.dataclass
+class Outbox:
+    """Alert decisions waiting for their commit; sent only if the epoch did not change."""
+
+    epoch: int
+    fire: list = dataclasses.field(default_factory=list)       # alerting.Firing
+    resolve: list = dataclasses.field(default_factory=list)    # alerting.Firing
+
+    def __bool__(self) -> bool:
+        return bool(self.fire or self.resolve)
+
+
+class IndexLoader:
+    """The order index as `Book.load` rebuilds it: collected per partition, written at once."""
+
+    def __init__(self, store: TableStore) -> None:
+        self.store = store
+        self.by_partition: dict[int, list] = defaultdict(list)
+
+    def __setitem__(self, key: bytes, value: bytes) -> None:
+        self.by_partition[self.store.partition_of(key)].append((key, value))
+
+    def write(self) -> int:
+        self.store.write_local_now(self.by_partition)
+        written = sum(map(len, self.by_partition.values()))
+        self.by_partition.clear()
+        return written
+
+
+class Runtime:
+    """Everything the agent, timers and web views share."""
+
+    def __init__(self, settings: Settings, policy: policy_module.Policy) -> None:
+        self.settings = settings
+        self.policy = policy
+        self.metrics = Metrics(VERSION, settings.clock, settings.top_k)
+        self.sender = AlertSender(settings.alertmanager_urls, settings.alert_resend_seconds,
+                                  on_delivery=self._delivered) if settings.alertmanager_urls else None
+        self.book: Book | None = None
+        self.store: TableStore | None = None
+        self.owners = Owners(settings.partitions)
+        self.event_clock = 0.0
+        self.epoch = 0              # +1 at every revocation and rebuild: decisions of an older one are void
+        self.dirty: set = set()     # SellerStates to evaluate
+        self._summary_pool: dict[tuple, SellerSummary] = {}
+        self.alerts: dict[tuple[str, str], dict] = {}   # seller -> {AlertKey: alerting.Firing}
+        self.evaluated_bucket: int | None = None
+        self.last_full_end = 0.0
+        self.last_full_seconds = 0.0
+        self.last_fetch_applied = 0.0   # monotonic time the agent last applied a fetch
+        self.group: Group | None = None
+        self.applied: dict = {}             # TP -> last offset applied and committed here
+        self.produced: dict[int, int] = {}  # reroute partition -> end offset of what this worker sent
+        self.replaying: dict[int, float] = {}   # partition -> when it last applied old events (live mode)
+        self.lag: dict = {}                 # (topic, partition) -> messages not yet applied
+        self.catching_up: set[int] = set()  # owned partitions whose new alerts are held
+        self.targets: dict[tuple[str, str], targets.Target] = {}   # the sellers' own limits
+        self.targets_ready = False          # the targets topic was read to its end once
+        # (seller, marketplace) -> (fetched_at, the latest account-health report's entry)
+        self.health: dict[tuple[str, str], tuple[float, account_health.MarketplaceHealth]] = {}
+        self.role = {
+            settings.orders_topic: names.ORDERS_TOPIC,
+            settings.cancellations_topic: names.CANCELLATIONS_TOPIC,
+            settings.reroute_topic: names.REROUTE_TOPIC,
+            settings.account_health_topic: HEALTH_ROLE,
+        }
+        self.topic_name = {
+            names.ORDERS_TOPIC: settings.orders_topic,
+            names.CANCELLATIONS_TOPIC: settings.cancellations_topic,
+        }
+
+    # -- clock ---------------------------------------------------------------
+    def now(self) -> float:
+        if self.settings.clock == "event":
+            return self.event_clock
+        return time.time()
+
+    def _delivered(self, outcome: str, count: int) -> None:
+        self.metrics.deliveries.labels(outcome).inc(count)
+
+    def partition_of(self, key: bytes) -> int:
+        """The partition a store key lives on: its seller's, or the one an internal key names."""
+        seller_id = state_module.seller_of_key(key)
+        if seller_id is not None:
+            return self.owners[seller_id]
+        partition = state_module.clock_partition(key)
+        if partition is None:
+            raise ValueError(f"store key {key!r} names neither a seller nor a partition")
+        return partition
+
+    # -- ownership changes -----------------------------------------------------
+    def revoked(self) -> None:
+        """Partitions are moving (a rebalance began): stop sending this worker's alerts without
+        resolving them (the new owner takes them over from the durable firing sets), and drop
+        what is staged and not committed (its events were never acknowledged)."""
+        self.epoch += 1
+        if self.sender is not None:
+            self.sender.forget(alert.key for firing in self.alerts.values() for alert in firing.values())
+        self.alerts = {}
+        self.book = None
+        self.group = None
+        self.dirty = set()
+        self.applied = {}
+        self.replaying = {}
+        self.health = {}
+        if self.store is not None:
+            self.store.abandon()
+
+    def rebuild(self) -> Outbox:
+        """Derive totals and firing alerts from the table's active partitions (after every
+        recovery); returns the resolutions owed for alerts of sellers that are gone."""
+        started = time.monotonic()
+        self.epoch += 1
+        index = IndexLoader(self.store)
+        book = Book(self.policy, self.store, self.store.local)
+        clock = 0.0
+        items = []
+        firing: dict[tuple[str, str], dict] = {}
+        health: dict = {}
+        order_kind = ord(state_module.KIND_ORDER)
+        for key, value in self.store.table.items():
+            if key[0] == order_kind:
+                continue            # the order index: rewritten from the buckets below
+            if state_module.clock_partition(key) is not None:
+                clock = max(clock, int(value) / 1_000_000)
+                continue
+            parsed = state_module.parse_key(key)
+            if parsed is not None and parsed.kind == state_module.KIND_HEALTH:
+                health[(parsed.seller_id, parsed.marketplace)] = _health_decoder.decode(value)
+                continue
+            if parsed is not None and parsed.kind == state_module.KIND_ALERTS:
+                firing[(parsed.seller_id, parsed.marketplace)] = alerting.firing_from_identity(
+                    parsed.seller_id, parsed.marketplace, _firing_decoder.decode(value))
+                continue
+            items.append((key, value))
+        orders = book.load(items, index=index)
+        indexed = index.write()
+        del items
+        if self.sender is not None:   # anything this worker still sends that it does not own now
+            owned_now = {alert.key for alerts in firing.values() for alert in alerts.values()}
+            self.sender.forget(key for key in self.sender.firing() if key not in owned_now)
+        self.book = book
+        self.health = health
+        self.event_clock = max(self.event_clock, clock)
+        self.alerts = {}
+        outbox = Outbox(self.epoch)
+        for seller, alerts in firing.items():
+            if book.seller(*seller) is None:     # no state left for it: nothing can still hold
+                outbox.resolve.extend(alerts.values())
+                del self.store[state_module.alerts_key(*seller)]
+            else:
+                # Not re-sent until evaluated on a caught-up view: the previous owner's sends keep
+                # them active in Alertmanager meanwhile, and one that expired during a long outage
+                # is not paged again from partial counts.
+                self.alerts[seller] = alerts
+        self.dirty = set(book.states())
+        self.group = None           # applied to the book just replaced; its fetches are read again
+        self.evaluated_bucket = None
+        log.info("state rebuilt: %d sellers, %d orders (%d indexed), %d sellers with alerts, in %.2fs",
+                 len(book), orders, indexed, len(self.alerts), time.monotonic() - started)
+        return outbox
+
+    # -- applying --------------------------------------------------------------
+    def process(self, records) -> None:
+        """Decode a fetch's records and apply them to the open group (nothing is written yet)."""
+        group = self.group
+        if group is None:
+            group = self.group = Group(self.book.begin())
+        wall = time.time()
+        wall_dt = datetime.fromtimestamp(wall, timezone.utc)
+        applied = []
+        clocks = group.clocks
+        outcome_counts = group.outcomes
+        latencies: dict[str, list[float]] = defaultdict(list)
+        owners = self.owners
+        for message in records:
+            role = self.role[message.topic]
+            if role == HEALTH_ROLE or (role == names.REROUTE_TOPIC and _is_health(message)):
+                self._report(message, role, group, wall_dt)
+                continue
+            try:
+                if role == names.REROUTE_TOPIC:
+                    event = events.decode(message.value, wall_dt)
+                else:
+                    event = events.decode_on(role, message.value, wall_dt)
+            except events.BadEvent as bad:
+                group.dead.append((message, bad))
+                outcome_counts[(message.topic, "dead_letter")] += 1
+                self.metrics.dead_letters.labels(message.topic, bad.kind).inc()
+                continue
+            owner = owners[event.seller_id]
+            if role != names.REROUTE_TOPIC and owner != message.partition:
+                group.reroute.append((message, event.seller_id, owner))
+                outcome_counts[(message.topic, "rerouted")] += 1
+                continue
+            occurred = event.occurred_at.timestamp()
+            if occurred > clocks.get(owner, 0.0):
+                clocks[owner] = occurred
+            topic = self.topic_name[events.TOPIC_OF_TYPE[type(event)]]
+            applied.append((topic, event))
+            latencies[topic].append(wall - occurred)
+        group.records += len(records)
+        for topic, values in latencies.items():
+            self.metrics.observe_latencies(topic, values)
+        if clocks:
+            self.event_clock = max(self.event_clock, max(clocks.values()))
+        self.book.feed(group.pending, applied, self.now())
+
+    def _report(self, message, role: str, group: Group, wall_dt: datetime) -> None:
+        """An account-health report: kept per seller and marketplace (the latest by fetched_at)
+        on the seller's partition, in the same transaction as the group's events."""
+        try:
+            envelope = account_health.decode_envelope(message.value, wall_dt)
+        except account_health.BadReport as bad:
+            group.dead.append((message, bad))
+            group.outcomes[(message.topic, "dead_letter")] += 1
+            self.metrics.dead_letters.labels(message.topic, bad.kind).inc()
+            return
+        owner = self.owners[envelope.seller_id]
+        if role == HEALTH_ROLE and owner != message.partition:
+            group.reroute.append((message, envelope.seller_id, owner))
+            group.outcomes[(message.topic, "rerouted")] += 1
+            return
+        if envelope.skipped:
+            group.outcomes[(message.topic, "skipped_marketplace")] += envelope.skipped
+        fetched = envelope.fetched_epoch
+        for marketplace, entry in envelope.marketplaces.items():
+            key = (envelope.seller_id, marketplace)
+            latest = self.health.get(key)
+            if latest is not None and latest[0] > fetched:
+                continue        # older than the report already seen: changes nothing
+            self.health[key] = (fetched, entry)
+            self.store[state_module.health_key(*key)] = _health_encoder.encode((fetched, entry))
+            self.dirty.add(self.book.known(*key))
+        group.outcomes[(message.topic, "report")] += 1
+
+    def reconciliation_view(self, seller_id: str, marketplace: str) -> dict | None:
+        """Amazon's figures against this worker's counts over the report's own range
+        (contract section 11), recomputed on every request; None without a report."""
+        latest = self.health.get((seller_id, marketplace))
+        if latest is None:
+            return None
+        comparison = self._comparison(seller_id, marketplace, latest[1])
+        return comparison.as_json(seller_id, marketplace, latest[0], latest[1].account_status)
+
+    def _comparison(self, seller_id: str, marketplace: str, entry) -> reconciliation.Comparison:
+        bucket_seconds = self.policy.bucket_seconds
+        rate = entry.cancellation
+        first, last = reconciliation.bucket_range(rate.reporting_from, rate.reporting_to, bucket_seconds)
+        state = self.book.seller(seller_id, marketplace) if self.book is not None else None
+        counts = reconciliation.range_counts(state.buckets if state is not None else {}, first, last)
+        complete = reconciliation.is_complete(first, self.now(), self.policy.retention_seconds, bucket_seconds)
+        return reconciliation.compare(rate, counts, complete, self.policy)
+
+    def drop_stale_group(self, generation: int) -> None:
+        """Forget an open group fetched before a rebalance (`generation` is the consumer's now):
+        nothing of it was written or acknowledged, so faust reads it again from the committed
+        offsets, on whichever worker owns it now."""
+        if self.group is not None and self.group.fetches and self.group.fetches[0].generation != generation:
+            self.group = None
+
+    def commit(self) -> "Group":
+        """Stage the open group's buckets (each once) and count its outcomes; returns the group.
+        The caller commits the store before it acknowledges the group's records."""
+        group, self.group = self.group, None
+        result = self.book.finish(group.pending)
+        outcome_counts = group.outcomes
+        outcome_counts.update(result.outcomes)
+        for marketplace, count in result.new_orders.items():
+            self.metrics.orders.labels(marketplace).inc(count)
+        for (marketplace, reason), count in result.new_faults.items():
+            reason_group = names.REASON_GROUP_OF.get(reason, "other")
+            self.metrics.seller_faults.labels(marketplace, reason_group).inc(count)
+        for (marketplace, cause), count in result.new_excluded.items():
+            self.metrics.excluded.labels(marketplace, cause).inc(count)
+        self.dirty.update(result.touched)
+        if self.settings.clock == "wall":
+            # Events that occurred long ago are history being replayed (a backfill, a producer's
+            # outage), even when the worker keeps up with them: the partition is catching up.
+            oldest_current = time.time() - self.settings.catchup_age_seconds
+            for partition, clock in group.clocks.items():
+                if clock < oldest_current:
+                    self.replaying[partition] = time.monotonic()
+                else:
+                    self.replaying.pop(partition, None)
+        if self.settings.clock == "event":
+            for partition, clock in group.clocks.items():
+                key = state_module.clock_key(partition)
+                stored = self.store.get(key)
+                value = int(clock * 1_000_000)
+                if stored is None or int(stored) < value:
+                    self.store[key] = str(value).encode()
+        for (topic, outcome), count in outcome_counts.items():
+            self.metrics.events.labels(topic, outcome).inc(count)
+        return group
+
+    # -- limits in force ----------------------------------------------------------
+    def seller_windows(self, state, now_bucket: int) -> list[window.WindowTotals]:
+        """The seller's windows under the limits in force: its own target, or the marketplace's."""
+        limits = targets.apply_target(self.policy.windows(state.marketplace),
+                                      self.targets.get((state.seller_id, state.marketplace)))
+        return [window.totals(state.buckets, limit, self.policy, now_bucket) for limit in limits]
+
+    def target_updated(self, update: targets.TargetUpdate) -> None:
+        """A target was set or cleared: the seller is evaluated again at once (its alerts follow)."""
+        targets.apply_update(self.targets, update)
+        state = self.book.seller(*update.key) if self.book is not None else None
+        if state is not None:
+            self.dirty.add(state)
+
+    def targets_read(self) -> None:
+        if not self.targets_ready:
+            log.info("seller targets read: %d in force", len(self.targets))
+            self.targets_ready = True
+
+    # -- catch-up ----------------------------------------------------------------
+    def acknowledged(self, fetches) -> None:
+        """Record the offsets of committed fetches: what this worker's state includes."""
+        applied = self.applied
+        for fetch in fetches:
+            for tp, offsets in fetch.offsets.items():
+                if offsets and offsets[-1] > applied.get(tp, -1):
+                    applied[tp] = offsets[-1]
+
+    def rerouted(self, deliveries) -> None:
+        """Record where the events this worker rerouted landed: the reroute partitions hold at
+        least that much, before any fetch reports their new high watermark."""
+        produced = self.produced
+        for metadata in deliveries:
+            if metadata.offset + 1 > produced.get(metadata.partition, 0):
+                produced[metadata.partition] = metadata.offset + 1
+
+    def refresh_catch_up(self, consumer) -> None:
+        """Which owned partitions are catching up, from the offsets applied and committed here to
+        the high watermarks (`self.lag` per source partition, also exported as a metric).
+
+        A seller's events can wait on any partition of the source topics (a producer that keys
+        by something else: they are rerouted once read), so while any source partition this
+        worker reads is more than CANCELWATCH_CATCHUP_LAG behind, or its high watermark is not
+        known yet, every owned partition is catching up; so is a partition whose own reroute
+        partition is that far behind. A partition that is catching up stays so until it has
+        applied everything known (lag 0 on every source partition and on its reroute
+        partition): the last messages of a backlog can still move a seller across a level.
+        When one catches up, every seller is evaluated again at once, so what the caught-up
+        state warrants (firing or resolving) goes out."""
+        if consumer is None:
+            return
+        lag: dict[tuple[str, int], int] = {}
+        owned: set[int] = set()
+        sources = 0                 # the largest lag of a source partition (inf: unknown)
+        reroute_lag: dict[int, float] = {}
+        reroute = self.settings.reroute_topic
+        try:
+            for tp in consumer.assignment():
+                if tp.topic not in self.role:
+                    continue
+                owned.add(tp.partition)
+                highwater = consumer.highwater(tp)
+                if tp.topic == reroute and tp.partition in self.produced:
+                    highwater = max(highwater or 0, self.produced[tp.partition])
+                done = self.applied.get(tp)
+                if done is None:
+                    committed = consumer._committed_offset.get(tp)
+                    done = committed - 1 if committed is not None else -1
+                if highwater is None:
+                    messages = float("inf")
+                else:
+                    messages = lag[(tp.topic, tp.partition)] = max(0, highwater - (done + 1))
+                if tp.topic == reroute:
+                    reroute_lag[tp.partition] = messages
+                else:
+                    sources = max(sources, messages)
+        except Exception as error:  # the consumer may be mid-rebalance: keep the last view
+            log.debug("lag unavailable: %r", error)
+            return
+        self.lag = lag
+        quiet_since = time.monotonic() - REPLAY_QUIET_SECONDS
+        for partition in [p for p, last in self.replaying.items() if last < quiet_since]:
+            del self.replaying[partition]
+        threshold = self.settings.catchup_lag
+        if sources > threshold or self.replaying or not self.targets_ready:
+            behind = set(owned)
+        else:
+            behind = {p for p in owned if reroute_lag.get(p, float("inf")) > threshold}
+            behind |= {p for p in self.catching_up & owned if sources or reroute_lag.get(p, float("inf"))}
+            if behind and self.settings.clock == "event":
+                behind = set(owned)     # one event clock for all: a partition behind still moves it
+        caught_up = self.catching_up - behind
+        if caught_up and self.book is not None:
+            log.info("partitions %s caught up: evaluating their sellers", sorted(caught_up))
+            self.dirty = set(self.book.states())
+        self.catching_up = behind
+
+    # -- alerts ----------------------------------------------------------------
+    def dashboard_url(self, seller_id: str, marketplace: str) -> str:
+        return (f"{self.settings.grafana_url}/d/{names.DASHBOARD_UIDS['seller']}"
+                f"?var-seller_id={seller_id}&var-marketplace={marketplace}")
+
+    def _shared_summary(self, status: str, band: str, windows: tuple) -> SellerSummary:
+        """One SellerSummary object per distinct summary: most sellers share theirs with others."""
+        signature = (status, band, windows)
+        summary = self._summary_pool.get(signature)
+        if summary is None:
+            if len(self._summary_pool) >= SUMMARY_POOL_SIZE:
+                self._summary_pool.clear()
+            summary = self._summary_pool[signature] = SellerSummary(status, band, windows)
+        return summary
+
+    def _hours_to_breach(self, state, totals: window.WindowTotals, now_bucket: int) -> int | None:
+        """0 when breached; the forecast's hours when projected to breach (the same projection
+        SellerCancelRateForecastBreach uses); None otherwise, or without a seller-fault cancel."""
+        if totals.breached:
+            return 0
+        if not totals.cancelled:
+            return None
+        projection = window.forecast_breach(state.buckets, totals.window, self.policy, now_bucket)
+        return None if projection is None else projection.hours_ahead
+
+    def evaluate(self) -> Outbox:
+        """Re-evaluate dirty sellers, or all of them when the clock entered a new bucket. The
+        firing sets that changed are staged in the store; the caller commits the store, then
+        hands the outbox to `deliver`."""
+        outbox = Outbox(self.epoch)
+        if self.book is None:
+            return outbox
+        now = self.now()
+        now_bucket = window.bucket_of(now, self.policy.bucket_seconds)
+        full = False
+        if now_bucket != self.evaluated_bucket:
+            # A new bucket moves every seller's windows. A full pass is cheap with few
+            # sellers and seconds with hundreds of thousands; during a fast replay the
+            # clock crosses buckets constantly, so full passes are spaced to take at
+            # most a tenth of the time (touched sellers are still evaluated at once).
+            waited = time.monotonic() - self.last_full_end
+            if waited >= 10 * self.last_full_seconds:
+                self.evaluated_bucket = now_bucket
+                self.dirty = set(self.book.states())
+                full = True
+        if not self.dirty:
+            return outbox
+        started = time.monotonic()
+        dirty, self.dirty = self.dirty, set()
+        for state in dirty:
+            key = (state.seller_id, state.marketplace)
+            windows = self.seller_windows(state, now_bucket)
+            first = windows[0]
+            state.summary = self._shared_summary(
+                max((w.status for w in windows), key=names.STATUSES.index),
+                rate_band(first.orders, first.cancelled),
+                tuple((w.window.days, w.orders, w.cancelled, w.window.limit_bps, w.window.warning_bps,
+                       self._hours_to_breach(state, w, now_bucket)) for w in windows),
+            )
+            previous = self.alerts.get(key, {})
+            report = self.health.get(key)
+            if (not previous and report is None and not any(w.cancelled for w in windows)
+                    and not _listing_faults(state)):
+                continue  # no seller-fault cancel anywhere and no report: no alert can fire
+            wanted = alerting.desired(state, self.policy, now, self.dashboard_url(*key), self.targets.get(key))
+            if report is not None:
+                entry = report[1]
+                wanted.update(reconciliation.wanted_alerts(
+                    state.seller_id, state.marketplace, self._comparison(*key, entry), entry.account_status,
+                    self.dashboard_url(*key), health_rating=entry.health_rating))
+            if not wanted and not previous:
+                continue
+            decision = alerting.decide(previous, wanted, time.time(),
+                                       hold=self.owners[state.seller_id] in self.catching_up)
+            if decision.changed:
+                store_key = state_module.alerts_key(*key)
+                if decision.firing:
+                    self.store[store_key] = _firing_encoder.encode(alerting.firing_identity(decision.firing))
+                elif store_key in self.store:
+                    del self.store[store_key]
+            outbox.fire.extend(decision.fire)
+            outbox.resolve.extend(decision.resolve)
+            if decision.firing:
+                self.alerts[key] = decision.firing
+            else:
+                self.alerts.pop(key, None)
+        if full:
+            self.last_full_end = time.monotonic()
+            self.last_full_seconds = self.last_full_end - started
+        return outbox
+
+    def deliver(self, outbox: Outbox) -> None:
+        """Send the decisions of a committed evaluation (dropped if ownership moved meanwhile)."""
+        if self.sender is None or not outbox or outbox.epoch != self.epoch:
+            return
+        for firing in outbox.fire:
+            self.sender.fire(_alert(firing))
+        for firing in outbox.resolve:
+            self.sender.resolve(firing.labels, _alert(firing))
+
+    def expire(self) -> None:
+        if self.book is not None:
+            deleted = self.book.expire(self.now())
+            if deleted:
+                log.info("expired %d order buckets past retention", deleted)
+
+    # -- views -----------------------------------------------------------------
+    def seller_view(self, seller_id: str, marketplace: str, extra_cancels: int = 0) -> dict | None:
+        state = self.book.seller(seller_id, marketplace) if self.book else None
+        if state is None:
+            return None
+        now = self.now()
+        now_bucket = window.bucket_of(now, self.policy.bucket_seconds)
+        windows = self.seller_windows(state, now_bucket)
+        if extra_cancels:
+            windows = [w.with_more_cancels(extra_cancels) for w in windows]
+        view = window.seller_json(seller_id, marketplace, windows, now)
+        view["target"] = targets.target_json(self.targets.get((seller_id, marketplace)))
+        view["catching_up"] = self.owners[seller_id] in self.catching_up
+        return view
+
+    def at_risk(self, marketplace: str, limit: int) -> list[dict]:
+        if self.book is None:
+            return []
+        now = self.now()
+        now_bucket = window.bucket_of(now, self.policy.bucket_seconds)
+        ranked = []
+        for state in self.book.in_marketplace(marketplace):
+            windows = self.seller_windows(state, now_bucket)
+            if not window.at_risk(windows):
+                continue
+            ranked.append((window.risk_key_of_totals(windows) + (state.seller_id,), state.seller_id, windows))
+        ranked.sort(key=lambda item: item[0])
+        return [window.seller_json(seller_id, marketplace, windows, now)
+                for _, seller_id, windows in ranked[:limit]]
+
+    def scrape_state(self, consumer) -> ScrapeState:
+        self.refresh_catch_up(consumer)
+        # one key per seller and marketplace, and one per bucket holding orders
+        keys = (len(self.book) + sum(len(state.buckets) for state in self.book.states())
+                if self.book is not None else 0)
+        alerts = [(a.labels[names.LABEL_ALERTNAME], a.labels[names.LABEL_SEVERITY])
+                  for per_seller in self.alerts.values() for a in per_seller.values()]
+        owned = {partition for _, partition in self.lag}
+        return ScrapeState(Summaries(self.book), dict(self.lag), {"order-buckets": keys}, alerts,
+                           self.sender.pending() if self.sender else 0, self.now(),
+                           {partition: partition in self.catching_up for partition in owned})
+
+
+def _alert(firing: alerting.Firing) -> Alert:
+    return Alert(firing.labels, firing.annotations, datetime.fromtimestamp(firing.starts_at, timezone.utc))
+
+
+def _is_health(message) -> bool:
+    """A rerouted account-health report (the reroute topic also carries events)."""
+    return any(key == KIND_HEADER and value == HEALTH_ROLE.encode() for key, value in message.headers or ())
+
+
+def _listing_faults(state) -> bool:
+    return bool(state.listing) and any(entry[2] for latest in state.listing.values() for entry in latest)

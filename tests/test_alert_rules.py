@@ -27,7 +27,7 @@ import requests
 import yaml
 
 from cancelwatch import names
-from tests.test_alertmanager import LocalAlertmanager, free_port
+from tests.delivery.test_alertmanager import LocalAlertmanager, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 ALERTS = ROOT / "alerts"

@@ -19,8 +19,8 @@ from cancelwatch import names
 
 from cancelwatch.core import events
 from cancelwatch.tools.scenarios import Simulation
-from tests.test_alertmanager import LocalAlertmanager
-from tests.test_alerting_e2e import wait_for
+from tests.delivery.test_alertmanager import LocalAlertmanager
+from tests.delivery.test_alerting_e2e import wait_for
 from tests.workers import Topics, WorkerProcess
 
 pytestmark = pytest.mark.stack

@@ -24,7 +24,7 @@ from cancelwatch import settings as settings_module
 
 from cancelwatch.core import events
 from cancelwatch.tools.producer import EventProducer, ensure_topics
-from tests.test_worker import expected_answers, simulated_stream, strip_listing, wait_for_answers
+from tests.worker.test_worker import expected_answers, simulated_stream, strip_listing, wait_for_answers
 from tests.workers import ROOT, Topics, WorkerProcess, free_port
 
 pytestmark = pytest.mark.stack

@@ -2,7 +2,7 @@
 
 The views (`streams/cancelwatch/worker/web.py`) take a runtime and an `Ownership`; here
 both are small in-memory stand-ins (the real ones need a faust app and a
-broker, which tests/test_worker.py and tests/test_scaleout.py run), and
+broker, which tests/worker/test_worker.py and tests/test_scaleout.py run), and
 forwarding to another worker is a function that records where it was sent.
 """
 

@@ -30,7 +30,7 @@ from kafka import KafkaProducer
 from cancelwatch import names
 
 from cancelwatch.core import events
-from tests.test_alertmanager import LocalAlertmanager
+from tests.delivery.test_alertmanager import LocalAlertmanager
 from tests.workers import CANCELWATCH, ROOT, Topics, WorkerProcess, free_port
 
 pytestmark = pytest.mark.stack

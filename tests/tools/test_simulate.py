@@ -19,7 +19,7 @@ from cancelwatch.core import events, policy
 
 from cancelwatch.tools import scenarios, simulate
 from tests import oracle
-from tests.test_producer import read_all, stack_env  # noqa: F401 (fixture)
+from tests.tools.test_producer import read_all, stack_env  # noqa: F401 (fixture)
 
 END = datetime(2026, 11, 20, 12, 0, tzinfo=timezone.utc)
 START = END - timedelta(days=8)

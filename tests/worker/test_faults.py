@@ -34,7 +34,7 @@ import requests
 
 from cancelwatch import names
 from tests import faults_table
-from tests.test_worker import expected_answers, publish, simulated_stream, strip_listing, wait_for_answers
+from tests.worker.test_worker import expected_answers, publish, simulated_stream, strip_listing, wait_for_answers
 from tests.workers import ROOT, Topics, WorkerProcess, free_port
 
 pytestmark = pytest.mark.stack

@@ -14,8 +14,8 @@ from cancelwatch import settings
 from cancelwatch.core import events
 
 from cancelwatch.tools import import_orders
-from tests.test_amazon_orders import EXAMPLE, EXAMPLE_EVENTS, item, order
-from tests.test_producer import read_all, stack_env  # noqa: F401 (fixture)
+from tests.core.test_amazon_orders import EXAMPLE, EXAMPLE_EVENTS, item, order
+from tests.tools.test_producer import read_all, stack_env  # noqa: F401 (fixture)
 from tests.workers import Topics, WorkerProcess
 
 pytestmark = pytest.mark.stack

@@ -11,7 +11,7 @@ from cancelwatch.core import events
 
 from cancelwatch.tools import schema_cli
 
-SCHEMA_FILE = Path(__file__).resolve().parent.parent / "docs" / "events.schema.json"
+SCHEMA_FILE = Path(__file__).resolve().parents[2] / "docs" / "events.schema.json"
 
 
 def test_committed_schema_matches_the_event_definitions():

@@ -183,5 +183,5 @@ def test_alertmanager_delivers_to_the_running_receiver(alertmanager_url, oncall_
         requests.post(alertmanager_url + "/api/v2/alerts", json=[ended], timeout=5)
     assert received, f"Alertmanager did not deliver {seller}'s alert to {oncall_url} within 60s"
     assert received[0]["alerts"][0]["labels"] == labels
-    stack_dir = Path(os.environ.get("STACK_DIR", Path(__file__).resolve().parent.parent / ".stack"))
+    stack_dir = Path(os.environ.get("STACK_DIR", Path(__file__).resolve().parents[2] / ".stack"))
     assert seller in (stack_dir / "oncall" / "notifications.jsonl").read_text()

@@ -25,11 +25,11 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from cancelwatch import names
-from tests.test_alerting_e2e import (ALERTMANAGER_CONFIG, PROJECT_WEBHOOK, Oncall, Seller, _warning_group_wait,
+from tests.delivery.test_alerting_e2e import (ALERTMANAGER_CONFIG, PROJECT_WEBHOOK, Oncall, Seller, _warning_group_wait,
                                      wait_for)
-from tests.test_alertmanager import LocalAlertmanager
-from tests.test_faults import settled_answers
-from tests.test_worker import expected_answers, publish, simulated_stream, strip_listing
+from tests.delivery.test_alertmanager import LocalAlertmanager
+from tests.worker.test_faults import settled_answers
+from tests.worker.test_worker import expected_answers, publish, simulated_stream, strip_listing
 from tests.workers import Topics, WorkerProcess
 
 pytestmark = pytest.mark.stack

@@ -66,7 +66,7 @@ def test_hours_to_breach_is_the_forecast_the_alert_uses_and_limits_are_those_in_
     from cancelwatch.core import alerting, policy as policy_module, window as window_module
     from cancelwatch.core.state import BucketTotals, SellerState
 
-    policy = policy_module.load(Path(__file__).resolve().parent.parent / "streams" / "cancelwatch" / "core" / "policy.yaml")
+    policy = policy_module.load(Path(__file__).resolve().parents[2] / "streams" / "cancelwatch" / "core" / "policy.yaml")
     [seven] = policy.windows("US")
     now_bucket = 500_000
     state = SellerState("CLIMB", "US")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from cancelwatch.core import policy as policy_module, window
 
-POLICY = policy_module.load(Path(__file__).resolve().parent.parent / "streams" / "cancelwatch" / "core" / "policy.yaml")
+POLICY = policy_module.load(Path(__file__).resolve().parents[2] / "streams" / "cancelwatch" / "core" / "policy.yaml")
 
 
 def ranked(sellers: dict[str, list[tuple[int, int, int]]]) -> list[str]:

@@ -14,8 +14,8 @@ import pytest
 from kafka import KafkaConsumer, KafkaProducer
 
 from cancelwatch import names
-from tests.test_alerting_e2e import Seller, wait_for
-from tests.test_catchup import Receiver
+from tests.delivery.test_alerting_e2e import Seller, wait_for
+from tests.worker.test_catchup import Receiver
 from tests.workers import CANCELWATCH, ROOT, Topics
 
 pytestmark = pytest.mark.stack

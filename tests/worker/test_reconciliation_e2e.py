@@ -11,9 +11,9 @@ import pytest
 from kafka import KafkaProducer
 
 from cancelwatch import names
-from tests.test_alerting_e2e import Seller, wait_for
-from tests.test_catchup import Receiver
-from tests.test_targets_e2e import send
+from tests.delivery.test_alerting_e2e import Seller, wait_for
+from tests.worker.test_catchup import Receiver
+from tests.worker.test_targets_e2e import send
 from tests.workers import Topics
 
 pytestmark = pytest.mark.stack

@@ -14,7 +14,7 @@ from cancelwatch.core import events
 
 from cancelwatch.tools import publish, scenarios
 from cancelwatch.tools.producer import ensure_topics
-from tests.test_producer import read_all, stack_env  # noqa: F401 (fixture)
+from tests.tools.test_producer import read_all, stack_env  # noqa: F401 (fixture)
 
 NOW = datetime.now(timezone.utc).replace(microsecond=0)
 

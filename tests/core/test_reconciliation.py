@@ -17,7 +17,7 @@ from cancelwatch.core import alerting, policy as policy_module, reconciliation, 
 from cancelwatch.core.account_health import CancellationRate
 from cancelwatch.core.reconciliation import RangeCounts
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 POLICY = policy_module.load(ROOT / "streams" / "cancelwatch" / "core" / "policy.yaml")
 HOUR = 3600
 

@@ -9,7 +9,7 @@ import pytest
 
 from cancelwatch import cli
 
-COMMANDS_DOC = Path(__file__).resolve().parent.parent / "docs" / "commands.md"
+COMMANDS_DOC = Path(__file__).resolve().parents[2] / "docs" / "commands.md"
 # Commands whose options this test reads from their --help.
 OPTION_CHECKED = ("publish", "schema", "simulate", "seller", "top", "import-orders", "target")
 

@@ -378,6 +378,8 @@ BAD_POLICIES = {
                          "{days: 7, limit_bps: 25000, warning_bps: 200}", "limit_bps"),
     "warning above limit": ("{days: 7, limit_bps: 250, warning_bps: 200}",
                             "{days: 7, limit_bps: 250, warning_bps: 300}", "warning_bps"),
+    "warning at the limit": ("{days: 7, limit_bps: 250, warning_bps: 200}",
+                             "{days: 7, limit_bps: 250, warning_bps: 250}", "warning_bps"),
     "unknown marketplace": ("  IN:", "  XX:", "XX"),
     "unknown reason": ("reason: ShipmentNotConfirmed}", "reason: LateShipment}", "LateShipment"),
     "unknown initiator": ("- {initiator: seller}", "- {initiator: robot}", "robot"),

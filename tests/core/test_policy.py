@@ -113,10 +113,10 @@ BAD_POLICIES = {
                                                                     "forecast_horizon_hours: 30"),
         "forecast_horizon_hours", "forecast_horizon_hours must be a whole number of buckets"),
     "a warning level above the limit": (
-        edited("warning_bps: 200}", "warning_bps: 300}"), "warning_bps", "warning_bps 300 is above limit_bps 250"),
+        edited("warning_bps: 200}", "warning_bps: 300}"), "warning_bps", "warning_bps 300 is not below limit_bps 250"),
     "a warning level above the limit in a marketplace's window": (
         MINIMAL + "marketplaces:\n  IN:\n    windows:\n      - {days: 30, limit_bps: 200, warning_bps: 201}\n",
-        "warning_bps: 201", "warning_bps 201 is above limit_bps 200"),
+        "warning_bps: 201", "warning_bps 201 is not below limit_bps 200"),
     "a limit of zero": (edited("limit_bps: 250", "limit_bps: 0"), "limit_bps", "within 1..10000, got 0"),
     "a limit above 100%": (edited("limit_bps: 250", "limit_bps: 10001"), "limit_bps", "within 1..10000"),
     "a window of zero days": (edited("days: 7", "days: 0"), "days: 0", "days must be within 1..366"),
@@ -214,7 +214,7 @@ def test_the_edits_above_break_nothing_but_what_they_name():
 def test_a_bad_policy_file_is_named_in_the_refusal(tmp_path):
     path = tmp_path / "policy.yaml"
     path.write_text(edited("warning_bps: 200}", "warning_bps: 300}"))
-    with pytest.raises(policy_module.PolicyError, match=f"^{path} line 5: warning_bps 300 is above limit_bps 250$"):
+    with pytest.raises(policy_module.PolicyError, match=f"^{path} line 5: warning_bps 300 is not below limit_bps 250: the warning level must come before the limit$"):
         policy_module.load(path)
 
 

@@ -201,8 +201,9 @@ class _Reader:
             days = self.integer(entry["days"], "days", 1, 366)
             limit = self.integer(entry["limit_bps"], "limit_bps (basis points, 250 = 2.5%)", 1, 10000)
             warning = self.integer(entry["warning_bps"], "warning_bps (basis points)", 1, 10000)
-            if warning > limit:
-                raise self.fail(entry["warning_bps"], f"warning_bps {warning} is above limit_bps {limit}")
+            if warning >= limit:
+                raise self.fail(entry["warning_bps"], f"warning_bps {warning} is not below limit_bps {limit}: "
+                                                      "the warning level must come before the limit")
             if days * 86400 % bucket_seconds:
                 raise self.fail(entry["days"], f"a {days}-day window is not a whole number of buckets")
             if any(w.days == days for w in windows):

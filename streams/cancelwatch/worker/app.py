@@ -136,6 +136,17 @@ async def _json_errors(request, handler):
                                          status=error.status)
 
 
+def _dead_letter_headers(record, bad) -> list[tuple[str, bytes]]:
+    """The dead-letter topic's headers: why, and where the original message was."""
+    return [
+        (HEADER_PREFIX + "error.kind", bad.kind.encode()),
+        (HEADER_PREFIX + "error.reason", bad.reason.encode()),
+        (HEADER_PREFIX + "source.topic", record.topic.encode()),
+        (HEADER_PREFIX + "source.partition", str(record.partition).encode()),
+        (HEADER_PREFIX + "source.offset", str(record.offset).encode()),
+    ]
+
+
 def _web_request(request, params: dict) -> web.Request:
     return web.Request(request.rel_url.raw_path, dict(request.query), params,
                        forwarded=web.FORWARDED_HEADER in request.headers)
@@ -279,15 +290,8 @@ def build_app(settings: Settings, policy: policy_module.Policy) -> tuple[faust.A
         group = runtime.commit()
         sends, rerouted = [], []
         for message, bad in group.dead:
-            headers = [
-                (HEADER_PREFIX + "error.kind", bad.kind.encode()),
-                (HEADER_PREFIX + "error.reason", bad.reason.encode()),
-                (HEADER_PREFIX + "source.topic", message.topic.encode()),
-                (HEADER_PREFIX + "source.partition", str(message.partition).encode()),
-                (HEADER_PREFIX + "source.offset", str(message.offset).encode()),
-            ]
             sends.append(await dead_letter_topic.send(key=message.key, value=message.value or b"",
-                                                      headers=headers))
+                                                      headers=_dead_letter_headers(message, bad)))
         for message, seller_id, owner in group.reroute:
             headers = [
                 (KIND_HEADER, HEALTH_ROLE.encode() if message.topic == settings.account_health_topic else b"event"),
@@ -317,15 +321,9 @@ def build_app(settings: Settings, policy: policy_module.Policy) -> tuple[faust.A
         runtime.last_fetch_applied = time.monotonic()
 
     def dead_letter(record, bad) -> None:
-        headers = [
-            (HEADER_PREFIX + "error.kind", bad.kind.encode()),
-            (HEADER_PREFIX + "error.reason", bad.reason.encode()),
-            (HEADER_PREFIX + "source.topic", record.topic.encode()),
-            (HEADER_PREFIX + "source.partition", str(record.partition).encode()),
-            (HEADER_PREFIX + "source.offset", str(record.offset).encode()),
-        ]
         runtime.metrics.dead_letters.labels(record.topic, bad.kind).inc()
-        app.add_future(dead_letter_topic.send(key=record.key, value=record.value or b"", headers=headers))
+        app.add_future(dead_letter_topic.send(key=record.key, value=record.value or b"",
+                                              headers=_dead_letter_headers(record, bad)))
 
     @app.task
     async def read_targets() -> None:

@@ -85,8 +85,7 @@ class Api:
         """None when this worker answers for the seller; else the answer to give instead: a 400,
         a 503 while no worker can answer, or the owner's answer (forwarded)."""
         if marketplace not in names.MARKETPLACES:
-            return _now(error(400, f"marketplace must be one of {' '.join(names.MARKETPLACES)}, "
-                                   f"got {marketplace!r}"))
+            return _now(_bad_marketplace(marketplace))
         if not 1 <= len(seller_id) <= 64:
             return _now(error(400, "seller_id must be 1..64 characters"))
         owner = self.ownership.of_seller(seller_id)
@@ -127,7 +126,7 @@ class Api:
     async def at_risk(self, request: Request) -> Reply:
         marketplace = request.query.get("marketplace", "")
         if marketplace not in names.MARKETPLACES:
-            return error(400, f"marketplace must be one of {' '.join(names.MARKETPLACES)}, got {marketplace!r}")
+            return _bad_marketplace(marketplace)
         raw = request.query.get("limit", "20")
         try:
             limit = int(raw)
@@ -155,6 +154,10 @@ class Api:
         merged = ranked + [view for reply in replies for view in reply.body]
         merged.sort(key=window.risk_key_of_json)
         return Reply(200, merged[:limit])
+
+
+def _bad_marketplace(marketplace: str) -> Reply:
+    return error(400, f"marketplace must be one of {' '.join(names.MARKETPLACES)}, got {marketplace!r}")
 
 
 async def _now(reply: Reply) -> Reply:

@@ -41,7 +41,8 @@ from tests import faults_table
 from tests.delivery.test_alerting_e2e import Seller, wait_for
 from tests.delivery.test_alertmanager import alertmanager  # noqa: F401 - the fixture: an Alertmanager of the test's own
 from tests.worker.test_faults import assert_exact, takeover_statuses
-from tests.worker.test_worker import expected_answers, publish, simulated_stream, strip_listing
+from tests.worker.test_worker import (expected_answers, publish, simulated_stream, strip_listing,
+                                     worker_answers)
 from tests.workers import Topics, WorkerProcess
 
 pytestmark = pytest.mark.stack
@@ -122,14 +123,18 @@ def owned_partitions(worker: WorkerProcess, topic: str) -> set[int]:
 
 
 def exact(worker: WorkerProcess, expected: dict, timeout: float) -> tuple[int, int]:
-    """assert_exact, naming the partitions the worker has not read to the end when it fails."""
+    """assert_exact, showing what differs and the partitions not read to the end when it fails."""
     try:
         return assert_exact(worker, expected, timeout)
     except AssertionError as wrong:
         if worker.process.poll() is not None:
             raise
+        answers = worker_answers(worker, expected)
+        differing = [f"{key}: oracle {expected[key]}, worker {answers[key]}"
+                     for key in sorted(expected) if answers[key] != expected[key]][:2]
         unread = {key: lag for key, lag in consumer_lag(worker).items() if lag}
-        raise AssertionError(f"{wrong}\nrecords not applied, per partition: {unread}") from None
+        raise AssertionError(f"{wrong}\n" + "\n".join(differing)
+                             + f"\nrecords not applied, per partition: {unread}") from None
 
 
 def spread_over(workers: list[WorkerProcess], topics: Topics, partitions: int) -> list[set[int]]:
@@ -344,9 +349,6 @@ def test_a_worker_stopped_hard_at_a_commit_gap_is_exact_after_takeover_restart_a
     second = fleet(topics, "second")
     second.wait_ready()
     statuses = takeover_statuses(second, replay.expected, timeout=60)
-    assert statuses.get(404, 0) == 0, (
-        f"sellers whose events are on Kafka were answered 404 (never seen) during the takeover: {dict(statuses)}\n"
-        + second.tail())
     figures = [exact(second, replay.expected, timeout=60)]
     second.stop()
     # (a) the first restarts on the data dir the crash left
@@ -359,6 +361,9 @@ def test_a_worker_stopped_hard_at_a_commit_gap_is_exact_after_takeover_restart_a
     empty.wait_ready()
     figures.append(exact(empty, replay.expected, timeout=60))
     assert empty.metric("cancelwatch_dead_letters_total") == 0
+    assert statuses.get(404, 0) == 0, (
+        f"sellers whose events are on Kafka were answered 404 (never seen) during the takeover: {dict(statuses)}; "
+        f"log {second.log_path}")
     faults_table.record_fault(
         f"failpoint-{failpoint}",
         fault=f"worker stopped hard (exit {FAILPOINT_EXIT_CODE}) at fail point `{failpoint}` of its "

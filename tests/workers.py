@@ -33,6 +33,8 @@ class Topics:
         self.cancellations = f"{tag}-cancellations"
         self.reroute = f"{tag}-reroute"
         self.dead_letters = f"{tag}-dlq"
+        self.account_health = f"{tag}-account-health"
+        self.targets = f"{tag}-targets"
 
     def env(self) -> dict[str, str]:
         return {
@@ -41,6 +43,8 @@ class Topics:
             "CANCELWATCH_CANCELLATIONS_TOPIC": self.cancellations,
             "CANCELWATCH_REROUTE_TOPIC": self.reroute,
             "CANCELWATCH_DEAD_LETTER_TOPIC": self.dead_letters,
+            "CANCELWATCH_ACCOUNT_HEALTH_TOPIC": self.account_health,
+            "CANCELWATCH_TARGETS_TOPIC": self.targets,
         }
 
 

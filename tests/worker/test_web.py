@@ -32,9 +32,11 @@ class RecordingQuery(dict):
 
 
 class FakeRuntime:
-    def __init__(self, sellers: dict[tuple[str, str], dict], loaded: bool = True) -> None:
+    def __init__(self, sellers: dict[tuple[str, str], dict], loaded: bool = True,
+                 catching_up: set[int] = frozenset()) -> None:
         self.sellers = sellers
         self.book = object() if loaded else None
+        self.catching_up = set(catching_up)
 
     def seller_view(self, seller_id, marketplace, extra=0):
         view = self.sellers.get((seller_id, marketplace))
@@ -115,6 +117,13 @@ def test_the_owner_answers_from_its_state_and_404_only_for_a_seller_it_owns_and_
         unseen += "x"
     answer = run(ask(api, "seller", seller_id=unseen, marketplace="US"))
     assert answer.status == 404 and "never been seen" in answer.body["error"]
+
+
+def test_a_seller_not_read_yet_while_its_partition_catches_up_is_503_not_404():
+    seller = seller_on(0)
+    api = web.Api(FakeRuntime({}, catching_up={0}), ownership({0: ME}), Forwarder())
+    answer = run(ask(api, "seller", seller_id=seller, marketplace="US"))
+    assert answer.status == 503 and "catching up" in answer.body["error"]
 
 
 def test_a_worker_without_partitions_forwards_every_seller_to_its_owner():

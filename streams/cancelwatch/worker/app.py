@@ -268,8 +268,12 @@ def build_app(settings: Settings, policy: policy_module.Policy) -> tuple[faust.A
                 taking = None
                 generation = app.consumer_generation_id
                 runtime.drop_stale_group(generation)
-                if fetch.generation != generation or runtime.book is None:
+                if fetch.generation != generation:
                     continue   # fetched before a rebalance: read again from the committed offsets
+                if runtime.book is None:
+                    # Records of the new assignment can come before faust's recovery callback:
+                    # they are applied to state rebuilt now, never skipped (their offsets are read).
+                    await committed(runtime.rebuild())
                 runtime.process(fetch.records)
                 fetch.records = None     # applied: only the offsets are kept, to acknowledge them
                 runtime.group.fetches.append(fetch)

@@ -107,6 +107,9 @@ class Api:
         if refused is not None:
             return await refused
         view = self.runtime.seller_view(seller_id, marketplace, extra)
+        if view is None and self.ownership.of_seller(seller_id).partition in self.runtime.catching_up:
+            return error(503, "this seller's partition is catching up on a backlog and has not read it yet; "
+                              "retry shortly")
         if view is None:
             return error(404, f"seller {seller_id} has never been seen in {marketplace}")
         return Reply(200, view)

@@ -241,6 +241,9 @@ def build_app(settings: Settings, policy: policy_module.Policy) -> tuple[faust.A
 
     @table.on_recover
     async def _recovered() -> None:
+        # A group applied meanwhile (records can come before this callback) is committed first:
+        # rebuilding drops the open group, and its records have been read already.
+        await commit_group()
         await committed(runtime.rebuild())
 
     app.transport.Consumer = BatchingConsumer.for_topics(

@@ -144,7 +144,8 @@ METRICS = {
     ),
     "cancelwatch_processing_latency_seconds": (
         "histogram", ("topic",),
-        "Time from an event's occurred_at to the worker having applied it.",
+        "Time from an event's occurred_at to the worker having applied it, for current events "
+        "(replayed history, older than CANCELWATCH_CATCHUP_AGE_SECONDS, is not processing delay).",
     ),
     "cancelwatch_consumer_lag_messages": (
         "gauge", ("topic", "partition"),

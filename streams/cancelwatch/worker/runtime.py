@@ -273,6 +273,7 @@ class Runtime:
         outcome_counts = group.outcomes
         latencies: dict[str, list[float]] = defaultdict(list)
         owners = self.owners
+        replay_age = self.settings.catchup_age_seconds
         for message in records:
             role = self.role[message.topic]
             if role == HEALTH_ROLE or (role == names.REROUTE_TOPIC and _is_health(message)):
@@ -298,7 +299,8 @@ class Runtime:
                 clocks[owner] = occurred
             topic = self.topic_name[events.TOPIC_OF_TYPE[type(event)]]
             applied.append((topic, event))
-            latencies[topic].append(wall - occurred)
+            if wall - occurred <= replay_age:
+                latencies[topic].append(wall - occurred)   # replayed history is not processing delay
         group.records += len(records)
         for topic, values in latencies.items():
             self.metrics.observe_latencies(topic, values)

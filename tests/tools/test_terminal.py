@@ -179,3 +179,17 @@ def test_worst_window_prefers_breach_then_the_rate_nearest_the_limit():
     assert terminal.worst_window(ok_windows)["days"] == 7
     assert terminal.dominant_reason({"A": 2, "B": 5}) == "B"
     assert terminal.dominant_reason({}) == "-"
+
+
+def test_top_marks_a_seller_on_its_own_target_and_seller_names_it():
+    from cancelwatch.tools import terminal
+
+    document = {"seller_id": "SFP1", "marketplace": "US", "as_of": "2026-11-20T13:05:00Z",
+                "windows": [{"days": 7, "orders": 200, "cancelled": 2, "rate": 0.01, "limit": 0.005,
+                             "warning_level": 0.004, "headroom": 0, "status": "breach"}],
+                "reasons": {"NoInventory": 2}, "excluded": {},
+                "target": {"source": "seller", "note": "Seller Fulfilled Prime"}}
+    assert "0.50%*" in terminal.render_top([document], {}, [])
+    assert "own target (Seller Fulfilled Prime)" in terminal.render_seller(document)
+    document["target"] = {"source": "marketplace"}
+    assert "0.50%*" not in terminal.render_top([document], {}, [])

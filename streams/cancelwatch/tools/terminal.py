@@ -156,6 +156,9 @@ def render_seller(document: dict) -> str:
     statuses = [window.get("status") for window in document.get("windows", [])]
     overall = min(statuses, key=lambda status: STATUS_ORDER.get(status, 3)) if statuses else "-"
     lines.append(f"status: {str(overall).upper()}")
+    target = document.get("target") or {}
+    if target.get("source") == "seller":
+        lines.append("limits: the seller's own target" + (f" ({target['note']})" if target.get("note") else ""))
     lines.append("")
     for window in document.get("windows", []):
         headroom = window.get("headroom")
@@ -184,6 +187,12 @@ def _short_alert(name: str) -> str:
     return name
 
 
+def _limit(document: dict, window: dict) -> str:
+    """The limit in force; a `*` marks a seller's own target (contract section 10)."""
+    own = (document.get("target") or {}).get("source") == "seller"
+    return percent(window.get("limit")) + ("*" if own else "")
+
+
 def render_top(rows: Iterable[dict], alerts: dict[tuple[str, str], list[str]] | None,
                problems: list[str], width: int = 120, header: str = "") -> str:
     lines = [header] if header else []
@@ -203,7 +212,7 @@ def render_top(rows: Iterable[dict], alerts: dict[tuple[str, str], list[str]] | 
         headroom = window.get("headroom")
         line = (f"{key[0]:<16} {key[1]:<3} "
                 f"{rate_bar(window.get('rate'), window.get('limit', 0.025), window.get('warning_level'))} "
-                f"{percent(window.get('rate')):>7} {percent(window.get('limit')):>6} "
+                f"{percent(window.get('rate')):>7} {_limit(document, window):>6} "
                 f"{window.get('days', '-'):>3} {'-' if headroom is None else headroom:>8} "
                 f"{window.get('status', '-'):<7} {dominant_reason(document.get('reasons')):<33} {active}")
         lines.append(line[:width])

@@ -626,7 +626,8 @@ class Runtime:
                 continue
             ranked.append((window.risk_key_of_totals(windows) + (state.seller_id,), state.seller_id, windows))
         ranked.sort(key=lambda item: item[0])
-        return [window.seller_json(seller_id, marketplace, windows, now)
+        return [{**window.seller_json(seller_id, marketplace, windows, now),
+                 "target": targets.target_json(self.targets.get((seller_id, marketplace)))}
                 for _, seller_id, windows in ranked[:limit]]
 
     def scrape_state(self, consumer) -> ScrapeState:

@@ -110,6 +110,22 @@ class BatchingConsumer(aiokafka_driver.Consumer):
             self._n_acked += acked
             notify(self._waiting_for_ack)
 
+    async def seek_to_committed(self):
+        """faust's seek to the committed offsets, made complete for the batch topics.
+
+        aiokafka seeks only the partitions whose committed offset is above 0; any other keeps
+        its fetch position, which can be past records fetched and dropped: a fetch of a
+        partition paused for recovery, or one given up for a rebalance. faust's commit then
+        takes the first run of acknowledged offsets, so those records would be skipped for
+        good. Such a partition is read again from its beginning (what a group without a
+        committed offset does), and re-applying records changes nothing."""
+        committed = await super().seek_to_committed()
+        fresh = [tp for tp, offset in committed.items()
+                 if tp.topic in self.batch_topics and not (offset and offset > 0)]
+        if fresh:
+            await self._thread.call_thread(self._thread._ensure_consumer().seek_to_beginning, *fresh)
+        return committed
+
     async def _drain_messages(self, fetcher) -> None:  # noqa: C901 - mirrors faust's own loop
         callback = self.callback
         consumer_should_stop = self._stopped.is_set

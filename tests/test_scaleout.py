@@ -336,14 +336,6 @@ def test_a_worker_without_partitions_answers_every_seller_with_the_owners_answer
 # --- 3. a crash at each gap of a group commit ------------------------------------------------
 
 
-# Known bug, open: after a crash and a restore (a takeover or a wiped data dir), a few orders of
-# a few sellers are intermittently missing (typically 1 to 50 of ~27,000 events). The tests stay
-# and run; xfail (not strict) keeps the suite green while the cause is found.
-KNOWN_RESTORE_LOSS = pytest.mark.xfail(
-    strict=False, reason="known intermittent loss of a few orders after a crash and a restore (open)")
-
-
-@KNOWN_RESTORE_LOSS
 @pytest.mark.parametrize("failpoint", FAILPOINTS)
 def test_a_worker_stopped_hard_at_a_commit_gap_is_exact_after_takeover_restart_and_restore(
         failpoint, replay, fleet, tmp_path):
@@ -387,7 +379,6 @@ def test_a_worker_stopped_hard_at_a_commit_gap_is_exact_after_takeover_restart_a
 # --- 4. SIGKILLs during a replay, then the data dir wiped ------------------------------------
 
 
-@KNOWN_RESTORE_LOSS
 def test_sigkills_during_a_replay_then_a_wiped_data_dir_restore_every_seller(replay, fleet, tmp_path):
     started = time.monotonic()
     rng = random.Random(2027)

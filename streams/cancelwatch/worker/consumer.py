@@ -238,6 +238,17 @@ class BatchingConsumer(aiokafka_driver.Consumer):
         contiguous = batch[-1].offset - batch[0].offset + 1 == len(batch)
         if contiguous and batch[0].offset - read_offset <= 1:
             return batch
+        if tp.topic in self.batch_topics and batch[0].offset - read_offset > 1:
+            reread = self.__dict__.setdefault("_reread_from", {})
+            if reread.get(tp) != read_offset:
+                # The fetch starts past the records read here (a fetch that crossed a seek):
+                # they are read again rather than taken for a hole and committed unread. A
+                # hole that is still there once read again is real (transaction markers).
+                reread[tp] = read_offset
+                self.log.info("%s: fetch at %d, past the records read (%d): reading them again",
+                              tp, batch[0].offset, read_offset)
+                await self.seek(tp, read_offset)
+                return []
         previous = read_offset
         for record in batch:   # compacted or transactional topics: register each hole
             if record.offset - previous > 1:

@@ -153,7 +153,8 @@ class Runtime:
         self.produced: dict[int, int] = {}  # reroute partition -> end offset of what this worker sent
         self.replaying: dict[int, float] = {}   # partition -> when it last applied old events (live mode)
         self.lag: dict = {}                 # (topic, partition) -> messages not yet applied
-        self.catching_up: set[int] = set()  # owned partitions whose new alerts are held
+        # Owned partitions whose new alerts are held; every one until the lag is known.
+        self.catching_up: set[int] = set(range(settings.partitions))
         self.targets: dict[tuple[str, str], targets.Target] = {}   # the sellers' own limits
         self.targets_ready = False          # the targets topic was read to its end once
         # (seller, marketplace) -> (fetched_at, the latest account-health report's entry)
@@ -254,6 +255,9 @@ class Runtime:
                 # is not paged again from partial counts.
                 self.alerts[seller] = alerts
         self.dirty = set(book.states())
+        # Behind until the next look at the lag says otherwise: a seller not read yet is not
+        # answered 404, nor are alerts decided, from a view that may be partial.
+        self.catching_up = set(range(self.settings.partitions))
         self.group = None           # applied to the book just replaced; its fetches are read again
         self.evaluated_bucket = None
         log.info("state rebuilt: %d sellers, %d orders (%d indexed), %d sellers with alerts, in %.2fs",

@@ -11,7 +11,6 @@ from hypothesis import given, strategies as st
 from cancelwatch import names
 
 from cancelwatch.core import events, policy, targets, window
-from cancelwatch.tools.target_cli import parse_fraction
 
 POLICY_FILE = Path(policy.__file__).with_name("policy.yaml")
 POLICY = policy.load(POLICY_FILE)
@@ -270,7 +269,7 @@ def test_a_bad_preset_names_its_line(block, fragment, words):
     ("1", 10000), ("0.0055", 55), ("0.55%", 55), ("0.01%", 1), ("5e-3", 50), (" 0.5% ", 50),
 ])
 def test_limits_are_given_as_percentages_or_fractions(text, bps):
-    assert parse_fraction("--limit", text) == bps
+    assert targets.parse_fraction("--limit", text) == bps
 
 
 @pytest.mark.parametrize("text, words", [
@@ -288,5 +287,5 @@ def test_limits_are_given_as_percentages_or_fractions(text, bps):
 ])
 def test_fractional_basis_points_and_nonsense_are_refused(text, words):
     with pytest.raises(ValueError) as caught:
-        parse_fraction("--limit", text)
+        targets.parse_fraction("--limit", text)
     assert words in str(caught.value), str(caught.value)

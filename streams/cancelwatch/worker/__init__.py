@@ -7,8 +7,7 @@
 | `ownership` | which worker owns which seller's partition, for the web and alerting |
 | `runtime` | apply fetches in groups, commit, evaluate alerts, hand decisions to delivery |
 | `web` | the HTTP views and routing, testable without a faust app |
+
+`cancelwatch worker` runs `app.main`. Nothing is imported here, so the modules
+that need no faust (`web`, `ownership`, `table_store`) import without it.
 """
-
-from cancelwatch.worker.app import main
-
-__all__ = ["main"]

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import json
 import logging
 import sys
 import time
@@ -36,7 +35,8 @@ from kafka.errors import KafkaError, NoBrokersAvailable, TopicAlreadyExistsError
 from cancelwatch import settings as settings_module
 
 from cancelwatch.core import policy as policy_module
-from cancelwatch.worker.consumer import BatchingConsumer, Mailbox
+from cancelwatch.worker.consumer import BatchingConsumer
+from cancelwatch.worker.mailbox import Mailbox
 from cancelwatch.settings import Settings
 from cancelwatch.worker import web
 from cancelwatch.worker.ownership import Ownership, faust_assignment, faust_recovering

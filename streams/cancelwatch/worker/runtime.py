@@ -86,7 +86,7 @@ class Group:
 
     def __init__(self, pending) -> None:
         self.pending = pending
-        self.fetches: list = []                 # consumer.Fetch, records dropped once applied
+        self.fetches: list = []                 # mailbox.Fetch, records dropped once applied
         self.records = 0
         self.clocks: dict[int, float] = {}      # partition -> latest occurred_at
         self.outcomes: Counter = Counter()      # (topic, outcome) -> events

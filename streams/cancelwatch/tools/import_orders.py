@@ -18,11 +18,9 @@ from typing import Any, BinaryIO, Iterator
 import orjson
 from tqdm import tqdm
 
-from cancelwatch import settings
-
 from cancelwatch.core import amazon_orders
 from cancelwatch.core.amazon_orders import Rejected
-from cancelwatch.tools.producer import EventProducer, ProducerError, connect
+from cancelwatch.tools.producer import EventProducer, deliver
 from cancelwatch.tools.publish import MAX_REPORTED, _open_source, _Progress
 
 
@@ -137,19 +135,16 @@ def main(argv: list[str]) -> int:
             tally = run(source, args.seller_id, None)
             sys.stdout.flush()
             return _summary(tally, "printed (--dry-run, nothing published)")
-        try:
-            producer = connect(settings.load())
-        except ProducerError as error:
-            print(f"cancelwatch import-orders: {error}", file=sys.stderr)
-            return 1
-        try:
+        tally = Tally()
+
+        def send(producer: EventProducer) -> None:
+            nonlocal tally
             tally = run(source, args.seller_id, producer)
-            tally.failed = producer.flush().failed
-        except ProducerError as error:
-            print(f"cancelwatch import-orders: {error}", file=sys.stderr)
+
+        report = deliver("import-orders", send)
+        if report is None:
             return 1
-        finally:
-            producer.close()
+    tally.failed = report.failed
     for event_id, reason in tally.failed[:MAX_REPORTED]:
         print(f"event {event_id}: not delivered: {reason}", file=sys.stderr)
     return _summary(tally, "published")

@@ -4,7 +4,9 @@ Every event goes through the same msgspec definitions the worker decodes
 with (streams/cancelwatch/core/events.py), so what this client sends is what the worker
 accepts. `EventProducer` sends one event at a time and collects delivery
 failures per event; `ensure_topics` creates the source topics with the
-configured partition count when they are missing.
+configured partition count when they are missing; `deliver` is what the
+commands that publish (publish, simulate, import-orders) share: connect,
+send, flush, close, and say what went wrong.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import logging
+import sys
 from datetime import datetime, timezone
 from typing import Callable, Iterable
 
@@ -19,7 +22,7 @@ from kafka import KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import KafkaError, NoBrokersAvailable, TopicAlreadyExistsError
 
-from cancelwatch import names
+from cancelwatch import names, settings as settings_module
 
 from cancelwatch.core import events
 from cancelwatch.settings import Settings
@@ -160,6 +163,25 @@ def connect(settings: Settings) -> EventProducer:
     """The source topics created if missing, and a producer for them (raises ProducerError)."""
     ensure_topics(settings)
     return EventProducer(settings)
+
+
+def deliver(command: str, send: Callable[[EventProducer], None]) -> DeliveryReport | None:
+    """Connect with the environment's settings, let `send` hand events to the producer, wait
+    until each is delivered or has failed, and close. An unreachable broker or a flush that
+    does not complete is printed as `cancelwatch COMMAND: ...` and gives None."""
+    try:
+        producer = connect(settings_module.load())
+    except ProducerError as error:
+        print(f"cancelwatch {command}: {error}", file=sys.stderr)
+        return None
+    try:
+        send(producer)
+        return producer.flush()
+    except ProducerError as error:
+        print(f"cancelwatch {command}: {error}", file=sys.stderr)
+        return None
+    finally:
+        producer.close()
 
 
 def ensure_topics(settings: Settings, partitions: int | None = None) -> list[str]:

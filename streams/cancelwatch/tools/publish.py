@@ -22,10 +22,8 @@ from typing import BinaryIO, Iterator
 
 from tqdm import tqdm
 
-from cancelwatch import settings
-
 from cancelwatch.core import events
-from cancelwatch.tools.producer import ProducerError, connect
+from cancelwatch.tools.producer import EventProducer, deliver
 
 MAX_REPORTED = 100
 _TRUE = {"true", "1", "yes"}
@@ -228,15 +226,11 @@ def _finish_check(summary: Summary, check_only: bool) -> int:
 
 
 def _send(source: BinaryIO, fmt: str) -> int:
-    loaded = settings.load()
-    try:
-        producer = connect(loaded)
-    except ProducerError as error:
-        print(f"cancelwatch publish: {error}", file=sys.stderr)
-        return 1
     invalid = 0
-    progress = _Progress(source, "sending")
-    try:
+
+    def send(producer: EventProducer) -> None:
+        nonlocal invalid
+        progress = _Progress(source, "sending")
         for checked in check_lines(source, fmt, datetime.now(timezone.utc)):
             progress.update()
             if checked.error:
@@ -245,12 +239,10 @@ def _send(source: BinaryIO, fmt: str) -> int:
                 continue
             producer.send_encoded(checked.event, checked.raw)
         progress.close()
-        report = producer.flush()
-    except ProducerError as error:
-        print(f"cancelwatch publish: {error}", file=sys.stderr)
+
+    report = deliver("publish", send)
+    if report is None:
         return 1
-    finally:
-        producer.close()
     if invalid > MAX_REPORTED:
         print(f"... and {invalid - MAX_REPORTED} more invalid lines", file=sys.stderr)
     for event_id, reason in report.failed[:MAX_REPORTED]:

@@ -548,7 +548,7 @@ class Runtime:
             first = windows[0]
             state.summary = self._shared_summary(
                 max((w.status for w in windows), key=names.STATUSES.index),
-                rate_band(first.orders, first.cancelled),
+                rate_band(first.orders, first.cancelled, first.window.limit_bps, first.window.warning_bps),
                 tuple((w.window.days, w.orders, w.cancelled, w.window.limit_bps, w.window.warning_bps,
                        self._hours_to_breach(state, w, now_bucket)) for w in windows),
             )

@@ -116,7 +116,7 @@ STATUS_BREACH = "breach"
 STATUSES = (STATUS_OK, STATUS_WARNING, STATUS_BREACH)
 
 # --- Prometheus metrics exported by the worker -------------------------------
-# name -> (type, labels, help). docs/reference.md is checked against this.
+# name -> (type, labels, help). docs/metrics.md is generated from this (dashboards/metrics_reference.py).
 METRIC_PREFIX = "cancelwatch_"
 METRICS = {
     "cancelwatch_events_total": (

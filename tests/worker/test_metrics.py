@@ -4,6 +4,8 @@ grow with the number of sellers (top-K only)."""
 from __future__ import annotations
 
 import random
+import tomllib
+from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -11,6 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from dashboards import metrics_reference
 from cancelwatch import names, settings
 from cancelwatch.core import policy as policy_module, targets
+from cancelwatch.worker import runtime
 from cancelwatch.worker.metrics import Metrics, ScrapeState, SellerSummary, rate_band
 
 POLICY = policy_module.load(settings.load({}).policy_path)
@@ -123,3 +126,8 @@ def test_one_label_set_gives_the_lines_docs_metrics_md_counts():
     assert series["cancelwatch_processing_latency_seconds"] == \
         metrics_reference.samples_per_label_set("histogram", parameters)
     assert series["cancelwatch_events"] == metrics_reference.samples_per_label_set("counter", parameters)
+
+
+def test_the_version_in_build_info_is_the_one_of_pyproject():
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())
+    assert runtime.VERSION == pyproject["project"]["version"]

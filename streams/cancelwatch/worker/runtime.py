@@ -14,6 +14,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import dataclasses
+import importlib.metadata
 import logging
 import time
 from collections import Counter, defaultdict
@@ -34,7 +35,7 @@ from cancelwatch.worker.table_store import TableStore
 
 log = logging.getLogger("cancelwatch.worker")
 
-VERSION = "0.1.0"
+VERSION = importlib.metadata.version("cancelwatch")   # pyproject.toml's, as installed
 GROUP_RECORDS = 20_000                         # records applied, written and acknowledged together
 GROUP_BUCKETS = 4_000                          # buckets a group holds open (decoded), at most
 SUMMARY_POOL_SIZE = 100_000                    # distinct seller summaries kept for sharing

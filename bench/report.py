@@ -120,7 +120,7 @@ def render(results: dict) -> str:
             lines += [
                 "### Where the worker's time goes (py-spy)",
                 "",
-                f"`py-spy record --nonblocking -f raw` on the worker during the first repetition, from ready on,",
+                "`py-spy record --nonblocking -f raw` on the worker during the first repetition, from ready on,",
                 f"{p['samples']:,} samples of busy threads; frames are named as in the measured commit's tree.",
                 "Share of samples with the frame running itself:",
                 "",

@@ -188,7 +188,12 @@ def _value(target: Target) -> _Value:
 
 def validated(target: Target) -> Target:
     """The target as the worker will read it back; raise BadTarget when the worker would refuse it."""
-    read_back = decode_target(target_key(target.seller_id, target.marketplace), encode_target(target)).target
+    try:
+        key, value = target_key(target.seller_id, target.marketplace), encode_target(target)
+    except UnicodeEncodeError as error:
+        # a command line's bytes that are not UTF-8 reach Python as lone surrogates
+        raise BadTarget("invalid_event", f"{error.object!r} is not UTF-8 text") from None
+    read_back = decode_target(key, value).target
     assert read_back is not None  # a value always decodes to a target
     return read_back
 

@@ -69,9 +69,12 @@ def compute(all_events, now: float, policy: Policy) -> dict:
             order["skus"].add(item.sku)
         if type(event).__name__ == "OrderCancelled":
             order["cancels"].append(event)
+    by_seller = defaultdict(dict)
+    for (seller, marketplace, order_id), order in orders.items():
+        by_seller[(seller, marketplace)][order_id] = order
     result = {}
     for seller, marketplace in sellers:
-        mine = {oid: o for (s, m, oid), o in orders.items() if s == seller and m == marketplace}
+        mine = by_seller[(seller, marketplace)]
         windows = []
         first_reasons, first_excluded = None, None
         for w in policy.windows(marketplace):

@@ -19,10 +19,10 @@ from datetime import datetime, timezone
 from typing import Callable, Iterable
 
 from kafka import KafkaProducer
-from kafka.admin import KafkaAdminClient, NewTopic
-from kafka.errors import KafkaError, NoBrokersAvailable, TopicAlreadyExistsError
+from kafka.admin import KafkaAdminClient
+from kafka.errors import KafkaError, NoBrokersAvailable
 
-from cancelwatch import names, settings as settings_module
+from cancelwatch import names, settings as settings_module, topics
 
 from cancelwatch.core import events
 from cancelwatch.settings import Settings
@@ -198,20 +198,9 @@ def ensure_topics(settings: Settings, partitions: int | None = None) -> list[str
     except KafkaError as error:
         raise _unreachable(settings, error) from None
     try:
-        existing = set(admin.list_topics())
-        wanted = [name for name in topic_names(settings).values() if name not in existing]
-        if not wanted:
-            return []
-        brokers = len(admin.describe_cluster()["brokers"]) or 1
-        replication = min(3, brokers)
-        created = []
-        for name in wanted:
-            try:
-                admin.create_topics([NewTopic(name, partitions, replication)], timeout_ms=30_000)
-                created.append(name)
-            except TopicAlreadyExistsError:
-                pass
-        log.info("created topics %s with %d partitions", ", ".join(created), partitions)
+        created = topics.create_missing(admin, topic_names(settings).values(), partitions)
+        if created:
+            log.info("created topics %s with %d partitions", ", ".join(created), partitions)
         return created
     except KafkaError as error:
         raise ProducerError(f"cannot create topics on {', '.join(settings.bootstrap_servers)}: "

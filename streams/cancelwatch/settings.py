@@ -178,6 +178,11 @@ class Settings:
     def faust_broker(self) -> str:
         return ";".join(self.broker_urls)
 
+    @property
+    def source_topics(self) -> dict[str, str]:
+        """Topic role (names.ORDERS_TOPIC, names.CANCELLATIONS_TOPIC) -> the configured topic name."""
+        return {names.ORDERS_TOPIC: self.orders_topic, names.CANCELLATIONS_TOPIC: self.cancellations_topic}
+
 
 FAILPOINTS = ("after-changelog", "after-local-write", "before-commit")
 

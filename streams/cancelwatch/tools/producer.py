@@ -22,7 +22,7 @@ from kafka import KafkaProducer
 from kafka.admin import KafkaAdminClient
 from kafka.errors import KafkaError, NoBrokersAvailable
 
-from cancelwatch import names, settings as settings_module, topics
+from cancelwatch import settings as settings_module, topics
 
 from cancelwatch.core import events
 from cancelwatch.settings import Settings
@@ -44,18 +44,6 @@ class DeliveryReport:
     @property
     def sent_total(self) -> int:
         return sum(self.sent.values())
-
-
-def topic_names(settings: Settings) -> dict[str, str]:
-    """Topic role (names.ORDERS_TOPIC, names.CANCELLATIONS_TOPIC) -> configured topic name."""
-    return {
-        names.ORDERS_TOPIC: settings.orders_topic,
-        names.CANCELLATIONS_TOPIC: settings.cancellations_topic,
-    }
-
-
-def topic_of(event: events.Event, settings: Settings) -> str:
-    return topic_names(settings)[events.TOPIC_OF_TYPE[type(event)]]
 
 
 def _unreachable(settings: Settings, error: Exception) -> ProducerError:
@@ -84,7 +72,7 @@ class EventProducer:
         self.clock = clock or (lambda: datetime.now(timezone.utc))
         self.report = DeliveryReport()
         self._on_failure = on_failure
-        self._topics = topic_names(settings)
+        self._topics = settings.source_topics
         self._handed_over = False
         try:
             self._producer = KafkaProducer(
@@ -198,7 +186,7 @@ def ensure_topics(settings: Settings, partitions: int | None = None) -> list[str
     except KafkaError as error:
         raise _unreachable(settings, error) from None
     try:
-        created = topics.create_missing(admin, topic_names(settings).values(), partitions)
+        created = topics.create_missing(admin, settings.source_topics.values(), partitions)
         if created:
             log.info("created topics %s with %d partitions", ", ".join(created), partitions)
         return created

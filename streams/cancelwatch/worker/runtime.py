@@ -159,15 +159,10 @@ class Runtime:
         self.targets_ready = False          # the targets topic was read to its end once
         # (seller, marketplace) -> (fetched_at, the latest account-health report's entry)
         self.health: dict[tuple[str, str], tuple[float, account_health.MarketplaceHealth]] = {}
-        self.role = {
-            settings.orders_topic: names.ORDERS_TOPIC,
-            settings.cancellations_topic: names.CANCELLATIONS_TOPIC,
+        self.topic_name = settings.source_topics
+        self.role = {name: role for role, name in self.topic_name.items()} | {
             settings.reroute_topic: names.REROUTE_TOPIC,
             settings.account_health_topic: HEALTH_ROLE,
-        }
-        self.topic_name = {
-            names.ORDERS_TOPIC: settings.orders_topic,
-            names.CANCELLATIONS_TOPIC: settings.cancellations_topic,
         }
 
     # -- clock ---------------------------------------------------------------

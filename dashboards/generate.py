@@ -224,8 +224,7 @@ BREACHED_NOW = [ValueMap(options={"0": ValueMappingResult(text="breached", color
 SEVERITY_LEVELS = {"critical": BAD_WHEN_ANY, "warning": WARN_WHEN_ANY}
 STATUS_LEVELS = {names.STATUS_OK: NEUTRAL, names.STATUS_WARNING: WARN_WHEN_ANY,
                  names.STATUS_BREACH: BAD_WHEN_ANY}
-# Bands of the absolute 7-day rate (cancelwatch.worker.metrics.rate_band), coloured by the default
-# policy: 2-2.5% is at the warning level, 2.5%+ breached.
+# Bands of the 7-day rate against the limit in force (cancelwatch.worker.metrics.rate_band).
 BAND_LEVELS = dict(zip(names.RATE_BANDS, (NEUTRAL, NEUTRAL, WARN_WHEN_ANY, BAD_WHEN_ANY)))
 
 
@@ -487,9 +486,9 @@ def overview() -> dashboard_builders.Dashboard:
             levels=NEUTRAL, by_name=STATUS_LEVELS, width=12, height=5))
         .with_panel(stat_panel(
             3, "Sellers by 7-day rate band",
-            "Seller-marketplaces by the band their 7-day rate falls in. The bands are absolute "
-            "rates, coloured by the default policy (2-2.5% warning, 2.5%+ breached); in IN, "
-            "whose limit is 2.0%, 2-2.5% is already a breach.",
+            "Seller-marketplaces by the band their 7-day rate falls in against the limit in force "
+            "(the marketplace's, or the seller's own target): low (under half the warning level), "
+            "moderate, warning (orange when any), breach (red when any).",
             query("sum by (band) (cancelwatch_seller_rate_band)", "{{band}}",
                   instant=True),
             levels=NEUTRAL, by_name=BAND_LEVELS, width=12, height=5))

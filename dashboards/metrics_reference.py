@@ -11,6 +11,7 @@ import dataclasses
 from typing import Callable
 
 from cancelwatch import names, settings
+from cancelwatch.worker import metrics
 
 
 @dataclasses.dataclass(frozen=True)
@@ -23,7 +24,7 @@ class Parameters:
     windows: int = 2  # most windows of one marketplace in the policy (IN: 7 and 30 days)
     top_k: int = int(next(s.default for s in settings.SETTINGS if s.variable == "CANCELWATCH_TOP_K"))
     tables: int = 10  # state tables of one worker, fixed by the code
-    buckets: int = 15  # latency histogram buckets including +Inf (prometheus-client default)
+    buckets: int = len(metrics.LATENCY_BUCKETS) + 1  # latency histogram buckets including +Inf
 
 
 SYMBOLS = (
@@ -84,12 +85,10 @@ BOUNDS: dict[str, Bound] = {
 
 
 def samples_per_label_set(kind: str, parameters: Parameters) -> int:
-    """Exposition lines one label set gives (prometheus-client also writes `_created`)."""
+    """Exposition lines one label set gives (the worker turns prometheus-client's `_created` off)."""
     if kind == "histogram":
-        return parameters.buckets + 3  # buckets, _sum, _count, _created
-    if kind == "counter":
-        return 2  # _total, _created
-    return 1
+        return parameters.buckets + 2  # buckets, _sum, _count
+    return 1  # a gauge, or a counter's _total
 
 
 def series_bound(parameters: Parameters = Parameters()) -> int:
@@ -132,8 +131,8 @@ def markdown(parameters: Parameters = Parameters()) -> str:
               for symbol, field, meaning in SYMBOLS]
     lines += [
         "",
-        "A label set is one exposition line for a gauge, two for a counter (`_total`,",
-        "`_created`) and B + 3 for a histogram (B buckets, `_sum`, `_count`, `_created`).",
+        "A label set is one exposition line for a gauge or a counter (`_total`; the worker",
+        "writes no `_created`) and B + 2 for a histogram (B buckets, `_sum`, `_count`).",
         f"At the defaults one worker exposes at most **{series_bound(parameters)}** `cancelwatch_`",
         "series, whether it owns a thousand sellers or millions. Raising `CANCELWATCH_TOP_K`",
         f"by one adds at most {len(PER_SELLER)} × W series.",

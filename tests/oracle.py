@@ -55,11 +55,12 @@ def compute(all_events, now: float, policy: Policy) -> dict:
     orders = defaultdict(lambda: {"purchase": None, "cancels": [], "skus": set()})
     sellers = set()
     bucket = policy.bucket_seconds
+    kept_seconds = policy.retention_seconds
     for event in unique.values():
         sellers.add((event.seller_id, event.marketplace))
         if event.fulfillment_channel != "MFN":
             continue
-        if older_than_kept(event.purchase_date.timestamp(), now, policy.retention_seconds, bucket):
+        if older_than_kept(event.purchase_date.timestamp(), now, kept_seconds, bucket):
             continue
         order = orders[(event.seller_id, event.marketplace, event.order_id)]
         purchase = int(event.purchase_date.timestamp())
@@ -68,9 +69,12 @@ def compute(all_events, now: float, policy: Policy) -> dict:
             order["skus"].add(item.sku)
         if type(event).__name__ == "OrderCancelled":
             order["cancels"].append(event)
+    by_seller = defaultdict(dict)
+    for (seller, marketplace, order_id), order in orders.items():
+        by_seller[(seller, marketplace)][order_id] = order
     result = {}
     for seller, marketplace in sellers:
-        mine = {oid: o for (s, m, oid), o in orders.items() if s == seller and m == marketplace}
+        mine = by_seller[(seller, marketplace)]
         windows = []
         first_reasons, first_excluded = None, None
         for w in policy.windows(marketplace):

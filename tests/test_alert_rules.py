@@ -15,7 +15,6 @@ import json
 import re
 import shutil
 import subprocess
-import threading
 import time
 from datetime import datetime, timedelta, timezone
 from http import HTTPStatus
@@ -27,6 +26,7 @@ import requests
 import yaml
 
 from cancelwatch import names
+from tests import http_servers
 from tests.delivery.test_alertmanager import LocalAlertmanager, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -275,8 +275,7 @@ class Webhook:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
         self.port = self.server.server_address[1]
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
+        http_servers.start(self.server)
 
     def firing(self) -> list[tuple[str, str]]:
         """(seller_id, alertname) of every firing alert notified, in order."""
@@ -285,8 +284,7 @@ class Webhook:
                 if alert["status"] == "firing"]
 
     def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        http_servers.stop(self.server)
 
 
 @pytest.fixture

@@ -60,6 +60,15 @@ def test_every_status_code_of_the_worker_is_in_the_status_table():
     assert not missing, f"the status table of docs/api.md lacks {missing}"
 
 
+def test_the_example_error_bodies_are_answers_the_views_give():
+    examples = DOC.split("Examples of `400` bodies:", 1)[1].split("\n## ", 1)[0]
+    documented = [json.loads(line) for line in examples.splitlines() if line.strip().startswith("{")]
+    assert len(documented) >= 3
+    given = [reply.body for reply in asyncio.run(api_replies()) if reply.status == 400]
+    missing = [body for body in documented if body not in given]
+    assert not missing, f"docs/api.md shows error bodies the views never give: {missing}"
+
+
 def documented_seller() -> dict:
     block = re.search(r"```json\n(.*?)```", DOC, re.S)
     assert block, "docs/api.md has no ```json example of the seller object"

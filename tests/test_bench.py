@@ -30,15 +30,15 @@ class _Finished:
 def test_profile_sums_self_and_inclusive_shares(tmp_path):
     raw = tmp_path / "samples.txt"
     raw.write_text(
-        "<module> (cancelwatch:6);main (streams/cancelwatch/worker.py:616);decode (streams/cancelwatch/core/events.py:95) 6\n"
-        "<module> (cancelwatch:6);main (streams/cancelwatch/worker.py:616);Book.apply (streams/cancelwatch/core/state.py:40) 3\n"
-        "<module> (cancelwatch:6);main (streams/cancelwatch/worker.py:616) 1\n"
+        "<module> (cancelwatch:6);main (streams/cancelwatch/worker/app.py:616);decode (streams/cancelwatch/core/events.py:95) 6\n"
+        "<module> (cancelwatch:6);main (streams/cancelwatch/worker/app.py:616);Book.apply (streams/cancelwatch/core/state.py:40) 3\n"
+        "<module> (cancelwatch:6);main (streams/cancelwatch/worker/app.py:616) 1\n"
         "garbage line without count\n")
     summary = pyspy.finish(_Finished(), raw)
     assert summary["samples"] == 10
     assert summary["self"][0] == ("decode (streams/cancelwatch/core/events.py)", 0.6)
     assert ("Book.apply (streams/cancelwatch/core/state.py)", 0.3) in summary["self"]
-    assert dict(summary["inclusive"])["main (streams/cancelwatch/worker.py)"] == 1.0
+    assert dict(summary["inclusive"])["main (streams/cancelwatch/worker/app.py)"] == 1.0
 
 
 def test_profile_counts_a_frame_once_per_sample_even_when_recursive(tmp_path):

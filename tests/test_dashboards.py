@@ -453,8 +453,8 @@ STAT_COLOURS = {
         "warning": {0: GOOD, 1: WARN, 40: WARN},
         "breach": ZERO_OR_ANY},
     ("overview", "Sellers by 7-day rate band"): {
-        "0-1%": {0: NEUTRAL, 100000: NEUTRAL}, "1-2%": {0: NEUTRAL, 100000: NEUTRAL},
-        "2-2.5%": {0: GOOD, 1: WARN}, "2.5%+": ZERO_OR_ANY},
+        "low": {0: NEUTRAL, 100000: NEUTRAL}, "moderate": {0: NEUTRAL, 100000: NEUTRAL},
+        "warning": {0: GOOD, 1: WARN}, "breach": ZERO_OR_ANY},
     ("overview", "Alerts firing"): {
         alertname: ZERO_OR_ANY if severity == "critical" else {0: GOOD, 1: WARN, 3: WARN}
         for alertname, severity in names.ALERT_SEVERITY.items()},

@@ -55,3 +55,8 @@ def test_unknown_variables_are_reported_not_fatal(capsys):
     assert settings.unknown_variables(env) == ["CANCELWATCH_TYPO"]
     settings.warn_unknown("worker", env)
     assert "CANCELWATCH_TYPO is not a cancelwatch setting" in capsys.readouterr().err
+
+
+def test_source_topics_map_each_role_to_its_configured_topic():
+    loaded = settings.load({"CANCELWATCH_ORDERS_TOPIC": "shop-orders"})
+    assert loaded.source_topics == {"orders": "shop-orders", "cancellations": "cancellations"}

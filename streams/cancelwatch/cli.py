@@ -14,7 +14,7 @@ from cancelwatch.settings import SettingError
 
 # command -> (module, one-line help). docs/commands.md is checked against it.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "worker": ("cancelwatch.worker", "Run the worker in the foreground (faust agents, tables, HTTP API)."),
+    "worker": ("cancelwatch.worker.app", "Run the worker in the foreground (faust agents, tables, HTTP API)."),
     "settings": ("cancelwatch.tools.settings_cli", "Print the settings reference, or check the current environment."),
     "publish": ("cancelwatch.tools.publish", "Validate a JSON Lines or CSV file of events and send it to Kafka."),
     "import-orders": ("cancelwatch.tools.import_orders", "Publish the events of Amazon Orders API documents (getOrder, searchOrders)."),

@@ -116,7 +116,7 @@ STATUS_BREACH = "breach"
 STATUSES = (STATUS_OK, STATUS_WARNING, STATUS_BREACH)
 
 # --- Prometheus metrics exported by the worker -------------------------------
-# name -> (type, labels, help). docs/reference.md is checked against this.
+# name -> (type, labels, help). docs/metrics.md is generated from this (dashboards/metrics_reference.py).
 METRIC_PREFIX = "cancelwatch_"
 METRICS = {
     "cancelwatch_events_total": (
@@ -162,8 +162,8 @@ METRICS = {
     ),
     "cancelwatch_seller_rate_band": (
         "gauge", ("marketplace", "band"),
-        "Seller-marketplaces by the band their 7-day rate falls in "
-        "(0-1%, 1-2%, 2-2.5%, 2.5%+).",
+        "Seller-marketplaces by the band their 7-day rate falls in against the limit in force: "
+        "low (under half the warning level), moderate, warning, breach.",
     ),
     "cancelwatch_fleet_window_orders": (
         "gauge", ("marketplace", "window_days"),
@@ -225,7 +225,9 @@ METRICS = {
         "Always 1; labels carry the version and clock mode.",
     ),
 }
-RATE_BANDS = ("0-1%", "1-2%", "2-2.5%", "2.5%+")
+# A seller's first-window rate against the limit in force there (policy or seller target):
+# under half the warning level, under the warning level, at the warning level, at the limit.
+RATE_BANDS = ("low", "moderate", "warning", "breach")
 EVENT_OUTCOMES = ("applied", "unchanged", "late", "afn", "rerouted", "dead_letter", "report", "skipped_marketplace")
 DEAD_LETTER_KINDS = ("invalid_json", "invalid_event", "wrong_topic", "future")
 

@@ -74,13 +74,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("CANCELWATCH_TOP_K", "50", "How many sellers at risk get per-seller metric series."),
     Setting("CANCELWATCH_GRAFANA_URL", "http://127.0.0.1:3000",
             "Grafana base URL used in the dashboard link of every alert."),
-    Setting("CANCELWATCH_EVALUATION_SECONDS", "15",
-            "Period of the full alert evaluation (orders age out with no event at all)."),
     Setting("CANCELWATCH_ALERT_RESEND_SECONDS", "60",
             "How often firing alerts are re-sent to Alertmanager; `endsAt` is 4 of these ahead."),
-    Setting("CANCELWATCH_BATCH_SIZE", "2000", "Most events applied in one state batch."),
-    Setting("CANCELWATCH_BATCH_SECONDS", "0.05",
-            "Longest wait to fill a batch before applying what has arrived."),
     Setting("CANCELWATCH_KAFKA_SECURITY_PROTOCOL", "PLAINTEXT",
             "`PLAINTEXT`, `SSL`, `SASL_PLAINTEXT` or `SASL_SSL`."),
     Setting("CANCELWATCH_KAFKA_SASL_MECHANISM", "SCRAM-SHA-512",
@@ -163,10 +158,7 @@ class Settings:
     data_dir: Path
     top_k: int
     grafana_url: str
-    evaluation_seconds: float
     alert_resend_seconds: float
-    batch_size: int
-    batch_seconds: float
     kafka_security: KafkaSecurity
     log_level: str
     session_timeout_seconds: float = 60.0
@@ -185,6 +177,11 @@ class Settings:
     @property
     def faust_broker(self) -> str:
         return ";".join(self.broker_urls)
+
+    @property
+    def source_topics(self) -> dict[str, str]:
+        """Topic role (names.ORDERS_TOPIC, names.CANCELLATIONS_TOPIC) -> the configured topic name."""
+        return {names.ORDERS_TOPIC: self.orders_topic, names.CANCELLATIONS_TOPIC: self.cancellations_topic}
 
 
 FAILPOINTS = ("after-changelog", "after-local-write", "before-commit")
@@ -352,10 +349,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         data_dir=Path(_get(env, "CANCELWATCH_DATA_DIR") or ".state"),
         top_k=_integer(env, "CANCELWATCH_TOP_K", 0, 10_000),
         grafana_url=(_http_urls(env, "CANCELWATCH_GRAFANA_URL") or ("http://127.0.0.1:3000",))[0],
-        evaluation_seconds=_seconds(env, "CANCELWATCH_EVALUATION_SECONDS", 0.1, 3600),
         alert_resend_seconds=_seconds(env, "CANCELWATCH_ALERT_RESEND_SECONDS", 0.1, 3600),
-        batch_size=_integer(env, "CANCELWATCH_BATCH_SIZE", 1, 100_000),
-        batch_seconds=_seconds(env, "CANCELWATCH_BATCH_SECONDS", 0.001, 10),
         kafka_security=_security(env),
         log_level=_choice(env, "CANCELWATCH_LOG_LEVEL", ("crit", "error", "warn", "info", "debug")),
         session_timeout_seconds=_seconds(env, "CANCELWATCH_SESSION_TIMEOUT_SECONDS", 6, 1800),

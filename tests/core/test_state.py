@@ -4,6 +4,7 @@ windows and exact limit boundaries. No services: the durable store is a dict."""
 
 from __future__ import annotations
 
+import itertools
 import random
 from datetime import datetime, timedelta, timezone
 
@@ -27,66 +28,88 @@ BOUNDARY_AGE = 5 * 3600 + 5 * 60                 # NOW - this is 08:00:00, a buc
 PURCHASE_SHIFTS = (0, 0, 0, 0.8, -0.8, 1, -1, 3600, -3600, 2 * 86400, -3 * 86400)
 
 
+# The strategies a stream is drawn from, built once: hypothesis validates a strategy the
+# first time it draws from it, which cost more than the test itself when they were built
+# anew for every draw.
+FOCUSED_SELLERS = st.lists(st.sampled_from(SELLERS), min_size=1, max_size=1, unique=True)
+ANY_SELLERS = st.lists(st.sampled_from(SELLERS), min_size=1, max_size=3, unique=True)
+SELLERS_FROM = {choice: st.sampled_from(choice)
+                for size in (1, 2, 3) for choice in itertools.permutations(SELLERS, size)}
+FOCUSED_MARKETPLACES = st.sampled_from(("DE",))
+ANY_MARKETPLACES = st.sampled_from(("US", "IN", "DE"))
+PURCHASE_SHIFT = st.sampled_from(PURCHASE_SHIFTS)
+ORDER_COUNT = st.integers(1, 25)
+CHANNEL = st.sampled_from(["MFN", "MFN", "MFN", "AFN"])
+# purchase times from 35 days ago up to now, often near bucket, window and retention edges
+EDGE_AGES = st.sampled_from([0, 3599, 3600, 7 * 86400 - 1, 7 * 86400, 7 * 86400 + 3600, 30 * 86400 - 1,
+                             30 * 86400, 6 * 86400 + 82800, BOUNDARY_AGE - 0.4, BOUNDARY_AGE + 0.4,
+                             POLICY.retention_seconds - 3600, POLICY.retention_seconds])
+FOCUSED_AGE = st.one_of(st.integers(0, 3 * 86400), EDGE_AGES)
+ANY_AGE = st.one_of(st.integers(0, 35 * 86400), EDGE_AGES)
+
+
+def order_items(skus: tuple[str, ...], most: int) -> st.SearchStrategy:
+    return st.one_of(st.none(), st.lists(st.builds(events.Item, sku=st.sampled_from(skus),
+                                                   quantity=st.integers(1, most)), min_size=1, max_size=2))
+
+
+FOCUSED_ITEMS, ANY_ITEMS = order_items(SKUS[:2], 3), order_items(SKUS, 3)
+FOCUSED_CANCEL_ITEMS, ANY_CANCEL_ITEMS = order_items(SKUS[:2], 2), order_items(SKUS, 2)
+PLACED_STATUS = st.sampled_from(["Pending", "Unshipped"])
+CHANGED_STATUS = st.sampled_from(["Unshipped", "PartiallyShipped", "Shipped"])
+CANCEL_COUNT = st.integers(0, 2)
+CANCEL_DELAY_MINUTES = st.integers(1, 600)
+INITIATOR = st.sampled_from(names.INITIATORS)
+REASON = st.sampled_from(["NoInventory", "BuyerCanceled", "ShipmentNotConfirmed",
+                          "PaymentNotCompleted", "ShippingAddressUndeliverable", "Other"])
+STATUS_AT_CANCEL = st.sampled_from(["Pending", "Unshipped", "Unshipped", "PartiallyShipped"])
+SEED = st.integers(0, 2**32)
+
+
 @st.composite
 def order_streams(draw):
     # Focused streams put every order of one seller and marketplace within days of each
     # other, so a sku's last orders (the listing rule) are often decided by a move or a
     # cancel while Pending.
     focused = draw(st.booleans())
-    sellers = draw(st.lists(st.sampled_from(SELLERS), min_size=1, max_size=1 if focused else 3, unique=True))
-    marketplaces = ("DE",) if focused else ("US", "IN", "DE")
-    skus = SKUS[:2] if focused else SKUS
+    sellers = SELLERS_FROM[tuple(draw(FOCUSED_SELLERS if focused else ANY_SELLERS))]
+    marketplaces = FOCUSED_MARKETPLACES if focused else ANY_MARKETPLACES
+    age_strategy = FOCUSED_AGE if focused else ANY_AGE
+    items_strategy = FOCUSED_ITEMS if focused else ANY_ITEMS
+    cancel_items_strategy = FOCUSED_CANCEL_ITEMS if focused else ANY_CANCEL_ITEMS
     stream = []
     counter = 0
 
     def common(seller, marketplace, order_id, channel, purchase, occurred):
         nonlocal counter
         counter += 1
-        purchase += timedelta(seconds=draw(st.sampled_from(PURCHASE_SHIFTS)))
+        purchase += timedelta(seconds=draw(PURCHASE_SHIFT))
         return dict(schema_version=1, event_id=f"e{counter}", order_id=order_id, seller_id=seller,
                     marketplace=marketplace, fulfillment_channel=channel,
                     purchase_date=min(purchase, NOW), occurred_at=occurred)
 
-    for index in range(draw(st.integers(1, 25))):
-        seller = draw(st.sampled_from(sellers))
-        marketplace = draw(st.sampled_from(marketplaces))
-        channel = draw(st.sampled_from(["MFN", "MFN", "MFN", "AFN"]))
-        # purchase times from 35 days ago up to now, often near bucket, window and retention edges
-        age = draw(st.one_of(
-            st.integers(0, (3 if focused else 35) * 86400),
-            st.sampled_from([0, 3599, 3600, 7 * 86400 - 1, 7 * 86400, 7 * 86400 + 3600, 30 * 86400 - 1,
-                             30 * 86400, 6 * 86400 + 82800, BOUNDARY_AGE - 0.4, BOUNDARY_AGE + 0.4,
-                             POLICY.retention_seconds - 3600, POLICY.retention_seconds]),
-        ))
-        purchase = NOW - timedelta(seconds=age)
+    for index in range(draw(ORDER_COUNT)):
+        seller = draw(sellers)
+        marketplace = draw(marketplaces)
+        channel = draw(CHANNEL)
+        purchase = NOW - timedelta(seconds=draw(age_strategy))
         order_id = f"O{index}"
-        items = draw(st.one_of(st.none(), st.lists(
-            st.builds(events.Item, sku=st.sampled_from(skus), quantity=st.integers(1, 3)),
-            min_size=1, max_size=2)))
+        items = draw(items_strategy)
         if draw(st.booleans()):
-            status = draw(st.sampled_from(["Pending", "Unshipped"]))
             stream.append(events.OrderPlaced(**common(seller, marketplace, order_id, channel, purchase, purchase),
-                                             order_status=status, items=items))
+                                             order_status=draw(PLACED_STATUS), items=items))
         if draw(st.booleans()):
             stream.append(events.OrderStatusChanged(
                 **common(seller, marketplace, order_id, channel, purchase, purchase + timedelta(minutes=5)),
-                order_status=draw(st.sampled_from(["Unshipped", "PartiallyShipped", "Shipped"]))))
-        for _ in range(draw(st.integers(0, 2))):
-            cancel_items = draw(st.one_of(st.none(), st.lists(
-                st.builds(events.Item, sku=st.sampled_from(skus), quantity=st.integers(1, 2)),
-                min_size=1, max_size=2)))
+                order_status=draw(CHANGED_STATUS)))
+        for _ in range(draw(CANCEL_COUNT)):
+            cancel_items = draw(cancel_items_strategy)
             stream.append(events.OrderCancelled(
                 **common(seller, marketplace, order_id, channel, purchase,
-                         purchase + timedelta(minutes=draw(st.integers(1, 600)))),
-                initiator=draw(st.sampled_from(names.INITIATORS)),
-                reason=draw(st.sampled_from(["NoInventory", "BuyerCanceled", "ShipmentNotConfirmed",
-                                             "PaymentNotCompleted", "ShippingAddressUndeliverable", "Other"])),
-                buyer_requested=draw(st.booleans()),
-                order_status_at_cancel=draw(st.sampled_from(["Pending", "Unshipped", "Unshipped",
-                                                             "PartiallyShipped"])),
-                items=cancel_items))
-    seed = draw(st.integers(0, 2**32))
-    return stream, seed
+                         purchase + timedelta(minutes=draw(CANCEL_DELAY_MINUTES))),
+                initiator=draw(INITIATOR), reason=draw(REASON), buyer_requested=draw(st.booleans()),
+                order_status_at_cancel=draw(STATUS_AT_CANCEL), items=cancel_items))
+    return stream, draw(SEED)
 
 
 def deliver(stream, seed):

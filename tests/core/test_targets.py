@@ -11,7 +11,6 @@ from hypothesis import given, strategies as st
 from cancelwatch import names
 
 from cancelwatch.core import events, policy, targets, window
-from cancelwatch.tools.target_cli import parse_fraction
 
 POLICY_FILE = Path(policy.__file__).with_name("policy.yaml")
 POLICY = policy.load(POLICY_FILE)
@@ -118,7 +117,8 @@ def test_a_tombstone_with_a_bad_key_is_refused():
 
 @given(seller_id=st.text(min_size=1, max_size=64), marketplace=st.sampled_from(names.MARKETPLACES),
        limit_bps=st.integers(2, 10000), data=st.data(),
-       note=st.none() | st.text(st.characters(min_codepoint=32, exclude_characters="\x7f"),
+       note=st.none() | st.text(st.characters(min_codepoint=32, exclude_characters="\x7f",
+                                              exclude_categories=["Cs"]),     # no lone surrogates: below
                                 min_size=1, max_size=200).map(str.strip).filter(bool))
 def test_every_target_survives_encoding_and_decoding(seller_id, marketplace, limit_bps, data, note):
     warning_bps = data.draw(st.integers(1, limit_bps - 1))
@@ -126,6 +126,14 @@ def test_every_target_survives_encoding_and_decoding(seller_id, marketplace, lim
     key = targets.target_key(seller_id, marketplace)
     assert targets.decode_target(key, targets.encode_target(target)).target == target
     assert targets.validated(target) == target
+
+
+@pytest.mark.parametrize("seller_id, note", [("A1", "caf\udce9"), ("A\udcff", None)])
+def test_text_that_is_not_utf8_is_refused_with_a_reason(seller_id, note):
+    # what a command line's non-UTF-8 bytes become in Python: lone surrogates
+    with pytest.raises(targets.BadTarget) as caught:
+        targets.validated(targets.Target(seller_id, "US", 50, 40, note))
+    assert caught.value.kind == "invalid_event" and "not UTF-8 text" in caught.value.reason
 
 
 def test_the_encoded_value_is_the_contract_shape():
@@ -270,7 +278,7 @@ def test_a_bad_preset_names_its_line(block, fragment, words):
     ("1", 10000), ("0.0055", 55), ("0.55%", 55), ("0.01%", 1), ("5e-3", 50), (" 0.5% ", 50),
 ])
 def test_limits_are_given_as_percentages_or_fractions(text, bps):
-    assert parse_fraction("--limit", text) == bps
+    assert targets.parse_fraction("--limit", text) == bps
 
 
 @pytest.mark.parametrize("text, words", [
@@ -288,5 +296,5 @@ def test_limits_are_given_as_percentages_or_fractions(text, bps):
 ])
 def test_fractional_basis_points_and_nonsense_are_refused(text, words):
     with pytest.raises(ValueError) as caught:
-        parse_fraction("--limit", text)
+        targets.parse_fraction("--limit", text)
     assert words in str(caught.value), str(caught.value)

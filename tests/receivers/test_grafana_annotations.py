@@ -12,7 +12,6 @@ package, real webhook payloads in Alertmanager's format.
 from __future__ import annotations
 
 import json
-import threading
 from datetime import datetime, timezone
 from http.server import HTTPServer
 from urllib.parse import parse_qs, urlparse
@@ -26,6 +25,7 @@ from cancelwatch import names
 from cancelwatch.receivers import grafana_annotations
 from cancelwatch.receivers.grafana_annotations import AnnotationWriter, WebhookError
 from cancelwatch.receivers.webhook import JSONHandler
+from tests import http_servers
 
 TOKEN = "glsa_test_token"
 CREATE_FIELDS = {"dashboardUID": str, "dashboardId": int, "panelId": int, "time": int,
@@ -127,7 +127,6 @@ class StandInGrafana:
 
         self.server = HTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     def by_method(self, method: str) -> list[dict | None]:
         return [body for verb, _, body in self.requests if verb == method]
@@ -136,10 +135,8 @@ class StandInGrafana:
 @pytest.fixture
 def grafana():
     stand_in = StandInGrafana()
-    stand_in.thread.start()
-    yield stand_in
-    stand_in.server.shutdown()
-    stand_in.server.server_close()
+    with http_servers.serving(stand_in.server):
+        yield stand_in
 
 
 def client(grafana: StandInGrafana) -> GrafanaApi:
@@ -151,11 +148,8 @@ def receiver(grafana):
     """The receiver's real HTTP server on a free port, writing to the stand-in."""
     writer = AnnotationWriter(client(grafana).annotations)
     server = grafana_annotations.make_server(writer, "127.0.0.1", 0)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}", writer
-    server.shutdown()
-    server.server_close()
+    with http_servers.serving(server):
+        yield f"http://127.0.0.1:{server.server_address[1]}", writer
 
 
 STARTS = "2026-11-20T13:05:00.123456789Z"

@@ -10,7 +10,6 @@ import os
 import socket
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -21,6 +20,7 @@ import requests
 from cancelwatch import names
 
 from cancelwatch.receivers import oncall
+from tests import http_servers
 
 
 def webhook(status: str, *alerts: dict) -> dict:
@@ -43,11 +43,8 @@ def receiver(tmp_path):
     """A receiver in a thread on a free port, logging to a temporary file."""
     log = tmp_path / "notifications.jsonl"
     server = oncall.OncallServer(("127.0.0.1", 0), oncall.NotificationLog(log))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}", log
-    server.shutdown()
-    server.server_close()
+    with http_servers.serving(server):
+        yield f"http://127.0.0.1:{server.server_address[1]}", log
 
 
 def test_notification_is_logged_listed_and_filtered(receiver, capsys):

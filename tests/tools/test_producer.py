@@ -13,7 +13,7 @@ from kafka.admin import KafkaAdminClient, NewTopic
 from cancelwatch import settings
 
 from cancelwatch.core import events
-from cancelwatch.tools.producer import EventProducer, ProducerError, ensure_topics, topic_names
+from cancelwatch.tools.producer import EventProducer, ProducerError, ensure_topics
 
 NOW = datetime.now(timezone.utc).replace(microsecond=0)
 
@@ -60,7 +60,7 @@ def read_all(loaded: settings.Settings) -> list[tuple[str, str, bytes]]:
     consumer = KafkaConsumer(bootstrap_servers=loaded.bootstrap_servers, enable_auto_commit=False,
                              group_id=None, consumer_timeout_ms=10_000)
     partitions = [TopicPartition(topic, partition)
-                  for topic in topic_names(loaded).values()
+                  for topic in loaded.source_topics.values()
                   for partition in (consumer.partitions_for_topic(topic) or ())]
     consumer.assign(partitions)
     consumer.seek_to_beginning()
@@ -83,7 +83,7 @@ def read_all(loaded: settings.Settings) -> list[tuple[str, str, bytes]]:
 def test_ensure_topics_creates_missing_topics_with_the_configured_partitions(stack_env):
     loaded = settings.load(stack_env)
     created = ensure_topics(loaded)
-    assert sorted(created) == sorted(topic_names(loaded).values())
+    assert sorted(created) == sorted(loaded.source_topics.values())
     assert ensure_topics(loaded) == []
     consumer = KafkaConsumer(bootstrap_servers=loaded.bootstrap_servers)
     for topic in created:

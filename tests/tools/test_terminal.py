@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import socket
-import threading
 import urllib.parse
 from http.server import ThreadingHTTPServer
 
@@ -17,6 +16,7 @@ import pytest
 
 from cancelwatch.tools import terminal
 from cancelwatch.receivers.webhook import JSONHandler
+from tests import http_servers
 
 
 def window(days, orders, cancelled, limit, warning, headroom, status):
@@ -77,12 +77,9 @@ class StandIn(JSONHandler):
 @pytest.fixture
 def stand_in():
     server = ThreadingHTTPServer(("127.0.0.1", 0), StandIn)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
     StandIn.requests = []
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    with http_servers.serving(server):
+        yield f"http://127.0.0.1:{server.server_address[1]}"
 
 
 @pytest.fixture

@@ -2,7 +2,7 @@
 
 import asyncio
 
-from cancelwatch.worker.consumer import Fetch, Mailbox
+from cancelwatch.worker.mailbox import Fetch, Mailbox
 
 
 def test_the_consumer_reads_the_next_fetch_only_once_the_agent_took_the_last_one():

@@ -4,11 +4,19 @@ grow with the number of sellers (top-K only)."""
 from __future__ import annotations
 
 import random
+import tomllib
+from pathlib import Path
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from cancelwatch import names
+from dashboards import metrics_reference
+from cancelwatch import names, settings
+from cancelwatch.core import policy as policy_module, targets
+from cancelwatch.worker import runtime
 from cancelwatch.worker.metrics import Metrics, ScrapeState, SellerSummary, rate_band
+
+POLICY = policy_module.load(settings.load({}).policy_path)
 
 
 def scrape(sellers: int, top_k: int = 50) -> dict[str, int]:
@@ -20,7 +28,7 @@ def scrape(sellers: int, top_k: int = 50) -> dict[str, int]:
         cancelled = rng.randint(0, orders // 20)
         marketplace = rng.choice(["US", "UK", "DE", "IN"])
         summaries[(f"S{index}", marketplace)] = SellerSummary(
-            "ok", rate_band(orders, cancelled), ((7, orders, cancelled, 250, 200, None),))
+            "ok", rate_band(orders, cancelled, 250, 200), ((7, orders, cancelled, 250, 200, None),))
     metrics.attach(lambda: ScrapeState(summaries, {("orders", 0): 3}, {"order-buckets": 10},
                                        [("SellerCancelRateBreached", "critical")], 0, 1.0))
     metrics.events.labels("orders", "applied").inc(5)
@@ -44,17 +52,36 @@ def test_every_exported_family_is_named_in_names():
 
 
 def test_rate_bands_compare_in_integers():
-    assert rate_band(100, 0) == "0-1%"
-    assert rate_band(100, 1) == "1-2%"
-    assert rate_band(100, 2) == "2-2.5%"
-    assert rate_band(40, 1) == "2.5%+"
-    assert rate_band(0, 0) == "0-1%"
+    assert rate_band(100, 0, 250, 200) == "low"
+    assert rate_band(100, 1, 250, 200) == "moderate"          # exactly half the warning level
+    assert rate_band(100, 2, 250, 200) == "warning"
+    assert rate_band(40, 1, 250, 200) == "breach"
+    assert rate_band(0, 0, 250, 200) == "low"
+
+
+@pytest.mark.parametrize("marketplace", ["US", "IN"])
+def test_rate_bands_follow_the_policy_of_the_marketplace(marketplace):
+    # The bands' edges are the window's own: half its warning level, the warning level, the limit.
+    first = POLICY.windows(marketplace)[0]
+    orders = 10000
+    edges = (first.warning_bps // 2, first.warning_bps, first.limit_bps)
+    for band, edge in zip(names.RATE_BANDS[1:], edges):
+        assert rate_band(orders, edge, first.limit_bps, first.warning_bps) == band
+        below = names.RATE_BANDS[names.RATE_BANDS.index(band) - 1]
+        assert rate_band(orders, edge - 1, first.limit_bps, first.warning_bps) == below
+
+
+def test_india_at_its_limit_and_a_seller_target_are_breaches():
+    assert rate_band(100, 2, 200, 160) == "breach"           # 2.0% in IN
+    target = targets.apply_target(POLICY.windows("US"), targets.Target("A1", "US", 50, 40, None))[0]
+    assert rate_band(1000, 5, target.limit_bps, target.warning_bps) == "breach"      # 0.5% against 0.5%
+    assert rate_band(1000, 4, target.limit_bps, target.warning_bps) == "warning"
 
 
 def test_top_k_are_the_sellers_most_at_risk():
-    breached = SellerSummary("breach", "2.5%+", ((7, 40, 1, 250, 200, 0),))
-    tight = SellerSummary("ok", "0-1%", ((7, 10, 0, 250, 200, None),))
-    easy = SellerSummary("ok", "0-1%", ((7, 1000, 1, 250, 200, None),))
+    breached = SellerSummary("breach", "breach", ((7, 40, 1, 250, 200, 0),))
+    tight = SellerSummary("ok", "low", ((7, 10, 0, 250, 200, None),))
+    easy = SellerSummary("ok", "low", ((7, 1000, 1, 250, 200, None),))
     ranked = sorted([("E", easy), ("T", tight), ("B", breached)], key=lambda item: item[1].risk(item[0]))
     # contract section 8: rate as a share of the limit before headroom; no seller-fault cancel ranks last
     assert [seller for seller, _ in ranked] == ["B", "E", "T"]
@@ -63,7 +90,7 @@ def test_top_k_are_the_sellers_most_at_risk():
 def test_hours_to_breach_is_the_forecast_the_alert_uses_and_limits_are_those_in_force():
     from pathlib import Path
 
-    from cancelwatch.core import alerting, policy as policy_module, window as window_module
+    from cancelwatch.core import alerting, window as window_module
     from cancelwatch.core.state import BucketTotals, SellerState
 
     policy = policy_module.load(Path(__file__).resolve().parents[2] / "streams" / "cancelwatch" / "core" / "policy.yaml")
@@ -85,9 +112,22 @@ def test_hours_to_breach_is_the_forecast_the_alert_uses_and_limits_are_those_in_
     assert any(key for key in wanted if dict(key)["alertname"] == "SellerCancelRateForecastBreach")
 
     metrics = Metrics("test", "wall", 5)
-    summary = SellerSummary("ok", "1-2%", ((7, totals.orders, totals.cancelled, 50, 40, projection.hours_ahead),))
+    summary = SellerSummary("ok", rate_band(totals.orders, totals.cancelled, 50, 40), ((7, totals.orders, totals.cancelled, 50, 40, projection.hours_ahead),))
     metrics.attach(lambda: ScrapeState({("CLIMB", "US"): summary}, {}, {}, [], 0, 1.0))
     text = metrics.exposition().decode()
     assert (f'cancelwatch_seller_hours_to_breach{{marketplace="US",seller_id="CLIMB",window_days="7"}} '
             f'{float(projection.hours_ahead)}') in text
     assert 'cancelwatch_seller_limit{marketplace="US",seller_id="CLIMB",window_days="7"} 0.005' in text
+
+
+def test_one_label_set_gives_the_lines_docs_metrics_md_counts():
+    series = scrape(10)          # one label set of the latency histogram and of the events counter
+    parameters = metrics_reference.Parameters()
+    assert series["cancelwatch_processing_latency_seconds"] == \
+        metrics_reference.samples_per_label_set("histogram", parameters)
+    assert series["cancelwatch_events"] == metrics_reference.samples_per_label_set("counter", parameters)
+
+
+def test_the_version_in_build_info_is_the_one_of_pyproject():
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())
+    assert runtime.VERSION == pyproject["project"]["version"]

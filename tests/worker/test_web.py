@@ -99,6 +99,8 @@ async def api_replies() -> list[Answer]:
         await ask(web.Api(runtime, ownership({}), Forwarder()), "seller", seller_id=mine, marketplace="US"),
         await ask(api, "what_if", seller_id=mine, marketplace="US", cancel="2"),
         await ask(api, "what_if", seller_id=mine, marketplace="US", cancel="-1"),
+        await ask(api, "what_if", seller_id=mine, marketplace="US"),
+        await ask(api, "seller", seller_id=mine, marketplace="us"),
         await ask(api, "seller", seller_id="at-risk", marketplace="US", limit="5", scope="local"),
         await ask(api, "at_risk", marketplace="US", limit="0"),
     ]

@@ -28,7 +28,8 @@ from typing import Annotated, Literal, Optional
 import msgspec
 
 from cancelwatch.core.amazon_orders import MARKETPLACE_IDS
-from cancelwatch.core.events import FUTURE_TOLERANCE, MAX_MESSAGE_BYTES, ShortId, Timestamp
+from cancelwatch.core import events
+from cancelwatch.core.events import FUTURE_TOLERANCE, ShortId, Timestamp
 
 # accountStatuses[].status: the schema's enum, and the statuses SellerAccountAtRisk fires on.
 # `SUSPENDED` is not in the schema but appears in its own example (amazon-documents.md 1.6,
@@ -152,16 +153,7 @@ def decode_envelope(raw: bytes, now: datetime | None = None) -> Envelope:
     `now` is the wall clock: a `fetched_at` more than 5 minutes ahead of it is refused (it
     would hide every later report of the seller); None skips that check.
     """
-    if raw is None:
-        raise BadReport("invalid_json", "message has no value (tombstone)")
-    if len(raw) > MAX_MESSAGE_BYTES:
-        raise BadReport("invalid_json", f"message is {len(raw)} bytes, over the {MAX_MESSAGE_BYTES} limit")
-    try:
-        envelope = _envelope_decoder.decode(raw)
-    except msgspec.ValidationError as error:
-        raise BadReport("invalid_event", _explain(str(error), "")) from None
-    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as error:
-        raise BadReport("invalid_json", f"not valid JSON: {error}") from None
+    envelope = events.decode_message(_envelope_decoder, raw, lambda message: _explain(message, ""), BadReport)
     if now is not None and envelope.fetched_at > now + FUTURE_TOLERANCE:
         raise BadReport("future", f"fetched_at {envelope.fetched_at.isoformat()} is more than 5 minutes "
                                   f"ahead of the wall clock ({now.astimezone(timezone.utc).isoformat()})")

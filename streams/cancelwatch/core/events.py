@@ -8,7 +8,7 @@ readable reason and a `kind` for the dead-letter metric.
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
-from typing import Annotated, Literal, Optional, Union
+from typing import Annotated, Callable, Literal, Optional, Union
 
 import msgspec
 
@@ -91,16 +91,7 @@ def decode(raw: bytes, now: datetime | None = None) -> Event:
     `now` is the wall clock used to reject events from the future; None skips
     that check (the producer client passes its own clock).
     """
-    if raw is None:
-        raise BadEvent("invalid_json", "message has no value (tombstone)")
-    if len(raw) > MAX_MESSAGE_BYTES:
-        raise BadEvent("invalid_json", f"message is {len(raw)} bytes, over the {MAX_MESSAGE_BYTES} limit")
-    try:
-        event = _decoder.decode(raw)
-    except msgspec.ValidationError as error:
-        raise BadEvent("invalid_event", _explain(str(error))) from None
-    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as error:
-        raise BadEvent("invalid_json", f"not valid JSON: {error}") from None
+    event = decode_message(_decoder, raw, _explain)
     if now is None or _not_ahead(event, now):
         return event
     field = "occurred_at" if event.occurred_at > now + FUTURE_TOLERANCE else "purchase_date"
@@ -109,6 +100,23 @@ def decode(raw: bytes, now: datetime | None = None) -> Event:
         f"{field} {getattr(event, field).isoformat()} is more than 5 minutes ahead of the wall clock "
         f"({now.astimezone(timezone.utc).isoformat()})",
     )
+
+
+def decode_message(decoder: msgspec.json.Decoder, raw: bytes | None, explain: Callable[[str], str],
+                   error: Callable[[str, str], Exception] = BadEvent):
+    """The checks every JSON message of the contract passes before its own: a value (not a
+    tombstone), at most MAX_MESSAGE_BYTES, JSON of the decoder's type. A failure raises
+    `error(kind, reason)`; `explain` words msgspec's validation message."""
+    if raw is None:
+        raise error("invalid_json", "message has no value (tombstone)")
+    if len(raw) > MAX_MESSAGE_BYTES:
+        raise error("invalid_json", f"message is {len(raw)} bytes, over the {MAX_MESSAGE_BYTES} limit")
+    try:
+        return decoder.decode(raw)
+    except msgspec.ValidationError as problem:
+        raise error("invalid_event", explain(str(problem))) from None
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as problem:
+        raise error("invalid_json", f"not valid JSON: {problem}") from None
 
 
 def _explain(message: str) -> str:

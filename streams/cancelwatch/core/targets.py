@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from decimal import Decimal, InvalidOperation
 from typing import Iterable, Literal, Optional
 
 import msgspec
@@ -145,6 +146,26 @@ def _whole_bps(field: str, fraction: float) -> int:
     return bps
 
 
+def parse_fraction(option: str, text: str) -> int:
+    """Basis points of `0.5%` or `0.005`; ValueError, naming the option, for anything else."""
+    raw = text.strip()
+    percent = raw.endswith("%")
+    try:
+        value = Decimal(raw[:-1].strip() if percent else raw)
+    except InvalidOperation:
+        value = Decimal("NaN")
+    if not value.is_finite():
+        raise ValueError(f"{option} {text!r} is not a number: write a percentage (0.5%) or a fraction (0.005)")
+    bps = value * (100 if percent else 10000)
+    if not 0 < bps <= 10000:
+        hint = f" (a fraction: did you mean {text}%?)" if not percent and 1 < value <= 100 else ""
+        raise ValueError(f"{option} {text} must be above 0 and at most 100%{hint}")
+    if bps != bps.to_integral_value():
+        raise ValueError(f"{option} {text} is {bps.normalize():f} basis points: limits are whole basis "
+                         "points (steps of 0.01%, or 0.0001 as a fraction)")
+    return int(bps)
+
+
 def target_key(seller_id: str, marketplace: str) -> bytes:
     return f"{seller_id}/{marketplace}".encode("utf-8")
 
@@ -167,7 +188,12 @@ def _value(target: Target) -> _Value:
 
 def validated(target: Target) -> Target:
     """The target as the worker will read it back; raise BadTarget when the worker would refuse it."""
-    read_back = decode_target(target_key(target.seller_id, target.marketplace), encode_target(target)).target
+    try:
+        key, value = target_key(target.seller_id, target.marketplace), encode_target(target)
+    except UnicodeEncodeError as error:
+        # a command line's bytes that are not UTF-8 reach Python as lone surrogates
+        raise BadTarget("invalid_event", f"{error.object!r} is not UTF-8 text") from None
+    read_back = decode_target(key, value).target
     assert read_back is not None  # a value always decodes to a target
     return read_back
 

@@ -18,12 +18,10 @@ from typing import Any, BinaryIO, Iterator
 import orjson
 from tqdm import tqdm
 
-from cancelwatch import settings
-
 from cancelwatch.core import amazon_orders
 from cancelwatch.core.amazon_orders import Rejected
-from cancelwatch.tools.producer import EventProducer, ProducerError, connect
-from cancelwatch.tools.publish import MAX_REPORTED, _open_source, _Progress
+from cancelwatch.tools.producer import EventProducer, deliver
+from cancelwatch.tools.publish import MAX_REPORTED, Progress, open_source
 
 
 @dataclass
@@ -87,7 +85,7 @@ def run(source: BinaryIO, seller_id: str, producer: EventProducer | None) -> Tal
     """Map every order of the input; send the events (producer) or print them (None)."""
     tally = Tally()
     now = datetime.now(timezone.utc)
-    progress = _Progress(source, "importing")
+    progress = Progress(source, "importing")
     for position, document in documents(source):
         progress.update()
         if isinstance(document, Rejected):
@@ -127,29 +125,24 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if not 1 <= len(args.seller_id) <= 64:
         parser.error("--seller-id must be 1 to 64 characters")
-    try:
-        source = _open_source(args.file)
-    except OSError as error:
-        print(f"cancelwatch import-orders: cannot read {args.file}: {error.strerror}", file=sys.stderr)
+    source = open_source(args.file, "import-orders")
+    if source is None:
         return 2
     with source:
         if args.dry_run:
             tally = run(source, args.seller_id, None)
             sys.stdout.flush()
             return _summary(tally, "printed (--dry-run, nothing published)")
-        try:
-            producer = connect(settings.load())
-        except ProducerError as error:
-            print(f"cancelwatch import-orders: {error}", file=sys.stderr)
-            return 1
-        try:
+        tally = Tally()
+
+        def send(producer: EventProducer) -> None:
+            nonlocal tally
             tally = run(source, args.seller_id, producer)
-            tally.failed = producer.flush().failed
-        except ProducerError as error:
-            print(f"cancelwatch import-orders: {error}", file=sys.stderr)
+
+        report = deliver("import-orders", send)
+        if report is None:
             return 1
-        finally:
-            producer.close()
+    tally.failed = report.failed
     for event_id, reason in tally.failed[:MAX_REPORTED]:
         print(f"event {event_id}: not delivered: {reason}", file=sys.stderr)
     return _summary(tally, "published")

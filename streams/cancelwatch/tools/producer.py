@@ -4,7 +4,9 @@ Every event goes through the same msgspec definitions the worker decodes
 with (streams/cancelwatch/core/events.py), so what this client sends is what the worker
 accepts. `EventProducer` sends one event at a time and collects delivery
 failures per event; `ensure_topics` creates the source topics with the
-configured partition count when they are missing.
+configured partition count when they are missing; `deliver` is what the
+commands that publish (publish, simulate, import-orders) share: connect,
+send, flush, close, and say what went wrong.
 """
 
 from __future__ import annotations
@@ -12,14 +14,15 @@ from __future__ import annotations
 import collections
 import dataclasses
 import logging
+import sys
 from datetime import datetime, timezone
 from typing import Callable, Iterable
 
 from kafka import KafkaProducer
-from kafka.admin import KafkaAdminClient, NewTopic
-from kafka.errors import KafkaError, NoBrokersAvailable, TopicAlreadyExistsError
+from kafka.admin import KafkaAdminClient
+from kafka.errors import KafkaError, NoBrokersAvailable
 
-from cancelwatch import names
+from cancelwatch import settings as settings_module, topics
 
 from cancelwatch.core import events
 from cancelwatch.settings import Settings
@@ -41,18 +44,6 @@ class DeliveryReport:
     @property
     def sent_total(self) -> int:
         return sum(self.sent.values())
-
-
-def topic_names(settings: Settings) -> dict[str, str]:
-    """Topic role (names.ORDERS_TOPIC, names.CANCELLATIONS_TOPIC) -> configured topic name."""
-    return {
-        names.ORDERS_TOPIC: settings.orders_topic,
-        names.CANCELLATIONS_TOPIC: settings.cancellations_topic,
-    }
-
-
-def topic_of(event: events.Event, settings: Settings) -> str:
-    return topic_names(settings)[events.TOPIC_OF_TYPE[type(event)]]
 
 
 def _unreachable(settings: Settings, error: Exception) -> ProducerError:
@@ -81,7 +72,7 @@ class EventProducer:
         self.clock = clock or (lambda: datetime.now(timezone.utc))
         self.report = DeliveryReport()
         self._on_failure = on_failure
-        self._topics = topic_names(settings)
+        self._topics = settings.source_topics
         self._handed_over = False
         try:
             self._producer = KafkaProducer(
@@ -162,6 +153,25 @@ def connect(settings: Settings) -> EventProducer:
     return EventProducer(settings)
 
 
+def deliver(command: str, send: Callable[[EventProducer], None]) -> DeliveryReport | None:
+    """Connect with the environment's settings, let `send` hand events to the producer, wait
+    until each is delivered or has failed, and close. An unreachable broker or a flush that
+    does not complete is printed as `cancelwatch COMMAND: ...` and gives None."""
+    try:
+        producer = connect(settings_module.load())
+    except ProducerError as error:
+        print(f"cancelwatch {command}: {error}", file=sys.stderr)
+        return None
+    try:
+        send(producer)
+        return producer.flush()
+    except ProducerError as error:
+        print(f"cancelwatch {command}: {error}", file=sys.stderr)
+        return None
+    finally:
+        producer.close()
+
+
 def ensure_topics(settings: Settings, partitions: int | None = None) -> list[str]:
     """Create the orders and cancellations topics if missing; return the names created.
 
@@ -176,20 +186,9 @@ def ensure_topics(settings: Settings, partitions: int | None = None) -> list[str
     except KafkaError as error:
         raise _unreachable(settings, error) from None
     try:
-        existing = set(admin.list_topics())
-        wanted = [name for name in topic_names(settings).values() if name not in existing]
-        if not wanted:
-            return []
-        brokers = len(admin.describe_cluster()["brokers"]) or 1
-        replication = min(3, brokers)
-        created = []
-        for name in wanted:
-            try:
-                admin.create_topics([NewTopic(name, partitions, replication)], timeout_ms=30_000)
-                created.append(name)
-            except TopicAlreadyExistsError:
-                pass
-        log.info("created topics %s with %d partitions", ", ".join(created), partitions)
+        created = topics.create_missing(admin, settings.source_topics.values(), partitions)
+        if created:
+            log.info("created topics %s with %d partitions", ", ".join(created), partitions)
         return created
     except KafkaError as error:
         raise ProducerError(f"cannot create topics on {', '.join(settings.bootstrap_servers)}: "

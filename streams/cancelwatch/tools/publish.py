@@ -22,10 +22,8 @@ from typing import BinaryIO, Iterator
 
 from tqdm import tqdm
 
-from cancelwatch import settings
-
 from cancelwatch.core import events
-from cancelwatch.tools.producer import ProducerError, connect
+from cancelwatch.tools.producer import EventProducer, deliver
 
 MAX_REPORTED = 100
 _TRUE = {"true", "1", "yes"}
@@ -125,9 +123,15 @@ def check_lines(source: BinaryIO, fmt: str, now: datetime) -> Iterator[Checked]:
         yield Checked(0, error=f"the file is not UTF-8 text ({error.reason} at byte {error.start})")
 
 
-def _open_source(path: str) -> BinaryIO:
+def open_source(path: str, command: str) -> BinaryIO | None:
+    """The file, or standard input (`-`) spooled so it can be read twice; None, once the error
+    is printed as `cancelwatch COMMAND: cannot read ...`, when the file cannot be opened."""
     if path != "-":
-        return open(path, "rb")
+        try:
+            return open(path, "rb")
+        except OSError as error:
+            print(f"cancelwatch {command}: cannot read {path}: {error.strerror}", file=sys.stderr)
+            return None
     spool = tempfile.SpooledTemporaryFile(max_size=64 * 1024 * 1024)
     shutil.copyfileobj(sys.stdin.buffer, spool)
     spool.seek(0)
@@ -141,7 +145,7 @@ def _size(source: BinaryIO) -> int:
     return size
 
 
-class _Progress:
+class Progress:
     """A byte-count progress bar on stderr, shown only on a terminal."""
 
     def __init__(self, source: BinaryIO, label: str) -> None:
@@ -182,10 +186,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--check", action="store_true",
                         help="validate only; send nothing")
     args = parser.parse_args(argv)
-    try:
-        source = _open_source(args.file)
-    except OSError as error:
-        print(f"cancelwatch publish: cannot read {args.file}: {error.strerror}", file=sys.stderr)
+    source = open_source(args.file, "publish")
+    if source is None:
         return 2
     with source:
         head = source.read(4096)
@@ -202,7 +204,7 @@ def main(argv: list[str]) -> int:
 
 def _validate(source: BinaryIO, fmt: str) -> Summary:
     summary = Summary()
-    progress = _Progress(source, "validating")
+    progress = Progress(source, "validating")
     for checked in check_lines(source, fmt, datetime.now(timezone.utc)):
         progress.update()
         if checked.error:
@@ -228,15 +230,11 @@ def _finish_check(summary: Summary, check_only: bool) -> int:
 
 
 def _send(source: BinaryIO, fmt: str) -> int:
-    loaded = settings.load()
-    try:
-        producer = connect(loaded)
-    except ProducerError as error:
-        print(f"cancelwatch publish: {error}", file=sys.stderr)
-        return 1
     invalid = 0
-    progress = _Progress(source, "sending")
-    try:
+
+    def send(producer: EventProducer) -> None:
+        nonlocal invalid
+        progress = Progress(source, "sending")
         for checked in check_lines(source, fmt, datetime.now(timezone.utc)):
             progress.update()
             if checked.error:
@@ -245,12 +243,10 @@ def _send(source: BinaryIO, fmt: str) -> int:
                 continue
             producer.send_encoded(checked.event, checked.raw)
         progress.close()
-        report = producer.flush()
-    except ProducerError as error:
-        print(f"cancelwatch publish: {error}", file=sys.stderr)
+
+    report = deliver("publish", send)
+    if report is None:
         return 1
-    finally:
-        producer.close()
     if invalid > MAX_REPORTED:
         print(f"... and {invalid - MAX_REPORTED} more invalid lines", file=sys.stderr)
     for event_id, reason in report.failed[:MAX_REPORTED]:

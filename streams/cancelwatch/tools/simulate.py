@@ -23,12 +23,9 @@ from typing import BinaryIO, Callable, Iterable
 
 from tqdm import tqdm
 
-from cancelwatch import settings
-
 from cancelwatch.core import events
-
 from cancelwatch.tools import scenarios
-from cancelwatch.tools.producer import ProducerError, connect
+from cancelwatch.tools.producer import EventProducer, deliver
 
 _SPAN = re.compile(r"(\d+(?:\.\d+)?)([wdhms])")
 _UNITS = {"w": 604800, "d": 86400, "h": 3600, "m": 60, "s": 1}
@@ -250,36 +247,28 @@ def _to_file(stream: Iterable[events.Event], path: str) -> int:
 
 
 def _to_kafka(stream: Iterable[events.Event], live: bool) -> int:
-    loaded = settings.load()
+    def send(producer: EventProducer) -> None:
+        sent = 0
+        last_status = time.monotonic()
+        try:
+            for event in stream:
+                producer.send(event)
+                sent += 1
+                if live and time.monotonic() - last_status >= STATUS_SECONDS:
+                    last_status = time.monotonic()
+                    print(f"simulate: {sent} events sent, up to {event.occurred_at.isoformat()}",
+                          file=sys.stderr)
+        except KeyboardInterrupt:
+            print("simulate: interrupted; flushing", file=sys.stderr)
+
     try:
-        producer = connect(loaded)
-    except ProducerError as error:
-        print(f"cancelwatch simulate: {error}", file=sys.stderr)
-        return 1
-    sent = 0
-    last_status = time.monotonic()
-    try:
-        for event in stream:
-            producer.send(event)
-            sent += 1
-            if live and time.monotonic() - last_status >= STATUS_SECONDS:
-                last_status = time.monotonic()
-                print(f"simulate: {sent} events sent, up to {event.occurred_at.isoformat()}",
-                      file=sys.stderr)
-    except KeyboardInterrupt:
-        print("simulate: interrupted; flushing", file=sys.stderr)
+        report = deliver("simulate", send)
     except events.BadEvent as error:
         print(f"cancelwatch simulate: generated an invalid event ({error}); this is a bug in "
               "the simulator, please report it with the options used", file=sys.stderr)
-        producer.close()
         return 1
-    try:
-        report = producer.flush()
-    except ProducerError as error:
-        print(f"cancelwatch simulate: {error}", file=sys.stderr)
+    if report is None:
         return 1
-    finally:
-        producer.close()
     print(f"simulate: sent {report.sent_total} events ({_by_topic(report.sent)}), "
           f"{len(report.failed)} failed", file=sys.stderr)
     for event_id, reason in report.failed[:10]:

@@ -16,7 +16,6 @@ import json
 import sys
 import time
 from datetime import datetime, timezone
-from decimal import Decimal, InvalidOperation
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient, NewTopic
@@ -29,26 +28,6 @@ from cancelwatch.tools.producer import ProducerError, _unreachable
 
 READ_TIMEOUT_SECONDS = 30
 COMPACT = {"cleanup.policy": "compact"}
-
-
-def parse_fraction(option: str, text: str) -> int:
-    """Basis points of `0.5%` or `0.005`; ValueError, naming the option, for anything else."""
-    raw = text.strip()
-    percent = raw.endswith("%")
-    try:
-        value = Decimal(raw[:-1].strip() if percent else raw)
-    except InvalidOperation:
-        value = Decimal("NaN")
-    if not value.is_finite():
-        raise ValueError(f"{option} {text!r} is not a number: write a percentage (0.5%) or a fraction (0.005)")
-    bps = value * (100 if percent else 10000)
-    if not 0 < bps <= 10000:
-        hint = f" (a fraction: did you mean {text}%?)" if not percent and 1 < value <= 100 else ""
-        raise ValueError(f"{option} {text} must be above 0 and at most 100%{hint}")
-    if bps != bps.to_integral_value():
-        raise ValueError(f"{option} {text} is {bps.normalize():f} basis points: limits are whole basis "
-                         "points (steps of 0.01%, or 0.0001 as a fraction)")
-    return int(bps)
 
 
 def _percent(bps: int) -> str:
@@ -120,8 +99,8 @@ def _set(args: argparse.Namespace, loaded: settings.Settings) -> int:
         if args.limit is None or args.warning is None:
             return _fail("set", "give --limit and --warning (e.g. --limit 0.5% --warning 0.4%), or --preset")
         try:
-            limit_bps = parse_fraction("--limit", args.limit)
-            warning_bps = parse_fraction("--warning", args.warning)
+            limit_bps = targets.parse_fraction("--limit", args.limit)
+            warning_bps = targets.parse_fraction("--warning", args.warning)
         except ValueError as error:
             return _fail("set", str(error))
         if warning_bps >= limit_bps:

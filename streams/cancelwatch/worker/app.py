@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import json
 import logging
 import sys
 import time
@@ -30,13 +29,13 @@ import aiohttp
 import aiohttp.web
 import faust
 from kafka import KafkaAdminClient
-from kafka.admin import NewTopic
-from kafka.errors import KafkaError, NoBrokersAvailable, TopicAlreadyExistsError
+from kafka.errors import KafkaError, NoBrokersAvailable
 
-from cancelwatch import settings as settings_module
+from cancelwatch import settings as settings_module, topics
 
 from cancelwatch.core import policy as policy_module
-from cancelwatch.worker.consumer import BatchingConsumer, Mailbox
+from cancelwatch.worker.consumer import BatchingConsumer
+from cancelwatch.worker.mailbox import Mailbox
 from cancelwatch.settings import Settings
 from cancelwatch.worker import web
 from cancelwatch.worker.ownership import Ownership, faust_assignment, faust_recovering
@@ -79,15 +78,7 @@ def ensure_topics(settings: Settings) -> None:
     try:
         wanted = [settings.orders_topic, settings.cancellations_topic, settings.reroute_topic,
                   settings.account_health_topic, settings.dead_letter_topic]
-        existing = set(admin.list_topics())
-        brokers = len(admin.describe_cluster()["brokers"]) or 1
-        for name in wanted:
-            if name in existing:
-                continue
-            try:
-                admin.create_topics([NewTopic(name, settings.partitions, min(3, brokers))], timeout_ms=30_000)
-            except TopicAlreadyExistsError:
-                pass
+        topics.create_missing(admin, wanted, settings.partitions)
         for description in _described(admin, wanted[:4]):
             count = len(description["partitions"])
             if count != settings.partitions:
@@ -101,11 +92,11 @@ def ensure_topics(settings: Settings) -> None:
         admin.close()
 
 
-def _described(admin: KafkaAdminClient, topics: list[str], timeout: float = 30.0) -> list[dict]:
+def _described(admin: KafkaAdminClient, wanted: list[str], timeout: float = 30.0) -> list[dict]:
     """Topic descriptions, waiting for new topics' partitions to appear in metadata."""
     deadline = time.monotonic() + timeout
     while True:
-        described = admin.describe_topics(topics)
+        described = admin.describe_topics(wanted)
         if all(d["partitions"] for d in described) or time.monotonic() > deadline:
             return described
         time.sleep(0.2)

@@ -24,13 +24,14 @@ and ends the recovery itself. Records of every other topic take faust's path.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
 from typing import Sequence
 
 from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers import aiokafka as aiokafka_driver
 from faust.types.tuples import ack_lock
 from mode.utils.futures import notify
+
+from cancelwatch.worker.mailbox import Fetch, Mailbox
 
 
 class _ChangelogEvent:
@@ -45,44 +46,6 @@ class _ChangelogEvent:
         self.partition = record.partition
         self.key = record.key
         self.value = record.value
-
-
-@dataclass
-class Fetch:
-    """The records of the batch topics in one fetch, and their offsets per partition."""
-
-    generation: int
-    records: list = field(default_factory=list)        # aiokafka ConsumerRecords
-    offsets: dict = field(default_factory=dict)        # TP -> [offset, ...]
-    full: bool = False                                 # as many records as a fetch holds: more wait
-
-
-class Mailbox:
-    """Fetches from the consumer to the agent, one at a time.
-
-    The consumer reads the next fetch only once the agent has taken the previous
-    one, so the records of at most two fetches are alive: the one being applied
-    and the next one, read in the meantime."""
-
-    def __init__(self) -> None:
-        self._queue: asyncio.Queue = asyncio.Queue(maxsize=1)
-        self._taken = asyncio.Event()
-
-    def has_room(self) -> bool:
-        return self._queue.empty()
-
-    async def room(self) -> None:
-        while not self._queue.empty():
-            self._taken.clear()
-            await self._taken.wait()
-
-    async def put(self, fetch: Fetch) -> None:
-        await self._queue.put(fetch)
-
-    async def get(self) -> Fetch:
-        fetch = await self._queue.get()
-        self._taken.set()
-        return fetch
 
 
 class BatchingConsumer(aiokafka_driver.Consumer):

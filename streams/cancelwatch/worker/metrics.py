@@ -57,13 +57,14 @@ class SellerSummary:
             + (seller_id,)
 
 
-def rate_band(orders: int, cancelled: int) -> str:
-    """Band of a 7-day-style rate, compared in integers (basis points)."""
-    if orders == 0 or cancelled * 10000 < 100 * orders:
+def rate_band(orders: int, cancelled: int, limit_bps: int, warning_bps: int) -> str:
+    """Band of a window's rate against its limit and warning level (basis points), compared in
+    integers: under half the warning level, under the warning level, under the limit, at or over it."""
+    if orders == 0 or cancelled * 20000 < warning_bps * orders:
         return names.RATE_BANDS[0]
-    if cancelled * 10000 < 200 * orders:
+    if cancelled * 10000 < warning_bps * orders:
         return names.RATE_BANDS[1]
-    if cancelled * 10000 < 250 * orders:
+    if cancelled * 10000 < limit_bps * orders:
         return names.RATE_BANDS[2]
     return names.RATE_BANDS[3]
 

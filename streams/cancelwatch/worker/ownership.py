@@ -20,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable
 
-from aiokafka.partitioner import murmur2
 
 LOCAL = "local"
 RECOVERING = "recovering"
@@ -29,7 +28,10 @@ UNKNOWN = "unknown"
 
 
 def owner_partition(seller_id: str, partitions: int) -> int:
-    """The partition a seller's state lives on: Kafka's default partitioner on seller_id."""
+    """The partition a seller's state lives on: Kafka's default partitioner on seller_id.
+    (aiokafka is imported here, not with the module: the web views need no Kafka client.)"""
+    from aiokafka.partitioner import murmur2
+
     return (murmur2(seller_id.encode()) & 0x7FFFFFFF) % partitions
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import dataclasses
+import importlib.metadata
 import logging
 import time
 from collections import Counter, defaultdict
@@ -34,7 +35,7 @@ from cancelwatch.worker.table_store import TableStore
 
 log = logging.getLogger("cancelwatch.worker")
 
-VERSION = "0.1.0"
+VERSION = importlib.metadata.version("cancelwatch")   # pyproject.toml's, as installed
 GROUP_RECORDS = 20_000                         # records applied, written and acknowledged together
 GROUP_BUCKETS = 4_000                          # buckets a group holds open (decoded), at most
 SUMMARY_POOL_SIZE = 100_000                    # distinct seller summaries kept for sharing
@@ -86,7 +87,7 @@ class Group:
 
     def __init__(self, pending) -> None:
         self.pending = pending
-        self.fetches: list = []                 # consumer.Fetch, records dropped once applied
+        self.fetches: list = []                 # mailbox.Fetch, records dropped once applied
         self.records = 0
         self.clocks: dict[int, float] = {}      # partition -> latest occurred_at
         self.outcomes: Counter = Counter()      # (topic, outcome) -> events
@@ -159,15 +160,10 @@ class Runtime:
         self.targets_ready = False          # the targets topic was read to its end once
         # (seller, marketplace) -> (fetched_at, the latest account-health report's entry)
         self.health: dict[tuple[str, str], tuple[float, account_health.MarketplaceHealth]] = {}
-        self.role = {
-            settings.orders_topic: names.ORDERS_TOPIC,
-            settings.cancellations_topic: names.CANCELLATIONS_TOPIC,
+        self.topic_name = settings.source_topics
+        self.role = {name: role for role, name in self.topic_name.items()} | {
             settings.reroute_topic: names.REROUTE_TOPIC,
             settings.account_health_topic: HEALTH_ROLE,
-        }
-        self.topic_name = {
-            names.ORDERS_TOPIC: settings.orders_topic,
-            names.CANCELLATIONS_TOPIC: settings.cancellations_topic,
         }
 
     # -- clock ---------------------------------------------------------------
@@ -552,7 +548,7 @@ class Runtime:
             first = windows[0]
             state.summary = self._shared_summary(
                 max((w.status for w in windows), key=names.STATUSES.index),
-                rate_band(first.orders, first.cancelled),
+                rate_band(first.orders, first.cancelled, first.window.limit_bps, first.window.warning_bps),
                 tuple((w.window.days, w.orders, w.cancelled, w.window.limit_bps, w.window.warning_bps,
                        self._hours_to_breach(state, w, now_bucket)) for w in windows),
             )

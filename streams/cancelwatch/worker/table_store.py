@@ -32,7 +32,6 @@ import logging
 import os
 from typing import Callable, Iterator, MutableMapping
 
-from faust.types import TP
 
 log = logging.getLogger("cancelwatch.worker")
 
@@ -206,6 +205,8 @@ class TableStore(MutableMapping):
             self._partition_db(partition).write(batch)
 
     def changelog_offset(self, partition: int) -> int | None:
+        from faust.types import TP
+
         return self.table.data.persisted_offset(TP(self.table.changelog_topic.get_topic_name(), partition))
 
 

@@ -70,15 +70,9 @@ class Api:
         return await self._seller(request, seller_id, 0)
 
     async def what_if(self, request: Request) -> Reply:
-        raw = request.query.get("cancel")
-        if raw is None:
-            return error(400, "query parameter cancel (a whole number >= 0) is required")
-        try:
-            extra = int(raw)
-        except ValueError:
-            return error(400, f"cancel must be a whole number >= 0, got {raw!r}")
-        if not 0 <= extra <= 1_000_000:
-            return error(400, f"cancel must be within 0..1000000, got {extra}")
+        extra = whole_number(request.query, "cancel", 0, 1_000_000)
+        if isinstance(extra, Reply):
+            return extra
         return await self._seller(request, request.params["seller_id"], extra)
 
     def _route(self, request: Request, seller_id: str, marketplace: str) -> Awaitable[Reply] | None:
@@ -130,13 +124,9 @@ class Api:
         marketplace = request.query.get("marketplace", "")
         if marketplace not in names.MARKETPLACES:
             return _bad_marketplace(marketplace)
-        raw = request.query.get("limit", "20")
-        try:
-            limit = int(raw)
-        except ValueError:
-            return error(400, f"limit must be a whole number within 1..1000, got {raw!r}")
-        if not 1 <= limit <= 1000:
-            return error(400, f"limit must be within 1..1000, got {limit}")
+        limit = whole_number(request.query, "limit", 1, 1000, default="20")
+        if isinstance(limit, Reply):
+            return limit
         if not self.ownership.assigned():
             return error(503, "no partition is assigned yet (starting or rebalancing); retry shortly")
         owned = self.ownership.owned()
@@ -157,6 +147,23 @@ class Api:
         merged = ranked + [view for reply in replies for view in reply.body]
         merged.sort(key=window.risk_key_of_json)
         return Reply(200, merged[:limit])
+
+
+def whole_number(query: Mapping[str, str], name: str, lowest: int, highest: int,
+                 default: str | None = None) -> int | Reply:
+    """The query parameter `name` as a whole number within lowest..highest, or the 400 that says
+    what is wrong; without a default the parameter is required."""
+    raw = query.get(name, default)
+    allowed = f"a whole number within {lowest}..{highest}"
+    if raw is None:
+        return error(400, f"query parameter {name} ({allowed}) is required")
+    try:
+        value = int(raw)
+    except ValueError:
+        return error(400, f"{name} must be {allowed}, got {raw!r}")
+    if not lowest <= value <= highest:
+        return error(400, f"{name} must be within {lowest}..{highest}, got {value}")
+    return value
 
 
 def _bad_marketplace(marketplace: str) -> Reply:

@@ -144,6 +144,7 @@ class Runtime:
         self.dirty: set = set()     # SellerStates to evaluate
         self._summary_pool: dict[tuple, SellerSummary] = {}
         self.alerts: dict[tuple[str, str], dict] = {}   # seller -> {AlertKey: alerting.Firing}
+        self.adopted: set[tuple[str, str]] = set()      # sellers whose restored alerts this worker has not sent yet
         self.evaluated_bucket: int | None = None
         self.last_full_end = 0.0
         self.last_full_seconds = 0.0
@@ -197,6 +198,7 @@ class Runtime:
         if self.sender is not None:
             self.sender.forget(alert.key for firing in self.alerts.values() for alert in firing.values())
         self.alerts = {}
+        self.adopted = set()
         self.book = None
         self.group = None
         self.dirty = set()
@@ -251,8 +253,10 @@ class Runtime:
             else:
                 # Not re-sent until evaluated on a caught-up view: the previous owner's sends keep
                 # them active in Alertmanager meanwhile, and one that expired during a long outage
-                # is not paged again from partial counts.
+                # is not paged again from partial counts. That evaluation sends every one of them
+                # still wanted, changed or not (`adopted`): this worker's sender re-sends them from then on.
                 self.alerts[seller] = alerts
+        self.adopted = set(self.alerts)
         self.dirty = set(book.states())
         self.group = None           # applied to the book just replaced; its fetches are read again
         self.evaluated_bucket = None
@@ -565,15 +569,19 @@ class Runtime:
                     self.dashboard_url(*key), health_rating=entry.health_rating))
             if not wanted and not previous:
                 continue
-            decision = alerting.decide(previous, wanted, time.time(),
-                                       hold=self.owners[state.seller_id] in self.catching_up)
+            held = self.owners[state.seller_id] in self.catching_up
+            decision = alerting.decide(previous, wanted, time.time(), hold=held)
             if decision.changed:
                 store_key = state_module.alerts_key(*key)
                 if decision.firing:
                     self.store[store_key] = _firing_encoder.encode(alerting.firing_identity(decision.firing))
                 elif store_key in self.store:
                     del self.store[store_key]
-            outbox.fire.extend(decision.fire)
+            if key in self.adopted and not held:
+                self.adopted.discard(key)
+                outbox.fire.extend(decision.firing.values())    # taken over: sent by this worker now
+            else:
+                outbox.fire.extend(decision.fire)
             outbox.resolve.extend(decision.resolve)
             if decision.firing:
                 self.alerts[key] = decision.firing

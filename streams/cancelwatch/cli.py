@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "settings": ("cancelwatch.tools.settings_cli", "Print the settings reference, or check the current environment."),
     "publish": ("cancelwatch.tools.publish", "Validate a JSON Lines or CSV file of events and send it to Kafka."),
     "import-orders": ("cancelwatch.tools.import_orders", "Publish the events of Amazon Orders API documents (getOrder, searchOrders)."),
+    "publish-report": ("cancelwatch.tools.publish_report", "Publish an Amazon account-health report (GET_V2_SELLER_PERFORMANCE_REPORT) for reconciliation."),
     "target": ("cancelwatch.tools.target_cli", "Set, clear or list sellers' own limits (seller targets)."),
     "schema": ("cancelwatch.tools.schema_cli", "Print the JSON Schema of the events."),
     "simulate": ("cancelwatch.tools.simulate", "Generate realistic order and cancellation traffic (scenarios)."),

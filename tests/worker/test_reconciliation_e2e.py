@@ -12,6 +12,7 @@ own."""
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 import uuid
 from datetime import datetime, timedelta, timezone
@@ -25,7 +26,7 @@ from cancelwatch.worker.ownership import owner_partition
 from tests.delivery.test_alerting_e2e import Seller, wait_for
 from tests.worker.test_catchup import Receiver
 from tests.worker.test_targets_e2e import send
-from tests.workers import Topics
+from tests.workers import CANCELWATCH, ROOT, Topics
 
 pytestmark = pytest.mark.stack
 
@@ -270,12 +271,20 @@ def test_india_compares_on_the_reports_own_range_not_the_policys_windows(rig):
     rig.wait_counted(seller, 52, days=30)
     skipped = rig.worker.metric("cancelwatch_events_total", topic=rig.topics.account_health,
                                 outcome="skipped_marketplace")
+    # Published as a seller would: Amazon's document, through `cancelwatch publish-report`.
     india, ireland = ID_OF["IN"], IRELAND
-    rig.publish_report(seller.seller_id, envelope(
+    document = json.loads(envelope(
         seller.seller_id, moments_ago(),
         {ireland: cancellation_rate(start, end, 900, 9, seconds=True),
          india: cancellation_rate(start, end, 40, 2, seconds=True)},
-        {ireland: "NORMAL", india: "NORMAL"}))
+        {ireland: "NORMAL", india: "NORMAL"}))["report"]
+    path = rig.directory / f"{seller.seller_id}.json"
+    path.write_text(json.dumps(document))
+    published = subprocess.run([CANCELWATCH, "publish-report", "--seller-id", seller.seller_id, str(path)],
+                               env=rig.worker.env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert published.returncode == 0, published.stderr
+    assert "IN (2 of 40 orders" in published.stderr
+    assert "1 entries of marketplaces outside the contract skipped" in published.stderr
     answer = rig.wait_answer(seller, "the Indian comparison", drifting=False)
     assert answer["range"] == {"from": start.strftime("%Y-%m-%dT%H:%M:%SZ"),
                                "to": end.strftime("%Y-%m-%dT%H:%M:%SZ")}

@@ -162,13 +162,15 @@ def connect(settings: Settings) -> EventProducer:
     return EventProducer(settings)
 
 
-def ensure_topics(settings: Settings, partitions: int | None = None) -> list[str]:
-    """Create the orders and cancellations topics if missing; return the names created.
+def ensure_topics(settings: Settings, partitions: int | None = None,
+                  topics: Iterable[str] | None = None) -> list[str]:
+    """Create the orders and cancellations topics (or `topics`) if missing; return the names created.
 
     New topics get `partitions` (default settings.partitions) partitions and a
     replication factor of min(3, brokers in the cluster).
     """
     partitions = partitions or settings.partitions
+    topics = list(topic_names(settings).values()) if topics is None else list(topics)
     try:
         admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers,
                                  client_id=f"{settings.app_id}-producer-admin",
@@ -177,7 +179,7 @@ def ensure_topics(settings: Settings, partitions: int | None = None) -> list[str
         raise _unreachable(settings, error) from None
     try:
         existing = set(admin.list_topics())
-        wanted = [name for name in topic_names(settings).values() if name not in existing]
+        wanted = [name for name in topics if name not in existing]
         if not wanted:
             return []
         brokers = len(admin.describe_cluster()["brokers"]) or 1

@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "schema": ("cancelwatch.tools.schema_cli", "Print the JSON Schema of the events."),
     "simulate": ("cancelwatch.tools.simulate", "Generate realistic order and cancellation traffic (scenarios)."),
     "seller": ("cancelwatch.tools.seller_cli", "Show one seller's rate, headroom and reasons from the worker."),
+    "reconcile": ("cancelwatch.tools.reconcile_cli", "Show one seller's counts against Amazon's latest account-health report."),
     "top": ("cancelwatch.tools.top_cli", "Live view of the sellers most at risk, with their active alerts."),
     "oncall": ("cancelwatch.receivers.oncall", "Receive Alertmanager webhooks: log each notification and print one line per alert."),
     "grafana-annotations": ("cancelwatch.receivers.grafana_annotations", "Receive Alertmanager webhooks and write alert start/end as Grafana annotations."),

@@ -251,10 +251,10 @@ class Runtime:
                 outbox.resolve.extend(alerts.values())
                 del self.store[state_module.alerts_key(*seller)]
             else:
-                # Not re-sent until evaluated on a caught-up view: the previous owner's sends keep
-                # them active in Alertmanager meanwhile, and one that expired during a long outage
-                # is not paged again from partial counts. That evaluation sends every one of them
-                # still wanted, changed or not (`adopted`): this worker's sender re-sends them from then on.
+                # Adopted: those Alertmanager still holds are kept alive through the catch-up
+                # (`keep_adopted_alive`); one that expired during a long outage is not paged again
+                # from partial counts. The first evaluation on a caught-up view sends every one
+                # still wanted, changed or not, and resolves the others.
                 self.alerts[seller] = alerts
         self.adopted = set(self.alerts)
         self.dirty = set(book.states())
@@ -263,6 +263,27 @@ class Runtime:
         log.info("state rebuilt: %d sellers, %d orders (%d indexed), %d sellers with alerts, in %.2fs",
                  len(book), orders, indexed, len(self.alerts), time.monotonic() - started)
         return outbox
+
+    async def keep_adopted_alive(self) -> None:
+        """After a rebuild: re-send, from now on, the restored alerts that Alertmanager still
+        holds active, so alerts already firing stay firing while the partitions catch up
+        (contract section 9). The caught-up evaluation then keeps or resolves them."""
+        if self.sender is None or not self.adopted:
+            return
+        epoch = self.epoch
+        restored = {alert.key: alert for seller in self.adopted for alert in self.alerts.get(seller, {}).values()}
+        active = await self.sender.still_active(restored)
+        if epoch != self.epoch:
+            return          # ownership moved meanwhile: the next owner decides
+        kept = 0
+        for seller in self.adopted:
+            for alert in self.alerts.get(seller, {}).values():
+                if alert.key in active:
+                    self.sender.fire(_alert(alert))
+                    kept += 1
+        if restored:
+            log.info("alerts taken over: %d of %d still active in Alertmanager, kept alive through the catch-up",
+                     kept, len(restored))
 
     # -- applying --------------------------------------------------------------
     def process(self, records) -> None:

@@ -209,7 +209,7 @@ class AlertSender:
     def firing(self) -> dict[AlertKey, Alert]:
         return dict(self._firing)
 
-    async def still_active(self, keys: Iterable[AlertKey], margin_seconds: float = 5.0) -> set[AlertKey]:
+    async def still_active(self, keys: Iterable[AlertKey], margin_seconds: float = 1.0) -> set[AlertKey]:
         """Which of these alerts an Alertmanager still holds active for at least `margin_seconds`
         more: a new owner keeps exactly those alive. An Alertmanager that cannot be asked
         counts for none."""

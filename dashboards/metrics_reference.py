@@ -18,7 +18,7 @@ from cancelwatch.worker import metrics
 class Parameters:
     """What the series count depends on, at the shipped defaults."""
 
-    topics: int = 3  # orders, cancellations and the internal reroute topic
+    topics: int = 4  # orders, cancellations, account-health and the internal reroute topic
     partitions: int = names.DEFAULT_PARTITIONS
     marketplaces: int = len(names.MARKETPLACES)
     windows: int = 2  # most windows of one marketplace in the policy (IN: 7 and 30 days)
@@ -28,7 +28,7 @@ class Parameters:
 
 
 SYMBOLS = (
-    ("T", "topics", "source topics the worker consumes: orders, cancellations, reroute"),
+    ("T", "topics", "source topics the worker consumes: orders, cancellations, account-health, reroute"),
     ("P", "partitions", "partitions per source topic (`CANCELWATCH_PARTITIONS`)"),
     ("M", "marketplaces", "marketplaces of the contract"),
     ("W", "windows", "most windows of one marketplace in the policy (IN: 7 and 30 days)"),

@@ -122,12 +122,14 @@ METRICS = {
     "cancelwatch_events_total": (
         "counter", ("topic", "outcome"),
         "Events consumed, by source topic and outcome "
-        "(applied, unchanged, late, afn, rerouted, dead_letter).",
+        "(applied, unchanged, late, afn, rerouted, dead_letter); on the account-health topic, "
+        "reports read (report) and performanceMetrics entries of marketplaces outside the "
+        "contract, skipped (skipped_marketplace).",
     ),
     "cancelwatch_dead_letters_total": (
         "counter", ("topic", "kind"),
         "Messages sent to the dead-letter topic, by source topic and kind "
-        "(invalid_json, invalid_event, wrong_topic, future).",
+        "(invalid_json, invalid_event, wrong_topic, future), account-health reports included.",
     ),
     "cancelwatch_orders_total": (
         "counter", ("marketplace",),

@@ -299,6 +299,32 @@ def test_resolved_alert_leaves_the_active_alerts(alertmanager):
 
 
 @pytest.mark.stack
+def test_still_active_names_the_alerts_alertmanager_holds_valid_beyond_the_margin(alertmanager):
+    """What a new owner keeps alive after a takeover: alerts still active, not those resolved,
+    about to expire, never sent, or held by an Alertmanager that cannot be reached."""
+    sender = AlertSender([alertmanager.url], resend_seconds=60)          # endsAt 240 s ahead
+    short = AlertSender([alertmanager.url], resend_seconds=0.5)          # endsAt 2 s ahead
+    held, resolved, expiring, unsent = (seller_alert(seller) for seller in ("K1", "K2", "K3", "K4"))
+
+    async def scenario():
+        sender.fire(held)
+        sender.fire(resolved)
+        short.fire(expiring)
+        short_task = asyncio.create_task(short.run())
+        await eventually(lambda: len(alertmanager.active()) == 3, "K1, K2 and K3 active")
+        short_task.cancel()
+        sender.resolve(resolved.labels)
+        await eventually(lambda: not alertmanager.active("K2"), "K2 resolved")
+        keys = {alert.key for alert in (held, resolved, expiring, unsent)}
+        unreachable = AlertSender([f"http://127.0.0.1:{free_port()}"], timeout_seconds=1)
+        return await sender.still_active(keys, margin_seconds=10), await unreachable.still_active(keys)
+
+    active, from_nowhere = asyncio.run(with_sender(sender, scenario))
+    assert active == {held.key}
+    assert from_nowhere == set()
+
+
+@pytest.mark.stack
 def test_resend_keeps_the_alert_active_past_its_first_ends_at(alertmanager):
     sender = AlertSender([alertmanager.url], resend_seconds=0.5)  # endsAt 2 s ahead
     alert = seller_alert("A4")

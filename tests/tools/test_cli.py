@@ -11,7 +11,8 @@ from cancelwatch import cli
 
 COMMANDS_DOC = Path(__file__).resolve().parents[2] / "docs" / "commands.md"
 # Commands whose options this test reads from their --help.
-OPTION_CHECKED = ("publish", "schema", "simulate", "seller", "top", "import-orders", "target")
+OPTION_CHECKED = ("publish", "schema", "simulate", "seller", "top", "import-orders", "publish-report", "reconcile",
+                  "target")
 
 
 def sections() -> dict[str, str]:

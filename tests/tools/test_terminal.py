@@ -1,4 +1,4 @@
-"""`cancelwatch seller` and `cancelwatch top` (streams/cancelwatch/tools/terminal.py).
+"""`cancelwatch seller`, `cancelwatch top` and `cancelwatch reconcile` (streams/cancelwatch/tools/terminal.py).
 
 The HTTP server here is a stand-in for the worker's API (contract section 8)
 and for Alertmanager's `/api/v2/alerts`: the worker itself runs in other
@@ -43,6 +43,14 @@ INDIA = {
     "reasons": {"ShippingAddressUndeliverable": 21},
     "excluded": {"buyer_requested": 1},
 }
+# The contract's example of the reconciliation answer (section 11).
+RECONCILED = {
+    "seller_id": "A1", "marketplace": "US", "fetched_at": "2026-11-20T06:00:00Z", "account_status": "NORMAL",
+    "range": {"from": "2026-11-12T00:00:00Z", "to": "2026-11-18T23:59:00Z"},
+    "amazon": {"orders": 4760, "cancelled": 33, "rate": 0.006933, "status": "GOOD"},
+    "cancelwatch": {"orders": 4757, "cancelled": 31, "rate": 0.00652},
+    "drift": {"orders": -3, "cancelled": -2}, "complete": True, "drifting": True,
+}
 ALERTS = [
     {"labels": {"alertname": "SellerCancelRateWarning", "seller_id": "A1WARNED", "marketplace": "US",
                 "severity": "warning", "window_days": "7"}},
@@ -66,6 +74,8 @@ class StandIn(JSONHandler):
         if parsed.path == "/sellers/at-risk":
             by_marketplace = {"US": [BREACHED, WARNED], "IN": [INDIA]}
             return self._reply(200, by_marketplace.get(query.get("marketplace"), [])[: int(query["limit"])])
+        if parsed.path == "/sellers/A1/reconciliation" and query.get("marketplace") == "US":
+            return self._reply(200, RECONCILED)
         if parsed.path == "/sellers/A1WARNED" and query.get("marketplace") == "US":
             return self._reply(200, WARNED)
         return self._reply(404, {"error": "seller never seen"})
@@ -190,3 +200,35 @@ def test_top_marks_a_seller_on_its_own_target_and_seller_names_it():
     assert "own target (Seller Fulfilled Prime)" in terminal.render_seller(document)
     document["target"] = {"source": "marketplace"}
     assert "0.50%*" not in terminal.render_top([document], {}, [])
+
+
+def test_reconcile_prints_amazon_cancelwatch_the_drift_and_where_to_look(stand_in, capsys):
+    assert terminal.reconcile_main(["A1", "-m", "us", "--api", stand_in]) == 0
+    output = capsys.readouterr().out
+    assert "seller A1 in US: Amazon's report fetched 2026-11-20T06:00:00Z, account NORMAL" in output
+    assert "range (purchase dates): 2026-11-12T00:00:00Z to 2026-11-18T23:59:00Z" in output
+    rows = {line.split()[0]: line.split()[1:] for line in output.splitlines()[4:7]}
+    assert rows == {"amazon": ["4760", "33", "0.69%", "status", "GOOD"], "cancelwatch": ["4757", "31", "0.65%"],
+                    "drift": ["-3", "-2"]}
+    assert "DRIFTING (SellerCancelRateDrift): cancelwatch counts fewer than Amazon" in output
+    assert StandIn.requests == [("/sellers/A1/reconciliation", {"marketplace": "US"})]
+
+
+def test_reconcile_says_when_the_counts_agree_or_the_range_is_incomplete():
+    agreed = dict(RECONCILED, drifting=False)
+    assert "agrees with Amazon within the policy's tolerance" in terminal.render_reconciliation(agreed)
+    partial = dict(RECONCILED, complete=False, drifting=False)
+    assert "INCOMPLETE: the range reaches back beyond" in terminal.render_reconciliation(partial)
+    more = dict(RECONCILED, drift={"orders": 0, "cancelled": 4})
+    assert "counts more than Amazon" in terminal.render_reconciliation(more)
+
+
+def test_reconcile_json_prints_the_answer_unchanged(stand_in, capsys):
+    assert terminal.reconcile_main(["A1", "-m", "US", "--api", stand_in, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == RECONCILED
+
+
+def test_reconcile_without_a_report_says_how_to_publish_one(stand_in, capsys):
+    assert terminal.reconcile_main(["A9NOBODY", "-m", "US", "--api", stand_in]) == 1
+    error = capsys.readouterr().err
+    assert "no account-health report of seller A9NOBODY in US" in error and "publish-report" in error

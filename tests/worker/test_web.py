@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 
-from cancelwatch import names
+from cancelwatch import names, settings as settings_module
 from cancelwatch.worker import web
 from cancelwatch.worker.ownership import Owners, Ownership, owner_partition
 
@@ -33,14 +33,20 @@ class RecordingQuery(dict):
 
 class FakeRuntime:
     def __init__(self, sellers: dict[tuple[str, str], dict], loaded: bool = True,
-                 catching_up: set[int] = frozenset()) -> None:
+                 catching_up: set[int] = frozenset(),
+                 reconciliations: dict[tuple[str, str], dict] | None = None) -> None:
         self.sellers = sellers
         self.book = object() if loaded else None
         self.catching_up = set(catching_up)
+        self.reconciliations = reconciliations or {}
+        self.settings = settings_module.load({})
 
     def seller_view(self, seller_id, marketplace, extra=0):
         view = self.sellers.get((seller_id, marketplace))
         return None if view is None else dict(view, extra=extra)
+
+    def reconciliation_view(self, seller_id, marketplace):
+        return self.reconciliations.get((seller_id, marketplace))
 
     def at_risk(self, marketplace, limit):
         return [view for (seller, mp), view in self.sellers.items() if mp == marketplace][:limit]
@@ -89,7 +95,8 @@ def seller_on(partition: int, partitions: int = 4) -> str:
 async def api_replies() -> list[Answer]:
     """Every kind of answer the views give (the docs test reads statuses and parameters from it)."""
     mine, theirs = seller_on(0), seller_on(1)
-    runtime = FakeRuntime({(mine, "US"): seller_json(mine, 1)})
+    runtime = FakeRuntime({(mine, "US"): seller_json(mine, 1)},
+                          reconciliations={(mine, "US"): {"seller_id": mine, "marketplace": "US"}})
     api = web.Api(runtime, ownership({0: ME, 1: OTHER, 2: ME, 3: OTHER}), Forwarder())
     return [
         await ask(api, "seller", seller_id=mine, marketplace="US"),
@@ -103,6 +110,8 @@ async def api_replies() -> list[Answer]:
         await ask(api, "seller", seller_id=mine, marketplace="us"),
         await ask(api, "seller", seller_id="at-risk", marketplace="US", limit="5", scope="local"),
         await ask(api, "at_risk", marketplace="US", limit="0"),
+        await ask(api, "reconciliation", seller_id=mine, marketplace="US"),
+        await ask(api, "reconciliation", seller_id=seller_on(2), marketplace="US"),
     ]
 
 
@@ -126,6 +135,23 @@ def test_a_seller_not_read_yet_while_its_partition_catches_up_is_503_not_404():
     api = web.Api(FakeRuntime({}, catching_up={0}), ownership({0: ME}), Forwarder())
     answer = run(ask(api, "seller", seller_id=seller, marketplace="US"))
     assert answer.status == 503 and "catching up" in answer.body["error"]
+
+
+def test_reconciliation_answers_from_the_owner_404_naming_the_topic_and_503_while_catching_up():
+    mine, idle, theirs = seller_on(0), seller_on(2), seller_on(1)
+    comparison = {"seller_id": mine, "marketplace": "US", "drifting": False}
+    runtime = FakeRuntime({}, reconciliations={(mine, "US"): comparison})
+    forwarder = Forwarder()
+    api = web.Api(runtime, ownership({0: ME, 1: OTHER, 2: ME}), forwarder)
+    assert run(ask(api, "reconciliation", seller_id=mine, marketplace="US")).body == comparison
+    missing = run(ask(api, "reconciliation", seller_id=idle, marketplace="US"))
+    assert missing.status == 404
+    assert idle in missing.body["error"] and "account-health" in missing.body["error"]
+    assert run(ask(api, "reconciliation", seller_id=mine, marketplace="XX")).status == 400
+    assert run(ask(api, "reconciliation", seller_id=theirs, marketplace="US")).body == {"from": OTHER}
+    catching_up = web.Api(FakeRuntime({}, catching_up={2}), ownership({2: ME}), Forwarder())
+    answer = run(ask(catching_up, "reconciliation", seller_id=idle, marketplace="US"))
+    assert answer.status == 503 and answer.headers.get("Retry-After")
 
 
 def test_a_worker_without_partitions_forwards_every_seller_to_its_owner():

@@ -54,6 +54,16 @@ def _rfc3339(moment: datetime) -> str:
     return moment.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def _parse_time(text: str) -> datetime:
+    """Alertmanager's RFC 3339 time (nanoseconds cut to microseconds); the epoch when unreadable."""
+    match = re.fullmatch(r"(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})(\.\d+)?(Z|[+-]\d{2}:\d{2})", text or "")
+    if match is None:
+        return datetime.fromtimestamp(0, timezone.utc)
+    fraction = (match.group(2) or ".0")[:7]
+    zone = "+00:00" if match.group(3) == "Z" else match.group(3)
+    return datetime.fromisoformat(match.group(1) + fraction + zone)
+
+
 @dataclasses.dataclass(frozen=True)
 class Alert:
     """One alert as Alertmanager sees it. Labels identify it; the rest describes it."""
@@ -198,6 +208,31 @@ class AlertSender:
 
     def firing(self) -> dict[AlertKey, Alert]:
         return dict(self._firing)
+
+    async def still_active(self, keys: Iterable[AlertKey], margin_seconds: float = 1.0) -> set[AlertKey]:
+        """Which of these alerts an Alertmanager still holds active for at least `margin_seconds`
+        more: a new owner keeps exactly those alive. An Alertmanager that cannot be asked
+        counts for none."""
+        wanted = set(keys)
+        if not wanted:
+            return set()
+        horizon = self._clock() + timedelta(seconds=margin_seconds)
+        active: set[AlertKey] = set()
+        timeout = aiohttp.ClientTimeout(total=self.timeout_seconds)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            for target in self._targets:
+                try:
+                    async with session.get(target.endpoint) as response:
+                        alerts = await response.json(content_type=None) if response.status == 200 else []
+                except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError) as error:
+                    log.warning("cannot read the active alerts of %s (%s): the alerts this worker "
+                                "took over are sent once its partitions are caught up", target.endpoint, error)
+                    continue
+                for alert in alerts if isinstance(alerts, list) else []:
+                    key = frozenset((alert.get("labels") or {}).items())
+                    if key in wanted and _parse_time(alert.get("endsAt", "")) > horizon:
+                        active.add(key)
+        return active
 
     def pending(self) -> int:
         """Alert updates (distinct alerts) not yet accepted by every Alertmanager."""

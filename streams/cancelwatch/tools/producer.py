@@ -172,8 +172,9 @@ def deliver(command: str, send: Callable[[EventProducer], None]) -> DeliveryRepo
         producer.close()
 
 
-def ensure_topics(settings: Settings, partitions: int | None = None) -> list[str]:
-    """Create the orders and cancellations topics if missing; return the names created.
+def ensure_topics(settings: Settings, partitions: int | None = None,
+                  names: Iterable[str] | None = None) -> list[str]:
+    """Create the orders and cancellations topics (or `names`) if missing; return the names created.
 
     New topics get `partitions` (default settings.partitions) partitions and a
     replication factor of min(3, brokers in the cluster).
@@ -186,7 +187,8 @@ def ensure_topics(settings: Settings, partitions: int | None = None) -> list[str
     except KafkaError as error:
         raise _unreachable(settings, error) from None
     try:
-        created = topics.create_missing(admin, settings.source_topics.values(), partitions)
+        created = topics.create_missing(admin, settings.source_topics.values() if names is None else names,
+                                       partitions)
         if created:
             log.info("created topics %s with %d partitions", ", ".join(created), partitions)
         return created

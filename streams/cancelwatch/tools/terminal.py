@@ -1,7 +1,8 @@
-"""Terminal views of what the monitor made of the events: one seller, and the sellers at risk.
+"""Terminal views of what the monitor made of the events: one seller, the sellers at risk, and
+one seller's counts against Amazon's account-health report.
 
-`cancelwatch seller` and `cancelwatch top` read the worker's HTTP API
-(contract section 8) and, for `top`, the active alerts in Alertmanager.
+`cancelwatch seller`, `cancelwatch top` and `cancelwatch reconcile` read the worker's HTTP
+API (contract sections 8 and 11) and, for `top`, the active alerts in Alertmanager.
 Rendering is plain functions from the API's JSON to text, so it is tested
 without a terminal.
 """
@@ -73,6 +74,19 @@ def fetch_seller(api: str, seller_id: str, marketplace: str) -> dict:
         if " answered 404 " in str(error):
             raise ApiError(f"seller {seller_id} has no events in {marketplace} (the worker has "
                            "never seen it); check the seller id and --marketplace") from None
+        raise
+
+
+def fetch_reconciliation(api: str, seller_id: str, marketplace: str) -> dict:
+    url = (f"{api.rstrip('/')}/sellers/{urllib.parse.quote(seller_id, safe='')}/reconciliation"
+           f"?{urllib.parse.urlencode({'marketplace': marketplace})}")
+    try:
+        return get_json(url, "the worker", _WORKER_HINT)
+    except ApiError as error:
+        if " answered 404 " in str(error):
+            raise ApiError(f"no account-health report of seller {seller_id} in {marketplace} has reached the "
+                           "worker; publish one with `cancelwatch publish-report`, or check the seller id "
+                           "and --marketplace") from None
         raise
 
 
@@ -180,6 +194,34 @@ def render_seller(document: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def render_reconciliation(document: dict) -> str:
+    """The reconciliation answer as a table: Amazon, cancelwatch and the drift, then the verdict."""
+    amazon, own, drift = document.get("amazon", {}), document.get("cancelwatch", {}), document.get("drift", {})
+    span = document.get("range", {})
+    lines = [f"seller {document.get('seller_id')} in {document.get('marketplace')}: Amazon's report fetched "
+             f"{document.get('fetched_at', '?')}, account {document.get('account_status') or 'status not given'}",
+             f"range (purchase dates): {span.get('from', '?')} to {span.get('to', '?')}",
+             "",
+             f"  {'':<12} {'orders':>8} {'cancelled':>10} {'rate':>8}",
+             f"  {'amazon':<12} {amazon.get('orders', 0):>8} {amazon.get('cancelled', 0):>10} "
+             f"{percent(amazon.get('rate')):>8}  status {amazon.get('status', '-')}",
+             f"  {'cancelwatch':<12} {own.get('orders', 0):>8} {own.get('cancelled', 0):>10} "
+             f"{percent(own.get('rate')):>8}",
+             f"  {'drift':<12} {drift.get('orders', 0):>+8} {drift.get('cancelled', 0):>+10}",
+             ""]
+    if not document.get("complete", True):
+        lines.append("INCOMPLETE: the range reaches back beyond the purchase dates the worker still holds; "
+                     "its counts are partial and are not compared")
+    elif document.get("drifting"):
+        fewer = drift.get("cancelled", 0) < 0 or drift.get("orders", 0) < 0
+        lines.append("DRIFTING (SellerCancelRateDrift): " + (
+            "cancelwatch counts fewer than Amazon: look for an order source that does not publish"
+            if fewer else "cancelwatch counts more than Amazon: look for an order source that publishes twice"))
+    else:
+        lines.append("agrees with Amazon within the policy's tolerance")
+    return "\n".join(lines) + "\n"
+
+
 def _short_alert(name: str) -> str:
     for prefix in ("SellerCancelRate", "Listing"):
         if name.startswith(prefix):
@@ -274,6 +316,30 @@ def seller_main(argv: list[str]) -> int:
         print(json.dumps(document, indent=2))
     else:
         sys.stdout.write(render_seller(document))
+    return 0
+
+
+def reconcile_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="cancelwatch reconcile",
+                                     description="Show one seller's counts against Amazon's latest "
+                                                 "account-health report, over the report's range.")
+    parser.add_argument("seller_id", metavar="SELLER_ID")
+    parser.add_argument("--marketplace", "-m", required=True, help="marketplace code, e.g. US")
+    parser.add_argument("--api", help="worker HTTP API (default http://127.0.0.1:CANCELWATCH_WEB_PORT)")
+    parser.add_argument("--json", action="store_true", help="print the API's JSON as it is")
+    args = parser.parse_args(argv)
+    marketplace = args.marketplace.upper()
+    if marketplace not in names.MARKETPLACES:
+        parser.error(f"{args.marketplace!r} is not a marketplace; one of {' '.join(names.MARKETPLACES)}")
+    try:
+        document = fetch_reconciliation(args.api or default_api(), args.seller_id, marketplace)
+    except ApiError as error:
+        print(f"cancelwatch reconcile: {error}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(document, indent=2))
+    else:
+        sys.stdout.write(render_reconciliation(document))
     return 0
 
 

@@ -236,6 +236,7 @@ def build_app(settings: Settings, policy: policy_module.Policy) -> tuple[faust.A
         # rebuilding drops the open group, and its records have been read already.
         await commit_group()
         await committed(runtime.rebuild())
+        app.add_future(runtime.keep_adopted_alive())
 
     app.transport.Consumer = BatchingConsumer.for_topics(
         [settings.orders_topic, settings.cancellations_topic, settings.reroute_topic,
@@ -268,6 +269,7 @@ def build_app(settings: Settings, policy: policy_module.Policy) -> tuple[faust.A
                     # Records of the new assignment can come before faust's recovery callback:
                     # they are applied to state rebuilt now, never skipped (their offsets are read).
                     await committed(runtime.rebuild())
+                    app.add_future(runtime.keep_adopted_alive())
                 runtime.process(fetch.records)
                 fetch.records = None     # applied: only the offsets are kept, to acknowledge them
                 runtime.group.fetches.append(fetch)

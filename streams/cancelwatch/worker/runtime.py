@@ -145,6 +145,7 @@ class Runtime:
         self.dirty: set = set()     # SellerStates to evaluate
         self._summary_pool: dict[tuple, SellerSummary] = {}
         self.alerts: dict[tuple[str, str], dict] = {}   # seller -> {AlertKey: alerting.Firing}
+        self.adopted: set[tuple[str, str]] = set()      # sellers whose restored alerts this worker has not sent yet
         self.evaluated_bucket: int | None = None
         self.last_full_end = 0.0
         self.last_full_seconds = 0.0
@@ -194,6 +195,7 @@ class Runtime:
         if self.sender is not None:
             self.sender.forget(alert.key for firing in self.alerts.values() for alert in firing.values())
         self.alerts = {}
+        self.adopted = set()
         self.book = None
         self.group = None
         self.dirty = set()
@@ -246,10 +248,12 @@ class Runtime:
                 outbox.resolve.extend(alerts.values())
                 del self.store[state_module.alerts_key(*seller)]
             else:
-                # Not re-sent until evaluated on a caught-up view: the previous owner's sends keep
-                # them active in Alertmanager meanwhile, and one that expired during a long outage
-                # is not paged again from partial counts.
+                # Adopted: those Alertmanager still holds are kept alive through the catch-up
+                # (`keep_adopted_alive`); one that expired during a long outage is not paged again
+                # from partial counts. The first evaluation on a caught-up view sends every one
+                # still wanted, changed or not, and resolves the others.
                 self.alerts[seller] = alerts
+        self.adopted = set(self.alerts)
         self.dirty = set(book.states())
         # Behind until the next look at the lag says otherwise: a seller not read yet is not
         # answered 404, nor are alerts decided, from a view that may be partial.
@@ -259,6 +263,27 @@ class Runtime:
         log.info("state rebuilt: %d sellers, %d orders (%d indexed), %d sellers with alerts, in %.2fs",
                  len(book), orders, indexed, len(self.alerts), time.monotonic() - started)
         return outbox
+
+    async def keep_adopted_alive(self) -> None:
+        """After a rebuild: re-send, from now on, the restored alerts that Alertmanager still
+        holds active, so alerts already firing stay firing while the partitions catch up
+        (contract section 9). The caught-up evaluation then keeps or resolves them."""
+        if self.sender is None or not self.adopted:
+            return
+        epoch = self.epoch
+        restored = {alert.key: alert for seller in self.adopted for alert in self.alerts.get(seller, {}).values()}
+        active = await self.sender.still_active(restored)
+        if epoch != self.epoch:
+            return          # ownership moved meanwhile: the next owner decides
+        kept = 0
+        for seller in self.adopted:
+            for alert in self.alerts.get(seller, {}).values():
+                if alert.key in active:
+                    self.sender.fire(_alert(alert))
+                    kept += 1
+        if restored:
+            log.info("alerts taken over: %d of %d still active in Alertmanager, kept alive through the catch-up",
+                     kept, len(restored))
 
     # -- applying --------------------------------------------------------------
     def process(self, records) -> None:
@@ -565,15 +590,19 @@ class Runtime:
                     self.dashboard_url(*key), health_rating=entry.health_rating))
             if not wanted and not previous:
                 continue
-            decision = alerting.decide(previous, wanted, time.time(),
-                                       hold=self.owners[state.seller_id] in self.catching_up)
+            held = self.owners[state.seller_id] in self.catching_up
+            decision = alerting.decide(previous, wanted, time.time(), hold=held)
             if decision.changed:
                 store_key = state_module.alerts_key(*key)
                 if decision.firing:
                     self.store[store_key] = _firing_encoder.encode(alerting.firing_identity(decision.firing))
                 elif store_key in self.store:
                     del self.store[store_key]
-            outbox.fire.extend(decision.fire)
+            if key in self.adopted and not held:
+                self.adopted.discard(key)
+                outbox.fire.extend(decision.firing.values())    # taken over: sent by this worker now
+            else:
+                outbox.fire.extend(decision.fire)
             outbox.resolve.extend(decision.resolve)
             if decision.firing:
                 self.alerts[key] = decision.firing

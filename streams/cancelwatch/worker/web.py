@@ -116,8 +116,12 @@ class Api:
         if refused is not None:
             return await refused
         view = self.runtime.reconciliation_view(seller_id, marketplace)
+        if view is None and self.ownership.of_seller(seller_id).partition in self.runtime.catching_up:
+            return error(503, "this seller's partition is catching up on a backlog and has not read its "
+                              "account-health reports yet; retry shortly")
         if view is None:
-            return error(404, f"no account-health report has been seen for seller {seller_id} in {marketplace}")
+            return error(404, f"no account-health report has been seen for seller {seller_id} in {marketplace} "
+                              f"(topic {self.runtime.settings.account_health_topic})")
         return Reply(200, view)
 
     async def at_risk(self, request: Request) -> Reply:

@@ -21,7 +21,7 @@ from kafka.errors import KafkaError, NoBrokersAvailable, TopicAlreadyExistsError
 
 from cancelwatch import names
 
-from cancelwatch.core import events
+from cancelwatch.core import account_health, events
 from cancelwatch.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -129,6 +129,21 @@ class EventProducer:
         future.add_callback(self._delivered, topic)
         future.add_errback(lambda error: self._failed(event_id, f"{topic}: {error}"))
 
+    def send_account_health(self, seller_id: str, value: bytes) -> None:
+        """Send one account-health envelope (contract section 11) to the account-health topic,
+        keyed by seller; raises account_health.BadReport (nothing sent) when the worker would
+        refuse it."""
+        account_health.decode_envelope(value, self.clock())
+        topic = self.settings.account_health_topic
+        self._handed_over = True
+        try:
+            future = self._producer.send(topic, key=seller_id, value=value)
+        except KafkaError as error:
+            self._failed(f"account-health report of {seller_id}", f"{topic}: {error}")
+            return
+        future.add_callback(self._delivered, topic)
+        future.add_errback(lambda error: self._failed(f"account-health report of {seller_id}", f"{topic}: {error}"))
+
     def send_all(self, stream: Iterable[events.Event]) -> DeliveryReport:
         for event in stream:
             self.send(event)
@@ -156,14 +171,16 @@ class EventProducer:
         self._producer.close(timeout if self._handed_over else 0)
 
 
-def connect(settings: Settings) -> EventProducer:
-    """The source topics created if missing, and a producer for them (raises ProducerError)."""
-    ensure_topics(settings)
+def connect(settings: Settings, account_health: bool = False) -> EventProducer:
+    """The source topics created if missing (the account-health topic too, when asked), and a
+    producer for them (raises ProducerError)."""
+    ensure_topics(settings, account_health=account_health)
     return EventProducer(settings)
 
 
-def ensure_topics(settings: Settings, partitions: int | None = None) -> list[str]:
-    """Create the orders and cancellations topics if missing; return the names created.
+def ensure_topics(settings: Settings, partitions: int | None = None, account_health: bool = False) -> list[str]:
+    """Create the orders and cancellations topics (and the account-health topic, when asked) if
+    missing; return the names created.
 
     New topics get `partitions` (default settings.partitions) partitions and a
     replication factor of min(3, brokers in the cluster).
@@ -177,7 +194,10 @@ def ensure_topics(settings: Settings, partitions: int | None = None) -> list[str
         raise _unreachable(settings, error) from None
     try:
         existing = set(admin.list_topics())
-        wanted = [name for name in topic_names(settings).values() if name not in existing]
+        names_wanted = list(topic_names(settings).values())
+        if account_health:
+            names_wanted.append(settings.account_health_topic)
+        wanted = [name for name in names_wanted if name not in existing]
         if not wanted:
             return []
         brokers = len(admin.describe_cluster()["brokers"]) or 1

@@ -483,7 +483,8 @@ def disorder(stream: Iterable[events.Event], duplicates: float = 0.0, reorder: f
     With probability `reorder` an event is held back until up to 500 later
     events have passed (so an order's placement can arrive after its
     cancellation); with probability `duplicates` it is sent again after up to
-    50 later events.
+    50 later events. Anything in the stream that is not an event (an
+    account-health report) passes through in place.
     """
     for rate, name in ((duplicates, "duplicates"), (reorder, "reorder")):
         if not 0.0 <= rate <= 1.0:
@@ -491,7 +492,12 @@ def disorder(stream: Iterable[events.Event], duplicates: float = 0.0, reorder: f
     rng = random.Random(seed)
     held: list[tuple[int, int, events.Event]] = []
     sequence = itertools.count()
-    for position, event in enumerate(stream):
+    position = -1
+    for event in stream:
+        if not isinstance(event, events.Event):
+            yield event
+            continue
+        position += 1
         while held and held[0][0] <= position:
             yield heapq.heappop(held)[2]
         if reorder and rng.random() < reorder:

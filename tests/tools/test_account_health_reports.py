@@ -9,6 +9,7 @@ the gap withholds: nothing else.
 from __future__ import annotations
 
 import json
+import uuid
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -19,6 +20,7 @@ from cancelwatch.core import account_health, events, policy, reconciliation
 
 from cancelwatch.tools import account_health_reports as reports, scenarios, simulate
 from tests import oracle
+from tests.tools.test_producer import read_all, stack_env  # noqa: F401 (fixture)
 
 END = datetime(2026, 11, 20, 12, 0, tzinfo=timezone.utc)
 START = END - timedelta(days=9)
@@ -195,3 +197,35 @@ def test_report_options_that_do_not_fit_are_explained(options, message, capsys):
 
 def test_the_account_health_topic_is_named_once():
     assert settings.load({}).account_health_topic == names.ACCOUNT_HEALTH_TOPIC
+
+
+@pytest.mark.stack
+def test_reports_reach_the_account_health_topic_keyed_by_seller(stack_env, monkeypatch, capsys):  # noqa: F811
+    from kafka.admin import KafkaAdminClient
+
+    topic = f"test-account-health-{uuid.uuid4().hex[:10]}"
+    monkeypatch.setenv("CANCELWATCH_ACCOUNT_HEALTH_TOPIC", topic)
+    loaded = settings.load({**stack_env, "CANCELWATCH_ACCOUNT_HEALTH_TOPIC": topic})
+    try:
+        assert simulate.main(["--scenario", "inventory-outage", "--history", "8d", "--sellers", "3",
+                              "--reports", "--report-gap", "0.1"]) == 0
+        now = datetime.now(timezone.utc)
+        published = [events.decode(value, now) for _, _, value in read_all(loaded)]
+        messages = read_all(loaded, [topic])
+    finally:
+        admin = KafkaAdminClient(bootstrap_servers=loaded.bootstrap_servers, client_id="cancelwatch-tests")
+        if topic in admin.list_topics():
+            admin.delete_topics([topic])
+        admin.close()
+    assert "and 3 account-health reports" in capsys.readouterr().err
+    assert len(messages) == 3
+    drifting = set()
+    for _, key, value in messages:
+        envelope = account_health.decode_envelope(value, now)
+        assert key == envelope.seller_id
+        for marketplace, entry in envelope.marketplaces.items():
+            mine = oracle_counts(published, envelope.seller_id, marketplace, envelope.fetched_at)
+            if (entry.cancellation.order_count, entry.cancellation.cancellation_count) != mine:
+                drifting.add(envelope.seller_id)
+                assert entry.cancellation.order_count > mine[0]
+    assert len(drifting) == 1

@@ -334,8 +334,11 @@ def _to_kafka(stream: Iterable[events.Event], live: bool, reports: bool = False)
         return 1
     finally:
         producer.close()
-    print(f"simulate: sent {report.sent_total} messages ({_by_topic(report.sent)}), "
-          f"{len(report.failed)} failed", file=sys.stderr)
+    sent_by_topic = Counter(report.sent)
+    sent_reports = sent_by_topic.pop(loaded.account_health_topic, 0)
+    print(f"simulate: sent {sum(sent_by_topic.values())} events ({_by_topic(sent_by_topic)})"
+          + (f" and {sent_reports} account-health reports" if sent_reports else "")
+          + f", {len(report.failed)} failed", file=sys.stderr)
     for what, reason in report.failed[:10]:
         what = what if what.startswith("account-health") else f"event {what}"
         print(f"simulate: {what} not delivered: {reason}", file=sys.stderr)

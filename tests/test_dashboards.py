@@ -530,8 +530,9 @@ def test_counts_are_per_minute_whatever_the_zoom():
 # --- Render (dashboards/render.py) --------------------------------------------------------
 
 class FakePrometheus:
-    """Two series per query over the window, and one value per template variable. Hours to
-    breach have none, as when no breach is projected: empty table cells, a "no value" stat."""
+    """Two series per query over the window (instant queries: one point, at its end), and one
+    value per template variable. Hours to breach have none, as when no breach is projected:
+    empty table cells, a "no value" stat."""
 
     def __init__(self) -> None:
         self.queries: list[str] = []
@@ -543,7 +544,7 @@ class FakePrometheus:
         times = range(int(start), int(end) + 1, step)
         return [{"metric": {"marketplace": marketplace, "status": status, "seller_id": "S1",
                             "window_days": "7", "instance": "w1"},
-                 "values": [[t, str(index + (t - start) / (end - start))] for t in times]}
+                 "values": [[t, str(index + (t - start) / max(1, end - start))] for t in times]}
                 for index, (marketplace, status) in enumerate((("US", "ok"), ("IN", "breach")))]
 
     def label_values(self, label, selector, start, end):
@@ -562,6 +563,30 @@ def test_render_draws_every_panel_of_a_dashboard(key, tmp_path):
     if key == "seller":
         assert all('seller_id="S1"' in expr and 'marketplace="IN"' in expr
                    for expr in source.queries if "seller_id" in expr)
+
+
+def test_render_evaluates_instant_targets_at_the_end_only():
+    """A stat or table shows what is exported now: a series gone before the end (a seller no
+    longer projected to breach) is not shown with its last value, as Grafana's instant query."""
+    class Gone(FakePrometheus):
+        def range(self, expr, start, end, step):
+            self.queries.append((start, end))
+            return [] if start == end else [{"metric": {"window_days": "7"}, "values": [[start, "5"]]}]
+
+    source = Gone()
+    window = render.Window.last(60, 15, end=1_800_000_000)
+    panel = {"targets": [{"refId": "A", "expr": "m", "instant": True}, {"refId": "B", "expr": "m"}]}
+    data = render.fetch(source, panel, window, {})
+    assert data["A"] == [] and data["B"][0].last() == 5.0
+    assert source.queries == [(window.end, window.end), (window.start, window.end)]
+
+
+def test_axis_ticks_get_the_decimals_that_tell_them_apart():
+    ticks = render.DistinctTicks("short", None)
+    ticks.set_locs([2600.0, 2650.0, 2700.0])
+    assert [ticks(value) for value in (2600.0, 2650.0, 2700.0)] == ["2.60K", "2.65K", "2.70K"]
+    ticks.set_locs([0.0, 20.0, 40.0])
+    assert [ticks(value) for value in (0.0, 20.0, 40.0)] == ["0", "20", "40"]
 
 
 def test_render_fills_grafana_variables_from_the_scrape_interval():

@@ -379,7 +379,10 @@ class Simulation:
     # --- the focus seller's incident -----------------------------------------
 
     def _control(self, now: datetime) -> None:
-        """Cancel open orders of the focus seller until the tracked share meets the ramp."""
+        """Cancel open orders of the focus seller until the tracked share meets the ramp, the
+        newest first: the orders a seller out of stock cannot fill are the ones just placed (and
+        buyers ask to cancel what they just bought). So the incident's cancels land in the most
+        recent purchase hours, where the forecast's pace sees them."""
         stamp = self.timeline.stamp(now)
         orders, tracked = self._window.share(stamp)
         if orders == 0:
@@ -390,7 +393,7 @@ class Simulation:
         target = self._baseline + (self.scenario.peak - self._baseline) * progress
         needed = math.floor(target * orders) - tracked
         while needed > 0 and self._open:
-            order = self._open.popleft()
+            order = self._open.pop()
             if order.closed or order.cancel_planned or order.pending or \
                     order.ship_at is None or order.ship_at <= now:
                 continue

@@ -266,19 +266,28 @@ def format_value(value: float | None, unit: str = "short", decimals: int | None 
 
 def resolve_variables(source: Source, dashboard: dict, window: Window,
                       given: dict[str, str]) -> dict[str, str]:
-    """Each template variable's value: the one given, else its first value (sorted) as Grafana picks."""
+    """Each template variable's value: the one given, else its first value as Grafana picks:
+    of `label_values`, the first in alphabetical order; of `query_result(sort_desc(...))`, the
+    label of the series with the highest value at the window's end (the seller most at risk)."""
     values = dict(window.variables)
+    regexes = queries.template_regexes(dashboard)
     for name, query in queries.template_queries(dashboard):
         if name in given:
             values[name] = given[name]
             continue
-        selector, label = queries.parse_label_values(query)
-        found = source.label_values(label, queries.fill_variables(selector, values) if selector else None,
-                                    window.start, window.end)
+        if name in regexes:
+            expr, label = queries.parse_query_result(query, regexes[name])
+            ranked = sorted(source.range(queries.fill_variables(expr, values), window.end, window.end, window.step),
+                            key=lambda item: -float(item["values"][-1][1]) if item["values"] else 0.0)
+            found = [item["metric"][label] for item in ranked if label in item["metric"]]
+        else:
+            selector, label = queries.parse_label_values(query)
+            found = sorted(source.label_values(
+                label, queries.fill_variables(selector, values) if selector else None, window.start, window.end))
         if not found:
             raise QueryError(f"template variable ${name} ({query}) has no values in the last "
                              f"{window.variables['__range']}: pass --var {name}=VALUE")
-        values[name] = sorted(found)[0]
+        values[name] = found[0]
     return values
 
 

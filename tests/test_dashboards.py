@@ -147,8 +147,9 @@ def test_every_panel_and_query_uses_the_fixed_prometheus_uid(key):
 @pytest.mark.parametrize("key", sorted(ALL))
 def test_every_query_selects_only_known_metrics(key):
     known = known_metrics()
+    regexes = queries.template_regexes(ALL[key])
     expressions = every_expression(ALL[key]) + [
-        (name, queries.parse_label_values(query)[0] or "")
+        (name, queries.template_expression(query, regexes.get(name, ""))[0])
         for name, query in queries.template_queries(ALL[key])]
     assert expressions
     for title, expr in expressions:
@@ -230,12 +231,13 @@ def test_every_query_is_valid_promql(tmp_path):
 def test_template_variables_are_well_formed(key):
     dashboard = ALL[key]
     defined: list[str] = []
+    regexes = queries.template_regexes(dashboard)
     for name, query in queries.template_queries(dashboard):
-        selector, label = queries.parse_label_values(query)
+        expression, label = queries.template_expression(query, regexes.get(name, ""))
         assert label == name, f"variable {name} lists values of {label}"
-        assert selector is not None
-        metric = selector.split("{", 1)[0].strip()
-        assert label in names.METRICS[metric][1], f"{metric} has no label {label}"
+        assert expression
+        for metric in queries.metric_names(expression):
+            assert label in names.METRICS[metric][1], f"{metric} has no label {label}"
         used = set(re.findall(r"\$\{?(\w+)", query))
         assert used <= set(defined), f"variable {name} uses {used - set(defined)} defined after it"
         defined.append(name)
@@ -247,6 +249,10 @@ def test_template_variables_are_well_formed(key):
 def test_seller_dashboard_is_templated_by_marketplace_and_seller():
     variables = ALL["seller"]["templating"]["list"]
     assert [variable["name"] for variable in variables] == [names.LABEL_MARKETPLACE, names.LABEL_SELLER]
+    # It opens on the seller most at risk: values ranked by share of the limit, kept in that order.
+    for variable in variables:
+        assert variable["query"].startswith("query_result(sort_desc(") and variable["sort"] == 0
+        assert queries.parse_query_result(variable["query"], variable["regex"])[1] == variable["name"]
     for title, expr in queries.panel_queries(ALL["seller"]):
         assert f'{names.LABEL_MARKETPLACE}="${names.LABEL_MARKETPLACE}"' in expr, title
 
@@ -558,11 +564,12 @@ def test_render_draws_every_panel_of_a_dashboard(key, tmp_path):
     out = tmp_path / f"{ALL[key]['uid']}.png"
     assert render.render_dashboard(source, ALL[key], window, {}, out) == (True, [])
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 20_000
-    assert len(source.queries) == len(queries.panel_queries(ALL[key]))
+    ranked_variables = len(queries.template_regexes(ALL[key]))     # query_result: one query each
+    assert len(source.queries) == len(queries.panel_queries(ALL[key])) + ranked_variables
     assert not any("$" in expr for expr in source.queries)
     if key == "seller":
         assert all('seller_id="S1"' in expr and 'marketplace="IN"' in expr
-                   for expr in source.queries if "seller_id" in expr)
+                   for expr in source.queries[ranked_variables:] if "seller_id" in expr)
 
 
 def test_render_evaluates_instant_targets_at_the_end_only():
@@ -587,6 +594,23 @@ def test_axis_ticks_get_the_decimals_that_tell_them_apart():
     assert [ticks(value) for value in (2600.0, 2650.0, 2700.0)] == ["2.60K", "2.65K", "2.70K"]
     ticks.set_locs([0.0, 20.0, 40.0])
     assert [ticks(value) for value in (0.0, 20.0, 40.0)] == ["0", "20", "40"]
+
+
+def test_render_picks_the_seller_most_at_risk_as_grafana_would():
+    class Ranked(FakePrometheus):
+        def range(self, expr, start, end, step):
+            self.queries.append(expr)
+            label = "seller_id" if "by (seller_id)" in expr else "marketplace"
+            shares = {"seller_id": (("S1", "0.4"), ("S7", "0.97"), ("S3", "0.2")),
+                      "marketplace": (("DE", "0.3"), ("US", "0.97"))}[label]
+            return [{"metric": {label: value}, "values": [[end, share]]} for value, share in shares]
+
+    source = Ranked()
+    window = render.Window.last(60, 15, end=1_800_000_000)
+    values = render.resolve_variables(source, ALL["seller"], window, {})
+    assert (values["marketplace"], values["seller_id"]) == ("US", "S7")
+    assert 'marketplace="US"' in source.queries[1]
+    assert render.resolve_variables(source, ALL["seller"], window, {"seller_id": "S3"})["seller_id"] == "S3"
 
 
 def test_render_fills_grafana_variables_from_the_scrape_interval():

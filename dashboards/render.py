@@ -403,6 +403,10 @@ def draw_timeseries(figure: Figure, panel: dict, area: Box, data: dict[str, list
             plot.axhline(step["value"], color=rgb(step["color"]), linewidth=1.2,
                          linestyle="--" if "dashed" in style else "-")
     low, high = plot.get_ylim()
+    drawn = [value for item in series for value in item.values if not math.isnan(value)]
+    if drawn and min(drawn) == max(drawn):
+        # A flat line (a count that stayed 0): from 0 up, as Grafana draws it, not around it.
+        low, high = min(0.0, drawn[0]), max(drawn[0], 0.0) + max(1.0, abs(drawn[0]))
     if "min" in defaults:
         low = defaults["min"]
     if "axisSoftMax" in custom:

@@ -78,6 +78,7 @@ class AmazonView:
         self.gap_seller = gap_seller if gap > 0 else None
         self.gap = gap
         self.records: dict[tuple[str, str], dict[str, ledger.Record]] = defaultdict(dict)
+        self.published: dict[str, bytes] = {}     # seller -> its last report, without fetched_at
 
     def withheld(self, event: events.Event) -> bool:
         """The event belongs to an order that is never published."""
@@ -124,13 +125,21 @@ class AmazonView:
         return Report(seller_id, fetched_at, json.dumps(envelope, separators=(",", ":")).encode("utf-8"))
 
     def reports(self, fetched_at: datetime) -> list[Report]:
-        """Every seller's report fetched at `fetched_at`; orders too old for any later range
-        are forgotten."""
+        """The report of every seller fetched at `fetched_at` that says something new: the first
+        one, then those whose counts, statuses or range changed since the seller's last (a poller
+        publishes what is new). Orders too old for any later range are forgotten."""
         oldest = int((report_range(fetched_at)[0] - timedelta(days=1)).timestamp())
         for orders in self.records.values():
             for order_id in [order_id for order_id, record in orders.items() if record.purchase < oldest]:
                 del orders[order_id]
-        return [self.report(seller_id, fetched_at) for seller_id in self.sellers]
+        new = []
+        for seller_id in self.sellers:
+            report = self.report(seller_id, fetched_at)
+            content = json.dumps(json.loads(report.value)["report"], sort_keys=True).encode("utf-8")
+            if self.published.get(seller_id) != content:
+                self.published[seller_id] = content
+                new.append(report)
+        return new
 
 
 def gap_seller(sellers: list) -> str | None:

@@ -389,6 +389,19 @@ def seller_risk() -> str:
             f"max by ({seller}) ({seller_share_of_limit()})")
 
 
+def ranked_values(label: str, *matchers: str) -> str:
+    """A template variable's query: the values of `label` among the top-K sellers, the most at
+    risk first (by the highest share of the limit in force of the sellers having it), so the
+    dashboard opens on the marketplace and the seller the Overview ranks first. Kept in that
+    order by sort: disabled; `label_regex` picks the value out of each result line."""
+    return f"query_result(sort_desc(max by ({label}) ({seller_share_of_limit(*matchers)})))"
+
+
+def label_regex(label: str) -> str:
+    """Grafana's regex taking a label's value out of a query_result line (`{label="v"} 0.9 ...`)."""
+    return f'/{label}="([^"]+)"/'
+
+
 def per_minute(counter: str, by: str, matcher: str = "") -> str:
     """Events per minute of a counter, whatever the zoom (`$__rate_interval` only smooths)."""
     return f"60 * sum by ({by}) (rate({counter}{selector(matcher)}[$__rate_interval]))"
@@ -546,15 +559,17 @@ def seller() -> dashboard_builders.Dashboard:
                        "cancellations, and its alerts. Sellers come from the top-K sellers at risk.")
         .with_variable(dashboard_builders.QueryVariable(names.LABEL_MARKETPLACE)
                        .label("Marketplace").datasource(PROMETHEUS)
-                       .query(f"label_values(cancelwatch_seller_rate, {names.LABEL_MARKETPLACE})")
+                       .query(ranked_values(names.LABEL_MARKETPLACE))
+                       .regex(label_regex(names.LABEL_MARKETPLACE))
                        .refresh(VariableRefresh.ON_TIME_RANGE_CHANGED)
-                       .sort(VariableSort.ALPHABETICAL_ASC))
+                       .sort(VariableSort.DISABLED))
         .with_variable(dashboard_builders.QueryVariable(names.LABEL_SELLER)
                        .label("Seller").datasource(PROMETHEUS)
-                       .query(f'label_values(cancelwatch_seller_rate{{{names.LABEL_MARKETPLACE}='
-                              f'"${names.LABEL_MARKETPLACE}"}}, {names.LABEL_SELLER})')
+                       .query(ranked_values(names.LABEL_SELLER,
+                                            f'{names.LABEL_MARKETPLACE}="${names.LABEL_MARKETPLACE}"'))
+                       .regex(label_regex(names.LABEL_SELLER))
                        .refresh(VariableRefresh.ON_TIME_RANGE_CHANGED)
-                       .sort(VariableSort.ALPHABETICAL_ASC))
+                       .sort(VariableSort.DISABLED))
         .annotation(built_in_annotations(enabled=False))
         .annotation(alert_annotations(
             "Alerts of this seller",

@@ -20,6 +20,8 @@ _GROUPING = re.compile(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\
 _VARIABLE = re.compile(r"\$\{?\w+\}?")
 _IDENTIFIER = re.compile(r"(?<![\w.])([a-zA-Z_:][a-zA-Z0-9_:]*)(\s*\()?")
 _LABEL_VALUES = re.compile(r"^\s*label_values\(\s*(?:(?P<selector>.+),\s*)?(?P<label>\w+)\s*\)\s*$")
+_QUERY_RESULT = re.compile(r"^\s*query_result\((?P<expr>.+)\)\s*$")
+_LABEL_REGEX = re.compile(r'^/(?P<label>\w+)="\(\[\^"\]\+\)"/$')
 
 
 def _panels(dashboard: dict) -> Iterator[dict]:
@@ -48,6 +50,32 @@ def template_queries(dashboard: dict) -> list[tuple[str, str]]:
     return [(variable["name"], variable["query"])
             for variable in dashboard.get("templating", {}).get("list", [])
             if variable.get("type") == "query"]
+
+
+def template_regexes(dashboard: dict) -> dict[str, str]:
+    """Variable name -> the regex Grafana applies to its query's values (only those with one)."""
+    return {variable["name"]: variable["regex"]
+            for variable in dashboard.get("templating", {}).get("list", [])
+            if variable.get("type") == "query" and variable.get("regex")}
+
+
+def parse_query_result(query: str, regex: str) -> tuple[str, str]:
+    """`query_result(expr)` with the regex `/label="([^"]+)"/` as (expr, label): the values are
+    that label of each series expr returns, in its order. ValueError otherwise."""
+    match, label = _QUERY_RESULT.match(query), _LABEL_REGEX.match(regex or "")
+    if not match or not label:
+        raise ValueError(f"template query {query!r} (regex {regex!r}) is not query_result(expr) with "
+                         f'a regex /label="([^"]+)"/')
+    return match.group("expr"), label.group("label")
+
+
+def template_expression(query: str, regex: str = "") -> tuple[str, str]:
+    """The PromQL of a template query (label_values' selector, or query_result's expression) and
+    the label its values are: (expression, label)."""
+    if _QUERY_RESULT.match(query):
+        return parse_query_result(query, regex)
+    selector, label = parse_label_values(query)
+    return selector or "", label
 
 
 def parse_label_values(query: str) -> tuple[str | None, str]:

@@ -1,6 +1,7 @@
 """Draw the generated dashboards from a live Prometheus into PNG files, to see them without Grafana.
 
-Every panel's queries run as range queries over the last N minutes, with the
+Every panel's queries run as range queries over the last N minutes (instant
+ones, those of stats and tables, at its end only), with the
 Grafana variables filled the way Grafana would ($__rate_interval from the
 data source's scrape interval, each template variable its first value unless
 given). Timeseries become lines (stacked where the panel stacks) with the
@@ -38,7 +39,7 @@ import yaml
 from matplotlib.dates import AutoDateLocator, DateFormatter
 from matplotlib.figure import Figure
 from matplotlib.patches import FancyBboxPatch, Rectangle
-from matplotlib.ticker import FuncFormatter, MaxNLocator
+from matplotlib.ticker import Formatter, FuncFormatter, MaxNLocator
 
 from dashboards import generate, queries
 from cancelwatch import names
@@ -265,31 +266,44 @@ def format_value(value: float | None, unit: str = "short", decimals: int | None 
 
 def resolve_variables(source: Source, dashboard: dict, window: Window,
                       given: dict[str, str]) -> dict[str, str]:
-    """Each template variable's value: the one given, else its first value (sorted) as Grafana picks."""
+    """Each template variable's value: the one given, else its first value as Grafana picks:
+    of `label_values`, the first in alphabetical order; of `query_result(sort_desc(...))`, the
+    label of the series with the highest value at the window's end (the seller most at risk)."""
     values = dict(window.variables)
+    regexes = queries.template_regexes(dashboard)
     for name, query in queries.template_queries(dashboard):
         if name in given:
             values[name] = given[name]
             continue
-        selector, label = queries.parse_label_values(query)
-        found = source.label_values(label, queries.fill_variables(selector, values) if selector else None,
-                                    window.start, window.end)
+        if name in regexes:
+            expr, label = queries.parse_query_result(query, regexes[name])
+            ranked = sorted(source.range(queries.fill_variables(expr, values), window.end, window.end, window.step),
+                            key=lambda item: -float(item["values"][-1][1]) if item["values"] else 0.0)
+            found = [item["metric"][label] for item in ranked if label in item["metric"]]
+        else:
+            selector, label = queries.parse_label_values(query)
+            found = sorted(source.label_values(
+                label, queries.fill_variables(selector, values) if selector else None, window.start, window.end))
         if not found:
             raise QueryError(f"template variable ${name} ({query}) has no values in the last "
                              f"{window.variables['__range']}: pass --var {name}=VALUE")
-        values[name] = sorted(found)[0]
+        values[name] = found[0]
     return values
 
 
 def fetch(source: Source, panel: dict, window: Window, values: dict[str, str]) -> dict[str, list[Series]]:
-    """refId -> the series each target of the panel returns over the window."""
+    """refId -> the series each target of the panel returns over the window. An instant target
+    (stats, tables) is evaluated at the window's end only, as Grafana does: a series that has
+    stopped being exported (a seller no longer projected to breach, or no longer in the top-K)
+    is gone, not shown with the last value it had."""
     result = {}
     for target in panel.get("targets", []):
         expr = queries.fill_variables(target["expr"], values)
+        start = window.end if target.get("instant") else window.start
         result[target["refId"]] = [
             Series(legend(target.get("legendFormat", ""), item["metric"]), item["metric"],
                    [float(t) for t, _ in item["values"]], [float(v) for _, v in item["values"]])
-            for item in source.range(expr, window.start, window.end, window.step)]
+            for item in source.range(expr, start, window.end, window.step)]
     return result
 
 
@@ -389,6 +403,10 @@ def draw_timeseries(figure: Figure, panel: dict, area: Box, data: dict[str, list
             plot.axhline(step["value"], color=rgb(step["color"]), linewidth=1.2,
                          linestyle="--" if "dashed" in style else "-")
     low, high = plot.get_ylim()
+    drawn = [value for item in series for value in item.values if not math.isnan(value)]
+    if drawn and min(drawn) == max(drawn):
+        # A flat line (a count that stayed 0): from 0 up, as Grafana draws it, not around it.
+        low, high = min(0.0, drawn[0]), max(drawn[0], 0.0) + max(1.0, abs(drawn[0]))
     if "min" in defaults:
         low = defaults["min"]
     if "axisSoftMax" in custom:
@@ -409,12 +427,43 @@ def draw_timeseries(figure: Figure, panel: dict, area: Box, data: dict[str, list
     draw_legend(figure, area.inset(left=area.width_inches - legend_width), series, colours, unit, decimals)
 
 
-def axis_formatter(unit: str, decimals: int | None, largest: float) -> FuncFormatter:
+def axis_formatter(unit: str, decimals: int | None, largest: float) -> Formatter:
     """Tick labels in the panel's unit; durations all in the unit of the largest tick, as Grafana."""
     if unit == "s":
         size, suffix = next(((size, suffix) for size, suffix in DURATIONS if largest >= size), (1, " s"))
         return FuncFormatter(lambda value, _: f"{value / size:.3g}{suffix}")
-    return FuncFormatter(lambda value, _: format_value(value, unit, decimals))
+    return DistinctTicks(unit, decimals)
+
+
+class DistinctTicks(Formatter):
+    """Tick labels in the panel's unit with as many decimals as it takes to tell the ticks apart
+    (2.79K, 2.80K, not 2.8K twice), as Grafana adds decimals to close ticks."""
+
+    def __init__(self, unit: str, decimals: int | None) -> None:
+        self.unit = unit
+        self.decimals = decimals
+        self.extra = 0
+
+    def set_locs(self, locs) -> None:
+        self.extra = 0
+        while self.extra < 4 and len({self.label(value) for value in locs}) < len(set(locs)):
+            self.extra += 1
+
+    def label(self, value: float) -> str:
+        text = format_value(value, self.unit, self.decimals)
+        if not self.extra:
+            return text
+        for size, letter in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
+            if abs(value) >= size and self.unit not in ("percentunit", "h"):
+                suffix = {"ops": " /s", "cpm": " /min"}.get(self.unit, "")
+                return f"{value / size:.{1 + self.extra}f}{letter}{suffix}"
+        places = (self.decimals or 0) + self.extra
+        if self.unit == "percentunit":
+            return f"{value * 100:.{places}f}%"
+        return f"{value:.{places}f}" + {"ops": " /s", "cpm": " /min"}.get(self.unit, "")
+
+    def __call__(self, value: float, position=None) -> str:
+        return self.label(value)
 
 
 def draw_legend(figure: Figure, area: Box, series: list[Series], colours: list[str], unit: str,

@@ -147,8 +147,9 @@ def test_every_panel_and_query_uses_the_fixed_prometheus_uid(key):
 @pytest.mark.parametrize("key", sorted(ALL))
 def test_every_query_selects_only_known_metrics(key):
     known = known_metrics()
+    regexes = queries.template_regexes(ALL[key])
     expressions = every_expression(ALL[key]) + [
-        (name, queries.parse_label_values(query)[0] or "")
+        (name, queries.template_expression(query, regexes.get(name, ""))[0])
         for name, query in queries.template_queries(ALL[key])]
     assert expressions
     for title, expr in expressions:
@@ -230,12 +231,13 @@ def test_every_query_is_valid_promql(tmp_path):
 def test_template_variables_are_well_formed(key):
     dashboard = ALL[key]
     defined: list[str] = []
+    regexes = queries.template_regexes(dashboard)
     for name, query in queries.template_queries(dashboard):
-        selector, label = queries.parse_label_values(query)
+        expression, label = queries.template_expression(query, regexes.get(name, ""))
         assert label == name, f"variable {name} lists values of {label}"
-        assert selector is not None
-        metric = selector.split("{", 1)[0].strip()
-        assert label in names.METRICS[metric][1], f"{metric} has no label {label}"
+        assert expression
+        for metric in queries.metric_names(expression):
+            assert label in names.METRICS[metric][1], f"{metric} has no label {label}"
         used = set(re.findall(r"\$\{?(\w+)", query))
         assert used <= set(defined), f"variable {name} uses {used - set(defined)} defined after it"
         defined.append(name)
@@ -247,6 +249,10 @@ def test_template_variables_are_well_formed(key):
 def test_seller_dashboard_is_templated_by_marketplace_and_seller():
     variables = ALL["seller"]["templating"]["list"]
     assert [variable["name"] for variable in variables] == [names.LABEL_MARKETPLACE, names.LABEL_SELLER]
+    # It opens on the seller most at risk: values ranked by share of the limit, kept in that order.
+    for variable in variables:
+        assert variable["query"].startswith("query_result(sort_desc(") and variable["sort"] == 0
+        assert queries.parse_query_result(variable["query"], variable["regex"])[1] == variable["name"]
     for title, expr in queries.panel_queries(ALL["seller"]):
         assert f'{names.LABEL_MARKETPLACE}="${names.LABEL_MARKETPLACE}"' in expr, title
 
@@ -530,8 +536,9 @@ def test_counts_are_per_minute_whatever_the_zoom():
 # --- Render (dashboards/render.py) --------------------------------------------------------
 
 class FakePrometheus:
-    """Two series per query over the window, and one value per template variable. Hours to
-    breach have none, as when no breach is projected: empty table cells, a "no value" stat."""
+    """Two series per query over the window (instant queries: one point, at its end), and one
+    value per template variable. Hours to breach have none, as when no breach is projected:
+    empty table cells, a "no value" stat."""
 
     def __init__(self) -> None:
         self.queries: list[str] = []
@@ -543,7 +550,7 @@ class FakePrometheus:
         times = range(int(start), int(end) + 1, step)
         return [{"metric": {"marketplace": marketplace, "status": status, "seller_id": "S1",
                             "window_days": "7", "instance": "w1"},
-                 "values": [[t, str(index + (t - start) / (end - start))] for t in times]}
+                 "values": [[t, str(index + (t - start) / max(1, end - start))] for t in times]}
                 for index, (marketplace, status) in enumerate((("US", "ok"), ("IN", "breach")))]
 
     def label_values(self, label, selector, start, end):
@@ -557,11 +564,53 @@ def test_render_draws_every_panel_of_a_dashboard(key, tmp_path):
     out = tmp_path / f"{ALL[key]['uid']}.png"
     assert render.render_dashboard(source, ALL[key], window, {}, out) == (True, [])
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 20_000
-    assert len(source.queries) == len(queries.panel_queries(ALL[key]))
+    ranked_variables = len(queries.template_regexes(ALL[key]))     # query_result: one query each
+    assert len(source.queries) == len(queries.panel_queries(ALL[key])) + ranked_variables
     assert not any("$" in expr for expr in source.queries)
     if key == "seller":
         assert all('seller_id="S1"' in expr and 'marketplace="IN"' in expr
-                   for expr in source.queries if "seller_id" in expr)
+                   for expr in source.queries[ranked_variables:] if "seller_id" in expr)
+
+
+def test_render_evaluates_instant_targets_at_the_end_only():
+    """A stat or table shows what is exported now: a series gone before the end (a seller no
+    longer projected to breach) is not shown with its last value, as Grafana's instant query."""
+    class Gone(FakePrometheus):
+        def range(self, expr, start, end, step):
+            self.queries.append((start, end))
+            return [] if start == end else [{"metric": {"window_days": "7"}, "values": [[start, "5"]]}]
+
+    source = Gone()
+    window = render.Window.last(60, 15, end=1_800_000_000)
+    panel = {"targets": [{"refId": "A", "expr": "m", "instant": True}, {"refId": "B", "expr": "m"}]}
+    data = render.fetch(source, panel, window, {})
+    assert data["A"] == [] and data["B"][0].last() == 5.0
+    assert source.queries == [(window.end, window.end), (window.start, window.end)]
+
+
+def test_axis_ticks_get_the_decimals_that_tell_them_apart():
+    ticks = render.DistinctTicks("short", None)
+    ticks.set_locs([2600.0, 2650.0, 2700.0])
+    assert [ticks(value) for value in (2600.0, 2650.0, 2700.0)] == ["2.60K", "2.65K", "2.70K"]
+    ticks.set_locs([0.0, 20.0, 40.0])
+    assert [ticks(value) for value in (0.0, 20.0, 40.0)] == ["0", "20", "40"]
+
+
+def test_render_picks_the_seller_most_at_risk_as_grafana_would():
+    class Ranked(FakePrometheus):
+        def range(self, expr, start, end, step):
+            self.queries.append(expr)
+            label = "seller_id" if "by (seller_id)" in expr else "marketplace"
+            shares = {"seller_id": (("S1", "0.4"), ("S7", "0.97"), ("S3", "0.2")),
+                      "marketplace": (("DE", "0.3"), ("US", "0.97"))}[label]
+            return [{"metric": {label: value}, "values": [[end, share]]} for value, share in shares]
+
+    source = Ranked()
+    window = render.Window.last(60, 15, end=1_800_000_000)
+    values = render.resolve_variables(source, ALL["seller"], window, {})
+    assert (values["marketplace"], values["seller_id"]) == ("US", "S7")
+    assert 'marketplace="US"' in source.queries[1]
+    assert render.resolve_variables(source, ALL["seller"], window, {"seller_id": "S3"})["seller_id"] == "S3"
 
 
 def test_render_fills_grafana_variables_from_the_scrape_interval():

@@ -46,13 +46,19 @@ def label_values(prometheus: str, label: str, selector: str) -> list[str]:
 
 
 def resolve_variables(prometheus: str, dashboard: dict) -> dict[str, str]:
-    """Each template variable's first value, in dashboard order, as Grafana would pick."""
+    """Each template variable's first value, in dashboard order, as Grafana would pick (a
+    query_result keeps the order of its sort_desc)."""
     values = {"__rate_interval": RATE_INTERVAL}
+    regexes = queries.template_regexes(dashboard)
     for name, query in queries.template_queries(dashboard):
-        selector, label = queries.parse_label_values(query)
-        found = label_values(prometheus, label, queries.fill_variables(selector, values))
+        if name in regexes:
+            expr, label = queries.parse_query_result(query, regexes[name])
+            found = [series["metric"][label] for series in instant(prometheus, queries.fill_variables(expr, values))]
+        else:
+            selector, label = queries.parse_label_values(query)
+            found = sorted(label_values(prometheus, label, queries.fill_variables(selector, values)))
         assert found, f"variable {name}: {query} resolves to no values"
-        values[name] = sorted(found)[0]
+        values[name] = found[0]
     return values
 
 

@@ -55,12 +55,13 @@ def stack_env(kafka_bootstrap: str, monkeypatch) -> Iterator[dict[str, str]]:
     admin.close()
 
 
-def read_all(loaded: settings.Settings) -> list[tuple[str, str, bytes]]:
-    """Every message now in the source topics: (topic, key, value), read up to the end offsets."""
+def read_all(loaded: settings.Settings, topics: list[str] | None = None) -> list[tuple[str, str, bytes]]:
+    """Every message now in the source topics (or `topics`): (topic, key, value), read up to the
+    end offsets."""
     consumer = KafkaConsumer(bootstrap_servers=loaded.bootstrap_servers, enable_auto_commit=False,
                              group_id=None, consumer_timeout_ms=10_000)
     partitions = [TopicPartition(topic, partition)
-                  for topic in loaded.source_topics.values()
+                  for topic in (topics or loaded.source_topics.values())
                   for partition in (consumer.partitions_for_topic(topic) or ())]
     consumer.assign(partitions)
     consumer.seek_to_beginning()

@@ -232,3 +232,27 @@ def test_reconcile_without_a_report_says_how_to_publish_one(stand_in, capsys):
     assert terminal.reconcile_main(["A9NOBODY", "-m", "US", "--api", stand_in]) == 1
     error = capsys.readouterr().err
     assert "no account-health report of seller A9NOBODY in US" in error and "publish-report" in error
+
+
+def test_top_shows_the_drift_from_amazons_report_beside_the_rate_and_ranks_as_the_api():
+    from cancelwatch.tools import terminal
+
+    def seller(seller_id, rate, headroom, status="ok"):
+        return {"seller_id": seller_id, "marketplace": "US", "as_of": "2026-11-20T13:05:00Z",
+                "windows": [{"days": 7, "orders": 1000, "cancelled": round(rate * 1000), "rate": rate,
+                             "limit": 0.025, "warning_level": 0.02, "headroom": headroom, "status": status}],
+                "reasons": {"NoInventory": 1}, "excluded": {}}
+
+    drift = {"amazon_orders": "562", "cancelwatch_orders": "532", "amazon_cancelled": "4",
+             "cancelwatch_cancelled": "4", "amazon_rate": "0.71%", "cancelwatch_rate": "0.75%"}
+    alerts = {("GAP", "US"): {"SellerCancelRateDrift": drift}}
+    frame = terminal.render_top([seller("GAP", 0.0075, 8)], alerts, [], width=200)
+    row = frame.splitlines()[-1]
+    assert "drift" in frame.splitlines()[0]
+    assert row.index("0.75%") < row.index("-30 orders") < row.index("2.50%")
+    assert "cancels" not in row and row.rstrip().endswith("Drift")
+    assert terminal.drift({**drift, "amazon_cancelled": "7"}) == "-30 orders -3 cancels"
+    assert terminal.drift(None) == "-"
+    # Several marketplaces merge in the API's order: status, then the share of the limit, then headroom.
+    rows = [seller("LOW", 0.005, 2), seller("HIGH", 0.018, 9), seller("WARN", 0.021, 3, "warning")]
+    assert [row["seller_id"] for row in sorted(rows, key=terminal.risk)] == ["WARN", "HIGH", "LOW"]

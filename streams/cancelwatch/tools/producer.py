@@ -24,7 +24,7 @@ from kafka.errors import KafkaError, NoBrokersAvailable
 
 from cancelwatch import settings as settings_module, topics
 
-from cancelwatch.core import events
+from cancelwatch.core import account_health, events
 from cancelwatch.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -120,6 +120,21 @@ class EventProducer:
         future.add_callback(self._delivered, topic)
         future.add_errback(lambda error: self._failed(event_id, f"{topic}: {error}"))
 
+    def send_account_health(self, seller_id: str, value: bytes) -> None:
+        """Send one account-health envelope (contract section 11) to the account-health topic,
+        keyed by seller; raises account_health.BadReport (nothing sent) when the worker would
+        refuse it."""
+        account_health.decode_envelope(value, self.clock())
+        topic = self.settings.account_health_topic
+        self._handed_over = True
+        try:
+            future = self._producer.send(topic, key=seller_id, value=value)
+        except KafkaError as error:
+            self._failed(f"account-health report of {seller_id}", f"{topic}: {error}")
+            return
+        future.add_callback(self._delivered, topic)
+        future.add_errback(lambda error: self._failed(f"account-health report of {seller_id}", f"{topic}: {error}"))
+
     def send_all(self, stream: Iterable[events.Event]) -> DeliveryReport:
         for event in stream:
             self.send(event)
@@ -147,18 +162,23 @@ class EventProducer:
         self._producer.close(timeout if self._handed_over else 0)
 
 
-def connect(settings: Settings) -> EventProducer:
-    """The source topics created if missing, and a producer for them (raises ProducerError)."""
-    ensure_topics(settings)
+def connect(settings: Settings, account_health: bool = False) -> EventProducer:
+    """The source topics created if missing (the account-health topic too, when asked), and a
+    producer for them (raises ProducerError)."""
+    wanted = list(settings.source_topics.values())
+    if account_health:
+        wanted.append(settings.account_health_topic)
+    ensure_topics(settings, names=wanted)
     return EventProducer(settings)
 
 
-def deliver(command: str, send: Callable[[EventProducer], None]) -> DeliveryReport | None:
+def deliver(command: str, send: Callable[[EventProducer], None],
+            account_health: bool = False) -> DeliveryReport | None:
     """Connect with the environment's settings, let `send` hand events to the producer, wait
     until each is delivered or has failed, and close. An unreachable broker or a flush that
     does not complete is printed as `cancelwatch COMMAND: ...` and gives None."""
     try:
-        producer = connect(settings_module.load())
+        producer = connect(settings_module.load(), account_health=account_health)
     except ProducerError as error:
         print(f"cancelwatch {command}: {error}", file=sys.stderr)
         return None

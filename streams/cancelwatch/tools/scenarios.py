@@ -379,7 +379,10 @@ class Simulation:
     # --- the focus seller's incident -----------------------------------------
 
     def _control(self, now: datetime) -> None:
-        """Cancel open orders of the focus seller until the tracked share meets the ramp."""
+        """Cancel open orders of the focus seller until the tracked share meets the ramp, the
+        newest first: the orders a seller out of stock cannot fill are the ones just placed (and
+        buyers ask to cancel what they just bought). So the incident's cancels land in the most
+        recent purchase hours, where the forecast's pace sees them."""
         stamp = self.timeline.stamp(now)
         orders, tracked = self._window.share(stamp)
         if orders == 0:
@@ -390,7 +393,7 @@ class Simulation:
         target = self._baseline + (self.scenario.peak - self._baseline) * progress
         needed = math.floor(target * orders) - tracked
         while needed > 0 and self._open:
-            order = self._open.popleft()
+            order = self._open.pop()
             if order.closed or order.cancel_planned or order.pending or \
                     order.ship_at is None or order.ship_at <= now:
                 continue
@@ -483,7 +486,8 @@ def disorder(stream: Iterable[events.Event], duplicates: float = 0.0, reorder: f
     With probability `reorder` an event is held back until up to 500 later
     events have passed (so an order's placement can arrive after its
     cancellation); with probability `duplicates` it is sent again after up to
-    50 later events.
+    50 later events. Anything in the stream that is not an event (an
+    account-health report) passes through in place.
     """
     for rate, name in ((duplicates, "duplicates"), (reorder, "reorder")):
         if not 0.0 <= rate <= 1.0:
@@ -491,7 +495,12 @@ def disorder(stream: Iterable[events.Event], duplicates: float = 0.0, reorder: f
     rng = random.Random(seed)
     held: list[tuple[int, int, events.Event]] = []
     sequence = itertools.count()
-    for position, event in enumerate(stream):
+    position = -1
+    for event in stream:
+        if not isinstance(event, events.Event):
+            yield event
+            continue
+        position += 1
         while held and held[0][0] <= position:
             yield heapq.heappop(held)[2]
         if reorder and rng.random() < reorder:

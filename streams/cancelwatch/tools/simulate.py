@@ -7,12 +7,17 @@ due, with simulated time running --speed times faster than the wall clock.
 Live timestamps are the wall-clock moment of sending, never ahead of it, so
 an accelerated live phase means a higher event rate, not future timestamps.
 The scenario's incident starts when the live phase does (or, without one,
-shortly before the end of the span). See docs/commands.md.
+shortly before the end of the span). With --reports, Amazon's account-health
+report of every seller follows the history (or ends a span that ends by now)
+and is refreshed every --report-every of simulated time; --report-gap
+withholds a share of one seller's orders that Amazon still counts. See
+docs/commands.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import re
 import signal
 import sys
@@ -23,8 +28,11 @@ from typing import BinaryIO, Callable, Iterable
 
 from tqdm import tqdm
 
-from cancelwatch.core import events
-from cancelwatch.tools import scenarios
+from cancelwatch import names, settings
+
+from cancelwatch.core import account_health, events, policy
+
+from cancelwatch.tools import account_health_reports, scenarios
 from cancelwatch.tools.producer import EventProducer, deliver
 
 _SPAN = re.compile(r"(\d+(?:\.\d+)?)([wdhms])")
@@ -112,6 +120,16 @@ def build_parser() -> argparse.ArgumentParser:
                              "(default 0)")
     parser.add_argument("--output", metavar="FILE",
                         help="write JSON Lines to FILE (`-` for stdout) instead of sending to Kafka")
+    parser.add_argument("--reports", action="store_true",
+                        help="also publish each seller's account-health report, as Amazon counts its "
+                             "orders, to the account-health topic")
+    parser.add_argument("--report-every", type=parse_span, default=timedelta(minutes=1),
+                        help="simulated time between two reports of a seller (default 1m)")
+    parser.add_argument("--report-gap", type=parse_rate, default=0.0,
+                        help="share of one seller's orders never published, yet counted by Amazon "
+                             "(default 0)")
+    parser.add_argument("--reports-output", metavar="FILE",
+                        help="with --output: write the reports' envelopes as JSON Lines to FILE")
     return parser
 
 
@@ -126,12 +144,20 @@ def paced(stream: Iterable[events.Event], live_from: datetime | None,
         yield event
 
 
-def write_jsonl(stream: Iterable[events.Event], output: BinaryIO) -> Counter:
+def write_jsonl(stream: Iterable[events.Event | account_health_reports.Report], output: BinaryIO,
+                reports: BinaryIO | None = None) -> Counter:
     counts: Counter = Counter()
     for event in stream:
+        if isinstance(event, account_health_reports.Report):
+            if reports is not None:
+                reports.write(event.value + b"\n")
+            counts[names.ACCOUNT_HEALTH_TOPIC] += 1
+            continue
         output.write(events.encode(event) + b"\n")
         counts[events.TOPIC_OF_TYPE[type(event)]] += 1
     output.flush()
+    if reports is not None:
+        reports.flush()
     return counts
 
 
@@ -177,18 +203,36 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if scenarios.SCENARIOS[args.scenario].ageing and (pivot or end) - start < timedelta(days=7):
         parser.error("the ageing scenario needs at least 7 days of history before its pivot "
                      "(the busy day 6 to 7 days back); use --history 7d or more")
+    if args.reports_output and not (args.reports and args.output):
+        parser.error("--reports-output is where --reports go with --output; give both")
+    if args.reports and args.output and not args.reports_output:
+        parser.error("with --output, give --reports-output FILE for the account-health reports")
+    if args.report_every < timedelta(seconds=1):
+        parser.error("--report-every must be at least 1s")
     timeline = scenarios.Timeline(pivot, speed) if live else scenarios.Timeline()
     simulation = scenarios.Simulation(args.scenario, args.seed, start=start, end=end,
                                       sellers=args.sellers, pivot=pivot, ramp=args.ramp,
                                       timeline=timeline)
-    describe(simulation, live, speed)
-    stream = scenarios.disorder(simulation.events(), args.duplicates, args.reorder, args.seed)
+    view = None
+    stream: Iterable = simulation.events()
+    if args.reports or args.report_gap:
+        view = account_health_reports.AmazonView(
+            policy.load(settings.load().policy_path),
+            {seller.seller_id: seller.marketplaces for seller in simulation.sellers},
+            account_health_reports.gap_seller(simulation.sellers), args.report_gap)
+        due = ()
+        if args.reports:
+            due = (timeline.stamp(moment) for moment in
+                   account_health_reports.due_moments(pivot or end, args.report_every, end))
+        stream = account_health_reports.with_reports(stream, view, due)
+    describe(simulation, live, speed, view, args.report_every if args.reports else None)
+    stream = scenarios.disorder(stream, args.duplicates, args.reorder, args.seed)
     history_end = min(now, end) if end is not None else now
     stream = _progress(stream, start, history_end)
     stream = paced(stream, now if live else None, lambda: datetime.now(timezone.utc), time.sleep)
     if args.output:
-        return _to_file(stream, args.output)
-    return _to_kafka(stream, live)
+        return _to_file(stream, args.output, args.reports_output)
+    return _to_kafka(stream, live, args.reports)
 
 
 def _interrupt(_signum, _frame) -> None:
@@ -196,7 +240,9 @@ def _interrupt(_signum, _frame) -> None:
     raise KeyboardInterrupt
 
 
-def describe(simulation: scenarios.Simulation, live: bool, speed: float) -> None:
+def describe(simulation: scenarios.Simulation, live: bool, speed: float,
+             view: account_health_reports.AmazonView | None = None,
+             report_every: timedelta | None = None) -> None:
     end = simulation.end.isoformat() if simulation.end else "forever"
     lines = [f"simulate: scenario {simulation.scenario.name}, {len(simulation.sellers)} sellers, "
              f"{simulation.start.isoformat()} .. {end}"]
@@ -208,6 +254,13 @@ def describe(simulation: scenarios.Simulation, live: bool, speed: float) -> None
                         if live else ""))
     if live:
         lines.append(f"simulate: history first as fast as possible, then live at {speed:g}x")
+    if report_every is not None:
+        lines.append(f"simulate: account-health reports of every seller "
+                     f"{'after the history, then every ' + str(report_every) + ' simulated' if live else 'at the end'}")
+    if view is not None and view.gap_seller is not None:
+        places = ",".join(view.sellers[view.gap_seller])
+        lines.append(f"simulate: gap seller {view.gap_seller} in {places}: {view.gap:.0%} of its orders are "
+                     f"never published, yet Amazon counts them")
     print("\n".join(lines), file=sys.stderr)
 
 
@@ -229,29 +282,33 @@ def _progress(stream: Iterable[events.Event], start: datetime, history_end: date
             yield event
 
 
-def _to_file(stream: Iterable[events.Event], path: str) -> int:
+def _to_file(stream: Iterable[events.Event], path: str, reports_path: str | None) -> int:
     try:
-        if path == "-":
-            counts = write_jsonl(stream, sys.stdout.buffer)
-        else:
-            with open(path, "wb") as output:
-                counts = write_jsonl(stream, output)
+        with contextlib.ExitStack() as files:
+            reports = files.enter_context(open(reports_path, "wb")) if reports_path else None
+            output = sys.stdout.buffer if path == "-" else files.enter_context(open(path, "wb"))
+            counts = write_jsonl(stream, output, reports)
     except KeyboardInterrupt:
         print("simulate: interrupted", file=sys.stderr)
         return 0
     except OSError as error:
-        print(f"cancelwatch simulate: cannot write {path}: {error.strerror}", file=sys.stderr)
+        print(f"cancelwatch simulate: cannot write {error.filename or path}: {error.strerror}", file=sys.stderr)
         return 1
-    print(f"simulate: wrote {sum(counts.values())} events ({_by_topic(counts)})", file=sys.stderr)
+    reports = counts.pop(names.ACCOUNT_HEALTH_TOPIC, 0)
+    print(f"simulate: wrote {sum(counts.values())} events ({_by_topic(counts)})"
+          + (f" and {reports} account-health reports" if reports else ""), file=sys.stderr)
     return 0
 
 
-def _to_kafka(stream: Iterable[events.Event], live: bool) -> int:
+def _to_kafka(stream: Iterable[events.Event], live: bool, reports: bool = False) -> int:
     def send(producer: EventProducer) -> None:
         sent = 0
         last_status = time.monotonic()
         try:
             for event in stream:
+                if isinstance(event, account_health_reports.Report):
+                    producer.send_account_health(event.seller_id, event.value)
+                    continue
                 producer.send(event)
                 sent += 1
                 if live and time.monotonic() - last_status >= STATUS_SECONDS:
@@ -262,17 +319,21 @@ def _to_kafka(stream: Iterable[events.Event], live: bool) -> int:
             print("simulate: interrupted; flushing", file=sys.stderr)
 
     try:
-        report = deliver("simulate", send)
-    except events.BadEvent as error:
-        print(f"cancelwatch simulate: generated an invalid event ({error}); this is a bug in "
+        report = deliver("simulate", send, account_health=reports)
+    except (events.BadEvent, account_health.BadReport) as error:
+        print(f"cancelwatch simulate: generated an invalid event or report ({error}); this is a bug in "
               "the simulator, please report it with the options used", file=sys.stderr)
         return 1
     if report is None:
         return 1
-    print(f"simulate: sent {report.sent_total} events ({_by_topic(report.sent)}), "
-          f"{len(report.failed)} failed", file=sys.stderr)
-    for event_id, reason in report.failed[:10]:
-        print(f"simulate: event {event_id} not delivered: {reason}", file=sys.stderr)
+    sent_by_topic = Counter(report.sent)
+    sent_reports = sent_by_topic.pop(settings.load().account_health_topic, 0)
+    print(f"simulate: sent {sum(sent_by_topic.values())} events ({_by_topic(sent_by_topic)})"
+          + (f" and {sent_reports} account-health reports" if sent_reports else "")
+          + f", {len(report.failed)} failed", file=sys.stderr)
+    for what, reason in report.failed[:10]:
+        what = what if what.startswith("account-health") else f"event {what}"
+        print(f"simulate: {what} not delivered: {reason}", file=sys.stderr)
     return 1 if report.failed else 0
 
 

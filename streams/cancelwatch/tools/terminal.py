@@ -98,12 +98,13 @@ def fetch_at_risk(api: str, marketplace: str, limit: int) -> list[dict]:
     return list(document)
 
 
-def fetch_alerts(alertmanager: str) -> dict[tuple[str, str], list[str]]:
-    """Active alerts by (seller_id, marketplace) -> sorted alert names (listing alerts with their sku)."""
+def fetch_alerts(alertmanager: str) -> dict[tuple[str, str], dict[str, dict]]:
+    """Active alerts by (seller_id, marketplace) -> alert name (listing alerts with their sku) ->
+    the alert's annotations."""
     query = urllib.parse.urlencode({"active": "true", "silenced": "false", "inhibited": "false"})
     alerts = get_json(f"{alertmanager.rstrip('/')}/api/v2/alerts?{query}", "Alertmanager",
                       "start it (`make stack-up`) or pass --alertmanager with its address")
-    grouped: dict[tuple[str, str], set[str]] = defaultdict(set)
+    grouped: dict[tuple[str, str], dict[str, dict]] = defaultdict(dict)
     for alert in alerts:
         labels = alert.get("labels", {})
         seller_id = labels.get(names.LABEL_SELLER)
@@ -112,8 +113,8 @@ def fetch_alerts(alertmanager: str) -> dict[tuple[str, str], list[str]]:
         name = labels.get(names.LABEL_ALERTNAME, "?")
         if labels.get(names.LABEL_SKU):
             name = f"{name}({labels[names.LABEL_SKU]})"
-        grouped[(seller_id, labels.get(names.LABEL_MARKETPLACE, ""))].add(name)
-    return {key: sorted(value) for key, value in grouped.items()}
+        grouped[(seller_id, labels.get(names.LABEL_MARKETPLACE, ""))][name] = alert.get("annotations", {})
+    return dict(grouped)
 
 
 # --- rendering ---------------------------------------------------------------
@@ -229,17 +230,36 @@ def _short_alert(name: str) -> str:
     return name
 
 
+def drift(annotations: dict | None) -> str:
+    """What a SellerCancelRateDrift alert says cancelwatch counts against Amazon's report:
+    `-30 orders`, `-3 cancels` (cancelwatch minus Amazon); `-` without the alert."""
+    if annotations is None:
+        return "-"
+    parts = []
+    for what, ours, amazon in (("orders", "cancelwatch_orders", "amazon_orders"),
+                               ("cancels", "cancelwatch_cancelled", "amazon_cancelled")):
+        try:
+            difference = int(annotations[ours]) - int(annotations[amazon])
+        except (KeyError, ValueError):
+            continue
+        if difference:
+            parts.append(f"{difference:+d} {what}")
+    return " ".join(parts) or "drifting"
+
+
 def _limit(document: dict, window: dict) -> str:
     """The limit in force; a `*` marks a seller's own target (contract section 10)."""
     own = (document.get("target") or {}).get("source") == "seller"
     return percent(window.get("limit")) + ("*" if own else "")
 
 
-def render_top(rows: Iterable[dict], alerts: dict[tuple[str, str], list[str]] | None,
+def render_top(rows: Iterable[dict], alerts: dict[tuple[str, str], dict[str, dict]] | None,
                problems: list[str], width: int = 120, header: str = "") -> str:
+    """The `drift` column is cancelwatch's counts minus Amazon's account-health report, for a
+    seller whose comparison drifts (SellerCancelRateDrift firing)."""
     lines = [header] if header else []
     lines += [f"! {problem}" for problem in problems]
-    title = (f"{'seller':<16} {'mkt':<3} {'rate':<{BAR_WIDTH + 2}} {'rate':>7} {'limit':>6} "
+    title = (f"{'seller':<16} {'mkt':<3} {'rate':<{BAR_WIDTH + 2}} {'rate':>7} {'drift':<20} {'limit':>6} "
              f"{'win':>3} {'headroom':>8} {'status':<7} {'dominant reason':<33} alerts")
     lines += [title[:width], "-" * min(width, len(title) + 30)]
     count = 0
@@ -248,13 +268,15 @@ def render_top(rows: Iterable[dict], alerts: dict[tuple[str, str], list[str]] | 
         window = worst_window(document)
         key = (document.get("seller_id", ""), document.get("marketplace", ""))
         if alerts is None:
-            active = "?"
+            active = drifted = "?"
         else:
-            active = ",".join(_short_alert(name) for name in alerts.get(key, [])) or "-"
+            mine = alerts.get(key, {})
+            active = ",".join(_short_alert(name) for name in sorted(mine)) or "-"
+            drifted = drift(mine.get(names.ALERT_DRIFT))
         headroom = window.get("headroom")
         line = (f"{key[0]:<16} {key[1]:<3} "
                 f"{rate_bar(window.get('rate'), window.get('limit', 0.025), window.get('warning_level'))} "
-                f"{percent(window.get('rate')):>7} {_limit(document, window):>6} "
+                f"{percent(window.get('rate')):>7} {drifted:<20} {_limit(document, window):>6} "
                 f"{window.get('days', '-'):>3} {'-' if headroom is None else headroom:>8} "
                 f"{window.get('status', '-'):<7} {dominant_reason(document.get('reasons')):<33} {active}")
         lines.append(line[:width])
@@ -276,10 +298,7 @@ def top_frame(api: str, alertmanager: str, marketplaces: list[str], limit: int,
             problems.append(str(error))
             worker_ok = False
             break
-    rows.sort(key=lambda document: (
-        STATUS_ORDER.get(worst_window(document).get("status"), 3),
-        _headroom_key(worst_window(document).get("headroom")),
-    ))
+    rows.sort(key=risk)
     alerts = None
     if alertmanager:
         try:
@@ -291,8 +310,15 @@ def top_frame(api: str, alertmanager: str, marketplaces: list[str], limit: int,
     return render_top(rows, alerts, problems, width, header), worker_ok
 
 
-def _headroom_key(headroom) -> float:
-    return float("inf") if headroom is None else headroom
+def risk(document: dict) -> tuple:
+    """The at-risk API's order (contract section 8), to merge marketplaces: breached, then
+    warning, then the rate as a share of the limit in force (highest first), then least headroom."""
+    window = worst_window(document)
+    limit = window.get("limit") or 0
+    share = (window.get("rate") or 0) / limit if limit else 0
+    headroom = window.get("headroom")
+    return (STATUS_ORDER.get(window.get("status"), 3), -share,
+            float("inf") if headroom is None else headroom)
 
 
 def seller_main(argv: list[str]) -> int:

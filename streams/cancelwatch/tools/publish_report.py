@@ -22,7 +22,7 @@ from cancelwatch import settings
 
 from cancelwatch.core import account_health
 from cancelwatch.tools.producer import ProducerError, _unreachable, ensure_topics
-from cancelwatch.tools.publish import _open_source
+from cancelwatch.tools.publish import open_source
 
 SEND_TIMEOUT_SECONDS = 30
 
@@ -99,12 +99,11 @@ def main(argv: list[str]) -> int:
     if not 1 <= len(args.seller_id) <= 64:
         parser.error("--seller-id must be 1 to 64 characters")
     now = datetime.now(timezone.utc)
-    try:
-        with _open_source(args.file) as source:
-            report = source.read()
-    except OSError as error:
-        print(f"cancelwatch publish-report: cannot read {args.file}: {error.strerror}", file=sys.stderr)
+    source = open_source(args.file, "publish-report")
+    if source is None:
         return 2
+    with source:
+        report = source.read()
     try:
         raw, decoded = envelope(report, args.seller_id, args.fetched_at or now, now)
     except account_health.BadReport as bad:

@@ -162,6 +162,26 @@ class EventProducer:
         self._producer.close(timeout if self._handed_over else 0)
 
 
+def send_one(settings: Settings, client: str, topic: str, key: bytes, value: bytes | None,
+             what: str = "the message", timeout: float = 30.0) -> str:
+    """Send one message (acks=all, idempotent) and wait for the broker's acknowledgement; return
+    where it was written as `topic/partition@offset` (raises ProducerError)."""
+    try:
+        producer = KafkaProducer(bootstrap_servers=settings.bootstrap_servers,
+                                 client_id=f"{settings.app_id}-{client}", acks="all",
+                                 enable_idempotence=True, max_in_flight_requests_per_connection=1,
+                                 **settings.kafka_security.kafka_python_options())
+    except KafkaError as error:
+        raise _unreachable(settings, error) from None
+    try:
+        metadata = producer.send(topic, key=key, value=value).get(timeout=timeout)
+    except KafkaError as error:
+        raise ProducerError(f"{what} was not delivered to {topic}: {error}") from None
+    finally:
+        producer.close(timeout=10)
+    return f"{metadata.topic}/{metadata.partition}@{metadata.offset}"
+
+
 def connect(settings: Settings, account_health: bool = False) -> EventProducer:
     """The source topics created if missing (the account-health topic too, when asked), and a
     producer for them (raises ProducerError)."""

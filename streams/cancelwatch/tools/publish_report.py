@@ -15,13 +15,11 @@ import sys
 from datetime import datetime, timezone
 
 import orjson
-from kafka import KafkaProducer
-from kafka.errors import KafkaError
 
 from cancelwatch import settings
 
 from cancelwatch.core import account_health
-from cancelwatch.tools.producer import ProducerError, _unreachable, ensure_topics
+from cancelwatch.tools.producer import ProducerError, ensure_topics, send_one
 from cancelwatch.tools.publish import open_source
 
 SEND_TIMEOUT_SECONDS = 30
@@ -60,20 +58,8 @@ def publish(loaded: settings.Settings, seller_id: str, raw: bytes) -> str:
     """Send the message and wait for the broker's acknowledgement; return where it was written."""
     topic = loaded.account_health_topic
     ensure_topics(loaded, names=[topic])
-    try:
-        producer = KafkaProducer(bootstrap_servers=loaded.bootstrap_servers,
-                                 client_id=f"{loaded.app_id}-publish-report", acks="all",
-                                 enable_idempotence=True, max_in_flight_requests_per_connection=1,
-                                 **loaded.kafka_security.kafka_python_options())
-    except KafkaError as error:
-        raise _unreachable(loaded, error) from None
-    try:
-        metadata = producer.send(topic, key=seller_id.encode(), value=raw).get(timeout=SEND_TIMEOUT_SECONDS)
-    except KafkaError as error:
-        raise ProducerError(f"the report was not delivered to {topic}: {error}") from None
-    finally:
-        producer.close(timeout=10)
-    return f"{metadata.topic}/{metadata.partition}@{metadata.offset}"
+    return send_one(loaded, "publish-report", topic, seller_id.encode(), raw, "the report",
+                    SEND_TIMEOUT_SECONDS)
 
 
 def _time(text: str) -> datetime:

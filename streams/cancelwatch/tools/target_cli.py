@@ -17,14 +17,14 @@ import sys
 import time
 from datetime import datetime, timezone
 
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaConsumer, TopicPartition
 from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient, NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 from cancelwatch import names, settings
 
 from cancelwatch.core import policy, targets
-from cancelwatch.tools.producer import ProducerError, _unreachable
+from cancelwatch.tools.producer import ProducerError, _unreachable, send_one
 
 READ_TIMEOUT_SECONDS = 30
 COMPACT = {"cleanup.policy": "compact"}
@@ -174,21 +174,8 @@ def ensure_topic(loaded: settings.Settings) -> bool:
 def _send(loaded: settings.Settings, seller_id: str, marketplace: str, value: bytes | None) -> str:
     """Send one message and wait for the broker's acknowledgement; return where it was written."""
     ensure_topic(loaded)
-    try:
-        producer = KafkaProducer(bootstrap_servers=loaded.bootstrap_servers,
-                                 client_id=f"{loaded.app_id}-target", acks="all",
-                                 enable_idempotence=True, max_in_flight_requests_per_connection=1,
-                                 **loaded.kafka_security.kafka_python_options())
-    except KafkaError as error:
-        raise _unreachable(loaded, error) from None
-    try:
-        metadata = producer.send(loaded.targets_topic, key=targets.target_key(seller_id, marketplace),
-                                 value=value).get(timeout=READ_TIMEOUT_SECONDS)
-    except KafkaError as error:
-        raise ProducerError(f"the message was not delivered to {loaded.targets_topic}: {error}") from None
-    finally:
-        producer.close(timeout=10)
-    return f"{metadata.topic}/{metadata.partition}@{metadata.offset}"
+    return send_one(loaded, "target", loaded.targets_topic, targets.target_key(seller_id, marketplace), value,
+                    timeout=READ_TIMEOUT_SECONDS)
 
 
 @dataclasses.dataclass

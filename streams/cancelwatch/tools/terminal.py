@@ -65,29 +65,29 @@ def get_json(url: str, what: str, hint: str, timeout: float = 5.0):
 _WORKER_HINT = "start it with `cancelwatch worker`, or pass --api with its address"
 
 
-def fetch_seller(api: str, seller_id: str, marketplace: str) -> dict:
-    url = (f"{api.rstrip('/')}/sellers/{urllib.parse.quote(seller_id, safe='')}"
+def _fetch_one(api: str, seller_id: str, marketplace: str, route: str, missing: str) -> dict:
+    """GET /sellers/{seller_id}{route}?marketplace=...; a 404 becomes the ApiError `missing`."""
+    url = (f"{api.rstrip('/')}/sellers/{urllib.parse.quote(seller_id, safe='')}{route}"
            f"?{urllib.parse.urlencode({'marketplace': marketplace})}")
     try:
         return get_json(url, "the worker", _WORKER_HINT)
     except ApiError as error:
         if " answered 404 " in str(error):
-            raise ApiError(f"seller {seller_id} has no events in {marketplace} (the worker has "
-                           "never seen it); check the seller id and --marketplace") from None
+            raise ApiError(missing) from None
         raise
+
+
+def fetch_seller(api: str, seller_id: str, marketplace: str) -> dict:
+    return _fetch_one(api, seller_id, marketplace, "",
+                      f"seller {seller_id} has no events in {marketplace} (the worker has never seen "
+                      "it); check the seller id and --marketplace")
 
 
 def fetch_reconciliation(api: str, seller_id: str, marketplace: str) -> dict:
-    url = (f"{api.rstrip('/')}/sellers/{urllib.parse.quote(seller_id, safe='')}/reconciliation"
-           f"?{urllib.parse.urlencode({'marketplace': marketplace})}")
-    try:
-        return get_json(url, "the worker", _WORKER_HINT)
-    except ApiError as error:
-        if " answered 404 " in str(error):
-            raise ApiError(f"no account-health report of seller {seller_id} in {marketplace} has reached the "
-                           "worker; publish one with `cancelwatch publish-report`, or check the seller id "
-                           "and --marketplace") from None
-        raise
+    return _fetch_one(api, seller_id, marketplace, "/reconciliation",
+                      f"no account-health report of seller {seller_id} in {marketplace} has reached the "
+                      "worker; publish one with `cancelwatch publish-report`, or check the seller id "
+                      "and --marketplace")
 
 
 def fetch_at_risk(api: str, marketplace: str, limit: int) -> list[dict]:
@@ -321,10 +321,10 @@ def risk(document: dict) -> tuple:
             float("inf") if headroom is None else headroom)
 
 
-def seller_main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="cancelwatch seller",
-                                     description="Show one seller's rate per window against the "
-                                                 "limit, headroom, status, reasons and exclusions.")
+def _one_seller_view(argv: list[str], command: str, description: str, fetch, render) -> int:
+    """A command that shows one seller of one marketplace from the worker's API: `seller` and
+    `reconcile` (the same arguments, another route and rendering)."""
+    parser = argparse.ArgumentParser(prog=f"cancelwatch {command}", description=description)
     parser.add_argument("seller_id", metavar="SELLER_ID")
     parser.add_argument("--marketplace", "-m", required=True, help="marketplace code, e.g. US")
     parser.add_argument("--api", help="worker HTTP API (default http://127.0.0.1:CANCELWATCH_WEB_PORT)")
@@ -334,39 +334,26 @@ def seller_main(argv: list[str]) -> int:
     if marketplace not in names.MARKETPLACES:
         parser.error(f"{args.marketplace!r} is not a marketplace; one of {' '.join(names.MARKETPLACES)}")
     try:
-        document = fetch_seller(args.api or default_api(), args.seller_id, marketplace)
+        document = fetch(args.api or default_api(), args.seller_id, marketplace)
     except ApiError as error:
-        print(f"cancelwatch seller: {error}", file=sys.stderr)
+        print(f"cancelwatch {command}: {error}", file=sys.stderr)
         return 1
     if args.json:
         print(json.dumps(document, indent=2))
     else:
-        sys.stdout.write(render_seller(document))
+        sys.stdout.write(render(document))
     return 0
+
+
+def seller_main(argv: list[str]) -> int:
+    return _one_seller_view(argv, "seller", "Show one seller's rate per window against the limit, "
+                            "headroom, status, reasons and exclusions.", fetch_seller, render_seller)
 
 
 def reconcile_main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="cancelwatch reconcile",
-                                     description="Show one seller's counts against Amazon's latest "
-                                                 "account-health report, over the report's range.")
-    parser.add_argument("seller_id", metavar="SELLER_ID")
-    parser.add_argument("--marketplace", "-m", required=True, help="marketplace code, e.g. US")
-    parser.add_argument("--api", help="worker HTTP API (default http://127.0.0.1:CANCELWATCH_WEB_PORT)")
-    parser.add_argument("--json", action="store_true", help="print the API's JSON as it is")
-    args = parser.parse_args(argv)
-    marketplace = args.marketplace.upper()
-    if marketplace not in names.MARKETPLACES:
-        parser.error(f"{args.marketplace!r} is not a marketplace; one of {' '.join(names.MARKETPLACES)}")
-    try:
-        document = fetch_reconciliation(args.api or default_api(), args.seller_id, marketplace)
-    except ApiError as error:
-        print(f"cancelwatch reconcile: {error}", file=sys.stderr)
-        return 1
-    if args.json:
-        print(json.dumps(document, indent=2))
-    else:
-        sys.stdout.write(render_reconciliation(document))
-    return 0
+    return _one_seller_view(argv, "reconcile", "Show one seller's counts against Amazon's latest "
+                            "account-health report, over the report's range.",
+                            fetch_reconciliation, render_reconciliation)
 
 
 def top_main(argv: list[str]) -> int:

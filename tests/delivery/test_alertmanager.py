@@ -184,7 +184,21 @@ class LocalAlertmanager:
         self.process = None
 
     def pause(self) -> None:
+        """SIGSTOP, then wait until every thread has stopped: the signal only asks, and on a
+        busy machine Alertmanager can still answer a request sent right after kill()."""
         os.kill(self.process.pid, signal.SIGSTOP)
+        deadline = time.monotonic() + WAIT_SECONDS
+        while time.monotonic() < deadline:
+            states = []
+            for stat in Path(f"/proc/{self.process.pid}/task").glob("*/stat"):
+                try:
+                    states.append(stat.read_text().rsplit(")", 1)[1].split()[0])
+                except (OSError, IndexError):
+                    continue
+            if states and all(state in "Tt" for state in states):
+                return
+            time.sleep(0.01)
+        pytest.fail(f"Alertmanager (pid {self.process.pid}) did not stop within {WAIT_SECONDS}s of SIGSTOP")
 
     def resume(self) -> None:
         os.kill(self.process.pid, signal.SIGCONT)

@@ -236,6 +236,26 @@ def render(results: dict) -> str:
             f"Speed-up of two over one: {so['speedup']:.2f}×.",
             "",
         ]
+    if "brokers" in done:
+        br = done["brokers"]
+        lines += [
+            "## One broker or three",
+            "",
+            *_when(br),
+            f"The same {br['messages']:,} pre-filled messages ({br['partitions']} partitions) consumed by one worker",
+            "on the stack's single broker (replication 1) and on a three-broker KRaft cluster started for the",
+            "benchmark (replication 3, `min.insync.replicas=2`: the worker's changelog, reroute and dead-letter",
+            "writes wait for two brokers, `acks=all` with idempotence), one after the other in each repetition.",
+            "All brokers share the same cores as the worker.",
+            "",
+            "| Kafka | events/s (median) | min – max |",
+            "|---|---|---|",
+            f"| 1 broker | {_rate(br['events_per_s']['one_broker'])} |",
+            f"| 3 brokers | {_rate(br['events_per_s']['three_brokers'])} |",
+            "",
+            f"Three brokers over one: {br['ratio']:.2f}×.",
+            "",
+        ]
     if "series" in done:
         se = done["series"]
         lines += [

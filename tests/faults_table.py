@@ -47,6 +47,12 @@ its own restart) once its consumer-group session has expired:
 then the other workers answer `503` for the sellers it owned (they cannot
 reach it).
 
+On a cluster of three brokers every topic has three replicas and
+`min.insync.replicas=2`, and every producer writes with `acks=all` and
+idempotence: a changelog record the broker acknowledged is on two brokers
+before any offset is committed, so a broker lost loses none, and its
+partitions get new leaders while the worker goes on (`broker-failover`).
+
 Alerts are delivered at least once as well: the worker re-sends every firing
 alert to Alertmanager every `CANCELWATCH_ALERT_RESEND_SECONDS` and retries a
 failed POST with backoff until it is accepted, so an Alertmanager outage

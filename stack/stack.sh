@@ -13,12 +13,13 @@
 #
 # Environment: STACK_DIR (.stack), KAFKA_BROKERS (1, or 3 for a cluster of
 # three KRaft nodes; by default the size of the cluster already running from
-# this stack dir, else 1), KAFKA_PORT (9092), KAFKA_CONTROLLER_PORT
-# (19093; node n of a cluster listens on KAFKA_PORT + 10(n-1) and
-# KAFKA_CONTROLLER_PORT + 10(n-1)), PROMETHEUS_PORT (9090), ALERTMANAGER_PORT (9093), ONCALL_PORT
-# (5001), WORKER_PORT (6066, scraped by Prometheus), STACK_TIMEOUT (seconds
-# to wait for a service to become healthy, 90), KAFKA_HEAP (1G), ALERTS_DIR
-# (alerts/: alertmanager.yml and rules/*.yml), CANCELWATCH_DATA_DIR (.state,
+# this stack dir, else 1), KAFKA_PORT (9092), KAFKA_CONTROLLER_PORT (19093;
+# node n of a cluster listens on KAFKA_PORT + 10(n-1) and
+# KAFKA_CONTROLLER_PORT + 10(n-1)), PROMETHEUS_PORT (9090), ALERTMANAGER_PORT
+# (9093), ONCALL_PORT (5001), WORKER_PORT (6066, scraped by Prometheus),
+# STACK_TIMEOUT (seconds to wait for a service to become healthy, 90),
+# KAFKA_HEAP (1G, per broker), ALERTS_DIR (alerts/: alertmanager.yml and
+# rules/*.yml), CANCELWATCH_DATA_DIR (.state,
 # wiped by clean); for the demo's simulator DEMO_SCENARIO (inventory-outage),
 # DEMO_SPEED (60) and DEMO_REPORT_GAP (0.05: the share of one seller's orders
 # never published, which Amazon's account-health reports still count).
@@ -95,7 +96,7 @@ bootstrap_servers() {
     fi
 }
 
-# A cluster node's name (kafka-1..kafka-3) when the cluster is configured, else nothing.
+# Whether SERVICE is a node of the configured cluster (kafka-1..kafka-3).
 is_cluster_node() { [[ "$1" =~ ^kafka-[1-9]$ ]] && (( $(node_number "$1") <= KAFKA_BROKERS && KAFKA_BROKERS > 1 )); }
 
 port_of() {
@@ -216,6 +217,7 @@ render() { # template destination
 format_storage() { # service directory cluster-id-file
     local service="$1" dir="$2" id_file="$3"
     [[ -f "$dir/data/meta.properties" ]] && return 0
+    mkdir -p "$(dirname "$id_file")"
     [[ -f "$id_file" ]] || java -cp "$KAFKA_LIB/*" kafka.tools.StorageTool random-uuid > "$id_file"
     say "formatting $service's storage in $dir/data (cluster $(cat "$id_file"))"
     java -cp "$KAFKA_LIB/*" -Dlog4j2.configurationFile="$ROOT/stack/kafka/log4j2.properties" \

@@ -253,7 +253,11 @@ def render(results: dict) -> str:
             f"| 1 broker | {_rate(br['events_per_s']['one_broker'])} |",
             f"| 3 brokers | {_rate(br['events_per_s']['three_brokers'])} |",
             "",
-            f"Three brokers over one: {br['ratio']:.2f}×.",
+            f"Three brokers over one: {br['ratio']:.2f}× (medians). Each repetition, one broker then three: "
+            + "; ".join(f"{one['events_per_s']:,.0f} / {three['events_per_s']:,.0f}"
+                        for one, three in zip(br["runs"]["one_broker"], br["runs"]["three_brokers"]))
+            + " events/s; a repetition's two runs are a minute apart, and load from other processes on the "
+              "machine (shared during this run) moves each run on its own.",
             "",
         ]
     if "series" in done:

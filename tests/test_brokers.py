@@ -9,7 +9,8 @@ events the broker leading the most source records is SIGKILLed. The last third i
 while that broker is down. The worker, never restarted, must answer every seller exactly as
 `tests/oracle.py` and hold every breached seller's alert in Alertmanager, first with the
 broker down, then again once it has been started and is back in every partition's in-sync
-replicas. The figures go to docs/faults.json (row `broker-failover`).
+replicas, and go on re-sending those alerts. The figures go to docs/faults.json (row
+`broker-failover`).
 """
 
 from __future__ import annotations
@@ -168,6 +169,7 @@ def test_the_broker_leading_the_busiest_partitions_killed_during_a_replay(cluste
         source = [topics.orders, topics.cancellations]
         records, led = records_per_leader(cluster, source)
         victim = max(records, key=records.get)
+        delivered_at_kill = _delivered(worker)
         cluster.kill(victim)
         killed = time.monotonic()
         sent_during = publish(cluster.bootstrap, topics, during, seed=2)
@@ -200,6 +202,9 @@ def test_the_broker_leading_the_busiest_partitions_killed_during_a_replay(cluste
         after = assert_exact(worker, expected, timeout=60)
         lost, double = lost + after[0], double + after[1]
         assert breach_alerts(alertmanager) == breached
+        delivered_back = _delivered(worker)
+        delivered_at_end = wait_for(lambda: _delivered(worker) > delivered_back and _delivered(worker),
+                                    "the worker re-sending its alerts with every broker back", seconds=60)
         assert worker.metric("cancelwatch_dead_letters_total") == 0
         assert worker.process.poll() is None, "the worker exited after the broker came back:\n" + worker.tail()
     finally:
@@ -214,7 +219,14 @@ def test_the_broker_leading_the_busiest_partitions_killed_during_a_replay(cluste
                 f"had applied {applied:,.0f} events; the broker led {', '.join(sorted(led[victim]))} "
                 f"({records[victim]:,} of {sum(records.values()):,} records); exact, and every breach alert "
                 f"({len(breached)}) active in Alertmanager, {exact_down:.0f} s after the kill with the broker "
-                f"down; restarted after {down_seconds:.0f} s, back in every ISR, exact again")
+                f"down; restarted after {down_seconds:.0f} s, back in every ISR, exact again; alert posts accepted by "
+                f"Alertmanager: {delivered_at_kill:.0f} at the kill, {delivered_back:.0f} once the broker was back, "
+                f"{delivered_at_end:.0f} at the end")
+
+
+def _delivered(worker: WorkerProcess) -> float:
+    """Alerts the worker has posted to Alertmanager and had accepted, re-sends included."""
+    return worker.metric("cancelwatch_alert_deliveries_total", outcome="sent")
 
 
 def _events_applied(worker: WorkerProcess) -> float:

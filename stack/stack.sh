@@ -243,11 +243,15 @@ require_java() {
 
 # Start one node of the cluster (kafka-1..kafka-3); its health is waited for by the caller,
 # since a node becomes ready only once a majority of the controller quorum runs.
+require_node_ports() { # service
+    require_free_port "$1" "$(node_port "$1")" KAFKA_PORT
+    require_free_port "$1's controller" "$(node_controller_port "$1")" KAFKA_CONTROLLER_PORT
+}
+
 start_cluster_node() { # service
     local service="$1" node voters=() other
     node="$(node_number "$service")"
-    require_free_port "$service" "$(node_port "$service")" KAFKA_PORT
-    require_free_port "$service's controller" "$(node_controller_port "$service")" KAFKA_CONTROLLER_PORT
+    require_node_ports "$service"
     require_java
     copy_jars
     for other in $(kafka_nodes); do
@@ -344,8 +348,12 @@ start_simulate() {
 }
 
 # The cluster as one service: every node not yet running is started, then all are waited for.
+# A busy port of any node stops start-up before a node is started.
 start_cluster() {
     local node pid started=$SECONDS spawned=()
+    for node in $(kafka_nodes); do
+        live_pid "$node" > /dev/null || require_node_ports "$node"
+    done
     for node in $(kafka_nodes); do
         if pid="$(live_pid "$node")"; then
             say "$node already running (pid $pid, port $(node_port "$node"))"

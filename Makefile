@@ -1,6 +1,7 @@
 # cancelwatch: the two-command quick start is `make demo` and `make test`.
 # Ports: KAFKA_PORT=9092 PROMETHEUS_PORT=9090 ALERTMANAGER_PORT=9093
 # ONCALL_PORT=5001 WORKER_PORT=6066, e.g. `make stack-up KAFKA_PORT=19092`.
+# KAFKA_BROKERS=3 runs Kafka as a three-broker cluster (`make stack-up KAFKA_BROKERS=3`).
 # Run `make help` for the list of targets.
 
 SHELL := /bin/bash
@@ -13,7 +14,7 @@ help: ## List the targets
 install: ## Install what is missing: Debian packages, .venv, Kafka's jars
 	@stack/install.sh
 
-stack-up: install ## Start Kafka, Prometheus, Alertmanager and the on-call receiver (idempotent)
+stack-up: install ## Start Kafka (KAFKA_BROKERS=3: a cluster), Prometheus, Alertmanager and the on-call receiver (idempotent)
 	@stack/stack.sh up
 
 stack-down: ## Stop every process of the stack (and the demo's worker and simulator)

@@ -104,10 +104,15 @@ def admin():
 
 
 def create_topics(topics: list[str], partitions: int = PARTITIONS) -> None:
+    """Create the missing topics, replicated as the worker replicates its own: min(3, brokers)."""
     from confluent_kafka.admin import NewTopic
+
+    from cancelwatch.topics import MAX_REPLICAS, Replication
     client = admin()
-    existing = set(client.list_topics(timeout=10).topics)
-    wanted = [NewTopic(name, partitions, 1) for name in topics if name not in existing]
+    metadata = client.list_topics(timeout=10)
+    replication = Replication(min(MAX_REPLICAS, len(metadata.brokers) or 1))
+    wanted = [NewTopic(name, partitions, replication.replicas, config=replication.configs)
+              for name in topics if name not in metadata.topics]
     if wanted:
         for name, future in client.create_topics(wanted).items():
             future.result()

@@ -236,6 +236,30 @@ def render(results: dict) -> str:
             f"Speed-up of two over one: {so['speedup']:.2f}×.",
             "",
         ]
+    if "brokers" in done:
+        br = done["brokers"]
+        lines += [
+            "## One broker or three",
+            "",
+            *_when(br),
+            f"The same {br['messages']:,} pre-filled messages ({br['partitions']} partitions) consumed by one worker",
+            "on the stack's single broker (replication 1) and on a three-broker KRaft cluster started for the",
+            "benchmark (replication 3, `min.insync.replicas=2`: the worker's changelog, reroute and dead-letter",
+            "writes wait for two brokers, `acks=all` with idempotence), one after the other in each repetition.",
+            "All brokers share the same cores as the worker.",
+            "",
+            "| Kafka | events/s (median) | min – max |",
+            "|---|---|---|",
+            f"| 1 broker | {_rate(br['events_per_s']['one_broker'])} |",
+            f"| 3 brokers | {_rate(br['events_per_s']['three_brokers'])} |",
+            "",
+            f"Three brokers over one: {br['ratio']:.2f}× (medians). Each repetition, one broker then three: "
+            + "; ".join(f"{one['events_per_s']:,.0f} / {three['events_per_s']:,.0f}"
+                        for one, three in zip(br["runs"]["one_broker"], br["runs"]["three_brokers"]))
+            + " events/s; a repetition's two runs are a minute apart, and load from other processes on the "
+              "machine (shared during this run) moves each run on its own.",
+            "",
+        ]
     if "series" in done:
         se = done["series"]
         lines += [

@@ -5,7 +5,8 @@
     .venv/bin/python bench/run.py --only latency   # one benchmark, merged into the results
     .venv/bin/python bench/run.py --set state_orders=200000
 
-Needs the stack (`make stack-up`: Kafka on KAFKA_PORT, default 9092) and the
+Needs the stack (`make stack-up`: Kafka on KAFKA_PORT, default 9092; the
+brokers benchmark starts a three-broker cluster of its own beside it) and the
 bench extra (`pip install -e '.[bench]'`: Quix Streams, confluent-kafka, py-spy).
 A quick run writes to bench/raw/ (not committed) unless --output is given.
 The pre-filled simulator topics (bench-sim-*) stay on the broker for the next
@@ -33,6 +34,8 @@ FULL = {
     "sellers": 2000, "duration": "2d", "events": 1_100_000, "repetitions": 3,
     "cap_seconds": 45.0, "faust_cap_seconds": 30.0, "worker_cap_seconds": 60.0, "profile_seconds": 30.0,
     "scaleout_events": 1_100_000, "scaleout_repetitions": 1,
+    # one broker or three: the throughput topics on a three-broker cluster of the benchmark's own
+    "brokers_repetitions": 3,
     # alert latency
     "crossings": 200, "background_rate": 500.0, "crossing_timeout": 10.0, "crossing_gap": 0.05,
     # memory, series, state and recovery
@@ -42,7 +45,7 @@ FULL = {
 QUICK = {
     **FULL,
     "sellers": 200, "events": 100_000, "repetitions": 1, "cap_seconds": 20.0, "faust_cap_seconds": 10.0,
-    "worker_cap_seconds": 40.0, "profile_seconds": 10.0, "scaleout_events": 50_000,
+    "worker_cap_seconds": 40.0, "profile_seconds": 10.0, "scaleout_events": 50_000, "brokers_repetitions": 1,
     "crossings": 30, "background_rate": 200.0,
     "memory_sellers": [10_000], "memory_runs": 1, "series_sellers": [1_000, 10_000],
     "state_orders": 50_000, "state_ingest_cap_seconds": 180.0, "recovery_cap_seconds": 60.0,
@@ -50,12 +53,14 @@ QUICK = {
 
 
 def _benchmarks() -> dict:
+    import brokers
     import capacity
     import latency
     import scaleout
     import throughput
     return {"throughput": throughput.run, "latency": latency.run, "memory": capacity.memory,
-            "state": capacity.state, "scaleout": scaleout.run, "series": capacity.series}
+            "state": capacity.state, "scaleout": scaleout.run, "series": capacity.series,
+            "brokers": brokers.run}
 
 
 def _override(sizes: dict, assignment: str) -> None:

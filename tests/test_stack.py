@@ -227,6 +227,26 @@ def test_busy_port_gives_a_clear_message(service, variable, tmp_path):
     assert not (tmp_path / "stack" / service / f"{service}.pid").exists()
 
 
+def test_a_busy_port_of_a_cluster_node_stops_the_cluster_before_any_node_starts(tmp_path):
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]     # kafka-2's: node n listens on KAFKA_PORT + 10(n-1)
+        env = {**os.environ, "STACK_DIR": str(tmp_path / "stack"), "KAFKA_BROKERS": "3",
+               "KAFKA_PORT": str(port - 10), "KAFKA_CONTROLLER_PORT": str(free_port())}
+        run = subprocess.run([str(STACK), "start", "kafka"], env=env, capture_output=True, text=True, timeout=60)
+    assert run.returncode != 0
+    assert f"cannot start kafka-2: port {port} is already in use" in run.stderr
+    assert not list((tmp_path / "stack").glob("kafka-*/kafka-*.pid"))
+
+
+def test_the_local_stack_runs_one_broker_or_three(tmp_path):
+    env = {**os.environ, "STACK_DIR": str(tmp_path / "stack"), "KAFKA_BROKERS": "2"}
+    run = subprocess.run([str(STACK), "status"], env=env, capture_output=True, text=True, timeout=60)
+    assert run.returncode != 0
+    assert "KAFKA_BROKERS=2: the local stack runs 1 broker or a cluster of 3" in run.stderr
+
+
 def _bin_with(tmp_path: Path, *commands: str) -> str:
     """A PATH directory holding only the given commands (to simulate missing tools)."""
     directory = tmp_path / "bin"

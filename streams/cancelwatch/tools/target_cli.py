@@ -18,10 +18,10 @@ import time
 from datetime import datetime, timezone
 
 from kafka import KafkaConsumer, TopicPartition
-from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient, NewTopic
-from kafka.errors import KafkaError, TopicAlreadyExistsError
+from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
+from kafka.errors import KafkaError
 
-from cancelwatch import names, settings
+from cancelwatch import names, settings, topics
 
 from cancelwatch.core import policy, targets
 from cancelwatch.tools.producer import ProducerError, _unreachable, send_one
@@ -148,14 +148,8 @@ def ensure_topic(loaded: settings.Settings) -> bool:
     topic = loaded.targets_topic
     admin = _admin(loaded)
     try:
-        if topic not in set(admin.list_topics()):
-            replication = min(3, len(admin.describe_cluster()["brokers"]) or 1)
-            try:
-                admin.create_topics([NewTopic(topic, 1, replication, topic_configs=COMPACT)],
-                                    timeout_ms=30_000)
-                return True
-            except TopicAlreadyExistsError:
-                pass
+        if topics.create_missing(admin, [topic], 1, configs=COMPACT):
+            return True
         response = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
         entries = response[0].resources[0][4]
         cleanup = next((entry[1] for entry in entries if entry[0] == "cleanup.policy"), "")

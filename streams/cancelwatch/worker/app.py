@@ -14,6 +14,10 @@
   move, this worker stops sending the alerts of sellers it no longer owns
   and the new owner takes them over (`Runtime.revoked`, `Runtime.rebuild`).
 - The HTTP API (`web.Api`) answers for any seller, forwarding to its owner.
+- Every topic it creates, faust's internal ones too, has min(3, brokers) replicas and,
+  once replicated, `min.insync.replicas` one below (`topics.Replication`); its producer
+  writes with `acks=all` and idempotence (`IdempotentProducer`), so a broker lost
+  loses no acknowledged changelog record and a retried send adds no duplicate.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import time
 import aiohttp
 import aiohttp.web
 import faust
+from faust.transport.drivers import aiokafka as aiokafka_driver
 from kafka import KafkaAdminClient
 from kafka.errors import KafkaError, NoBrokersAvailable
 
@@ -60,8 +65,18 @@ TRIM_IDLE_SECONDS = 10.0                       # and again this often while they
 GC_THRESHOLD = 50_000                          # allocations between young collections (default 700)
 
 
-def ensure_topics(settings: Settings) -> None:
-    """Create the source, reroute and dead-letter topics if missing; check partition counts."""
+class IdempotentProducer(aiokafka_driver.Producer):
+    """faust's producer with idempotence on: faust turns it on only inside its transactions
+    (`processing_guarantee='exactly_once'`), which the worker does not use. With `acks=all`
+    (`producer_acks=-1`), a send retried after a broker failed is written once."""
+
+    def _settings_extra(self):
+        return {**super()._settings_extra(), "enable_idempotence": True}
+
+
+def ensure_topics(settings: Settings) -> topics.Replication:
+    """Create the source, reroute and dead-letter topics if missing; check partition counts.
+    Returns how this cluster's topics are replicated, for the topics faust creates."""
     security = settings.kafka_security.kafka_python_options()
     try:
         admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers,
@@ -79,6 +94,7 @@ def ensure_topics(settings: Settings) -> None:
         wanted = [settings.orders_topic, settings.cancellations_topic, settings.reroute_topic,
                   settings.account_health_topic, settings.dead_letter_topic]
         topics.create_missing(admin, wanted, settings.partitions)
+        replication = topics.replication(admin)
         for description in _described(admin, wanted[:4]):
             count = len(description["partitions"])
             if count != settings.partitions:
@@ -90,6 +106,7 @@ def ensure_topics(settings: Settings) -> None:
         raise SystemExit(f"cancelwatch worker: cannot prepare topics: {error}") from None
     finally:
         admin.close()
+    return replication
 
 
 def _described(admin: KafkaAdminClient, wanted: list[str], timeout: float = 30.0) -> list[dict]:
@@ -143,7 +160,8 @@ def _web_request(request, params: dict) -> web.Request:
                        forwarded=web.FORWARDED_HEADER in request.headers)
 
 
-def build_app(settings: Settings, policy: policy_module.Policy) -> tuple[faust.App, Runtime]:
+def build_app(settings: Settings, policy: policy_module.Policy,
+              replication: topics.Replication = topics.Replication(1)) -> tuple[faust.App, Runtime]:
     runtime = Runtime(settings, policy)
     security = settings.kafka_security
     credentials = None
@@ -166,7 +184,7 @@ def build_app(settings: Settings, policy: policy_module.Policy) -> tuple[faust.A
         web_host=settings.web_host,
         canonical_url=settings.web_advertised_url,
         topic_partitions=settings.partitions,
-        topic_replication_factor=1,
+        topic_replication_factor=replication.replicas,
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
         autodiscover=False,
@@ -197,7 +215,8 @@ def build_app(settings: Settings, policy: policy_module.Policy) -> tuple[faust.A
     # Small changelog segments and an eager cleaner keep the compacted changelog close to
     # one record per bucket, so a restore from scratch reads little more than the state.
     table = app.Table(TABLE_NAME, key_type=bytes, value_type=bytes, partitions=settings.partitions,
-                      extra_topic_configs={"segment.bytes": str(16 * 1024 * 1024),
+                      extra_topic_configs={**replication.configs,
+                                           "segment.bytes": str(16 * 1024 * 1024),
                                            "segment.ms": str(10 * 60 * 1000),
                                            "min.cleanable.dirty.ratio": "0.2"},
                       # RocksDB's faust defaults (64 MiB x 3 write buffers and a 2 GiB block cache
@@ -238,6 +257,7 @@ def build_app(settings: Settings, policy: policy_module.Policy) -> tuple[faust.A
         await committed(runtime.rebuild())
         app.add_future(runtime.keep_adopted_alive())
 
+    app.transport.Producer = IdempotentProducer
     app.transport.Consumer = BatchingConsumer.for_topics(
         [settings.orders_topic, settings.cancellations_topic, settings.reroute_topic,
          settings.account_health_topic], mailbox)
@@ -390,12 +410,12 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(level=LOG_LEVELS[settings.log_level],
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("kafka").setLevel(logging.WARNING)
-    ensure_topics(settings)
+    replication = ensure_topics(settings)
     try:
         target_cli.ensure_topic(settings)
     except ProducerError as error:
         raise SystemExit(f"cancelwatch worker: {error}") from None
-    app, _ = build_app(settings, policy)
+    app, _ = build_app(settings, policy, replication)
     # The worker's long-lived state (sellers, buckets, metrics) is hundreds of thousands of
     # objects; with the default thresholds the collector walks them every few batches.
     gc.freeze()

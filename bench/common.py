@@ -6,7 +6,6 @@ import json
 import os
 import platform
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
@@ -26,7 +25,9 @@ BOOTSTRAP = f"127.0.0.1:{KAFKA_PORT}"
 KAFKA_DATA = Path(os.environ.get("STACK_DIR", ROOT / ".stack")) / "kafka" / "data"
 
 sys.path.insert(0, str(ROOT / "streams"))
+sys.path.insert(0, str(ROOT))
 from cancelwatch import names  # noqa: E402
+from tests.workers import Topics, WorkerProcess  # noqa: E402  - the one worker harness
 
 PARTITIONS = names.DEFAULT_PARTITIONS
 
@@ -282,120 +283,53 @@ def rss_bytes(pid: int) -> int:
     raise BenchError(f"process {pid} has no VmRSS (it exited?)")
 
 
-class Worker:
-    """One `cancelwatch worker` process with its own app id, data dir and port."""
+class Worker(WorkerProcess):
+    """`tests/workers.WorkerProcess` for the benchmarks: app-named topics, the workers' code from
+    WORKER_SOURCE, BenchError, warn-level logs, and a metric of 0 while the worker cannot answer."""
+
+    error = BenchError
+    stop_seconds = 60.0
 
     def __init__(self, workdir: Path, *, orders: str, cancellations: str, app_id: str | None = None,
                  clock: str = "event", alertmanager_url: str = "", name: str = "worker",
                  data_dir: Path | None = None, extra_env: dict | None = None) -> None:
         self.app_id = app_id or tag("app")
-        self.port = free_port()
-        self.data_dir = data_dir or workdir / f"{name}-{self.port}-state"
-        self.log_path = workdir / f"{name}-{self.port}.log"
-        self.env = {key: value for key, value in os.environ.items() if not key.startswith("CANCELWATCH_")}
-        self.env.update({
-            "CANCELWATCH_BROKER": f"kafka://{BOOTSTRAP}",
-            "CANCELWATCH_APP_ID": self.app_id,
-            "CANCELWATCH_ORDERS_TOPIC": orders,
-            "CANCELWATCH_CANCELLATIONS_TOPIC": cancellations,
-            "CANCELWATCH_REROUTE_TOPIC": f"{self.app_id}-reroute",
-            "CANCELWATCH_DEAD_LETTER_TOPIC": f"{self.app_id}-dlq",
-            "CANCELWATCH_WEB_PORT": str(self.port),
-            "CANCELWATCH_DATA_DIR": str(self.data_dir),
-            "CANCELWATCH_CLOCK": clock,
-            "CANCELWATCH_ALERTMANAGER_URL": alertmanager_url,
-            "CANCELWATCH_LOG_LEVEL": "warn",
-        })
-        self.env.update(extra_env or {})
-        self.process: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
+        port = free_port()
+        super().__init__(Topics.of_app(self.app_id, orders, cancellations),
+                         data_dir or workdir / f"{name}-{port}-state", clock=clock, port=port,
+                         alertmanager_url=alertmanager_url, log_path=workdir / f"{name}-{port}.log",
+                         extra_env={"CANCELWATCH_BROKER": f"kafka://{BOOTSTRAP}", "CANCELWATCH_LOG_LEVEL": "warn",
+                                    **(extra_env or {})})
 
     def internal_topics(self) -> list[str]:
-        return [f"{self.app_id}-reroute", f"{self.app_id}-dlq",
+        return [self.topics.reroute, self.topics.dead_letters, self.topics.account_health, self.topics.targets,
                 f"{self.app_id}-order-buckets-changelog", f"{self.app_id}-__assignor-__leader"]
 
-    def start(self) -> "Worker":
-        log_file = open(self.log_path, "ab")
+    def command(self) -> tuple[list[str], dict[str, str], Path]:
         if WORKER_SOURCE is None:
-            command, env, cwd = [CANCELWATCH, "worker"], self.env, ROOT
-        else:  # the exported commit comes first on the path (and is the cwd, which -m puts first)
-            packaged = WORKER_SOURCE / "streams" / "cancelwatch"
-            if packaged.is_dir():     # streams/cancelwatch/ (the package's own name)
-                command = [sys.executable, "-m", "cancelwatch.cli", "worker"]
-                cwd = WORKER_SOURCE / "streams"
-            else:                     # an older commit: the package was streams/ itself
-                command = [sys.executable, "-m", "streams.cli", "worker"]
-                cwd = WORKER_SOURCE
-            env = {**self.env, "PYTHONPATH": str(cwd)}
-        self.process = subprocess.Popen(command, env=env, cwd=cwd, stdout=log_file, stderr=subprocess.STDOUT)
-        log_file.close()
-        return self
+            return [CANCELWATCH, "worker"], self.env, ROOT
+        # The exported commit comes first on the path (and is the cwd, which -m puts first).
+        packaged = WORKER_SOURCE / "streams" / "cancelwatch"
+        if packaged.is_dir():     # streams/cancelwatch/ (the package's own name)
+            command = [sys.executable, "-m", "cancelwatch.cli", "worker"]
+            cwd = WORKER_SOURCE / "streams"
+        else:                     # an older commit: the package was streams/ itself
+            command = [sys.executable, "-m", "streams.cli", "worker"]
+            cwd = WORKER_SOURCE
+        return command, {**self.env, "PYTHONPATH": str(cwd)}, cwd
 
-    def tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
-
-    def alive(self) -> None:
-        if self.process.poll() is not None:
-            raise BenchError(f"worker exited with {self.process.returncode}; log {self.log_path}:\n"
-                             + self.tail())
-
-    def wait_ready(self, timeout: float = 120) -> float:
-        """Wait until the HTTP API answers; return the seconds it took."""
-        started = time.monotonic()
-        while time.monotonic() - started < timeout:
-            self.alive()
-            try:
-                if requests.get(f"{self.url}/sellers/at-risk?marketplace=US&limit=1",
-                                timeout=2).status_code == 200:
-                    return time.monotonic() - started
-            except requests.RequestException:
-                pass
-            time.sleep(0.2)
-        raise BenchError(f"worker not ready after {timeout}s; log {self.log_path}:\n" + self.tail())
-
-    def metrics_text(self) -> str:
-        return requests.get(f"{self.url}/metrics", timeout=30).text
-
-    def metric(self, name: str) -> float:
+    def metric(self, name: str, **labels: str) -> float:
         """Sum of a metric's samples; 0 when the worker cannot answer yet."""
         try:
-            text = self.metrics_text()
+            return super().metric(name, **labels)
         except requests.RequestException:
             return 0.0
-        total = 0.0
-        for line in text.splitlines():
-            if line.startswith(name) and line.split("{")[0].split(" ")[0] == name:
-                total += float(line.rpartition(" ")[2])
-        return total
 
     def processed(self) -> float:
         return self.metric("cancelwatch_events_total")
 
     def series(self) -> int:
         return sum(1 for line in self.metrics_text().splitlines() if line and not line.startswith("#"))
-
-    def kill(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
-            self.process.wait(30)
-
-    def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(60)
-            except subprocess.TimeoutExpired:
-                self.kill()
 
     def wipe(self) -> None:
         shutil.rmtree(self.data_dir, ignore_errors=True)

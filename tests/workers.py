@@ -36,6 +36,15 @@ class Topics:
         self.account_health = f"{tag}-account-health"
         self.targets = f"{tag}-targets"
 
+    @classmethod
+    def of_app(cls, app_id: str, orders: str, cancellations: str) -> "Topics":
+        """Given source topics, and the worker's own topics named after `app_id` (benchmarks)."""
+        topics = cls.__new__(cls)
+        topics.app_id, topics.orders, topics.cancellations = app_id, orders, cancellations
+        topics.reroute, topics.dead_letters = f"{app_id}-reroute", f"{app_id}-dlq"
+        topics.account_health, topics.targets = f"{app_id}-account-health", f"{app_id}-targets"
+        return topics
+
     def env(self) -> dict[str, str]:
         return {
             "CANCELWATCH_APP_ID": self.app_id,
@@ -49,9 +58,16 @@ class Topics:
 
 
 class WorkerProcess:
+    """One `cancelwatch worker` process with topics, data dir, port and log of its own; the one
+    harness of the tests and the benchmarks (`bench/common.Worker` extends it)."""
+
+    error = AssertionError          # what a worker that exits or never answers raises
+    stop_seconds = 30.0             # how long a SIGTERM may take before SIGKILL
+
     def __init__(self, topics: Topics, data_dir: Path, *, clock: str = "event", port: int | None = None,
                  alertmanager_url: str = "", extra_env: dict[str, str] | None = None,
                  log_path: Path | None = None) -> None:
+        self.topics = topics
         self.port = port or free_port()
         self.data_dir = data_dir
         self.log_path = log_path or data_dir.with_suffix(".log")
@@ -71,26 +87,38 @@ class WorkerProcess:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def command(self) -> tuple[list[str], dict[str, str], Path]:
+        """argv, environment and working directory of the worker process."""
+        return [CANCELWATCH, "worker"], self.env, ROOT
+
     def start(self) -> "WorkerProcess":
-        self.log = open(self.log_path, "ab")
-        self.process = subprocess.Popen([CANCELWATCH, "worker"], env=self.env, cwd=ROOT,
-                                        stdout=self.log, stderr=subprocess.STDOUT)
+        argv, env, cwd = self.command()
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(argv, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT)
         return self
 
-    def wait_ready(self, timeout: float = 90) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise AssertionError(f"worker exited with {self.process.returncode}; log: {self.log_path}\n"
-                                     + self.tail())
+    def alive(self) -> None:
+        if self.process.poll() is not None:
+            raise self.error(f"worker exited with {self.process.returncode}; log: {self.log_path}\n"
+                             + self.tail())
+
+    def wait_ready(self, timeout: float = 90) -> float:
+        """Wait until the HTTP API answers; return the seconds it took."""
+        started = time.monotonic()
+        while time.monotonic() - started < timeout:
+            self.alive()
             try:
                 response = requests.get(f"{self.url}/sellers/at-risk?marketplace=US&limit=1", timeout=2)
                 if response.status_code == 200:
-                    return
+                    return time.monotonic() - started
             except requests.RequestException:
                 pass
-            time.sleep(0.3)
-        raise AssertionError(f"worker not ready after {timeout}s; log: {self.log_path}\n" + self.tail())
+            time.sleep(0.2)
+        raise self.error(f"worker not ready after {timeout}s; log: {self.log_path}\n" + self.tail())
 
     def tail(self, lines: int = 40) -> str:
         try:
@@ -108,19 +136,20 @@ class WorkerProcess:
         if self.process and self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
-                self.process.wait(30)
+                self.process.wait(self.stop_seconds)
             except subprocess.TimeoutExpired:
                 self.kill()
-        if getattr(self, "log", None):
-            self.log.close()
 
     def get(self, path: str, **params) -> requests.Response:
         return requests.get(self.url + path, params=params, timeout=10)
 
+    def metrics_text(self) -> str:
+        return requests.get(self.url + "/metrics", timeout=30).text
+
     def metric(self, name: str, **labels: str) -> float:
         """Sum of a metric's samples matching the labels, from /metrics."""
         total = 0.0
-        for line in requests.get(self.url + "/metrics", timeout=10).text.splitlines():
+        for line in self.metrics_text().splitlines():
             if not line.startswith(name) or line.startswith("#"):
                 continue
             head, _, value = line.rpartition(" ")

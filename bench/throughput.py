@@ -1,11 +1,16 @@
-"""Throughput: one pre-filled topic pair, consumed side by side by four designs.
+"""Throughput: one pre-filled topic pair, consumed side by side by five designs.
 
 (a) raw aiokafka `getmany` + `json.loads` (the floor), (b) a naive faust
 agent (Record + one table update per event), (c) the cancelwatch worker
-(event clock, exact counting, durable state), (d) the same per-seller
-stateful count in Quix Streams. Each consumes from the start of the topics
+(event clock, exact counting, durable state), (d) Quix Streams' minimal
+per-seller stateful count, (e) the fair peer: the worker's counting job in
+Quix Streams (quix_peer.py). Each consumes from the start of the topics
 until it has processed every message or its time cap is over; the rate is
 taken from its first processed event (start-up excluded).
+
+At the end of the first complete run of each, the worker's and the fair
+peer's answers for a sample of sellers are compared with the oracle's
+(answers.py).
 """
 
 from __future__ import annotations
@@ -15,44 +20,66 @@ import sys
 import time
 from pathlib import Path
 
+import answers
 import pyspy
 from common import (BOOTSTRAP, Worker, delete_topics, delete_topics_tagged, log, prefilled, run_json,
-                    spread, tag, wait_processed)
+                    simulator_cache, spread, tag, wait_processed)
 
-VARIANTS = ("raw_aiokafka", "naive_faust", "cancelwatch_worker", "quix_streams")
+VARIANTS = ("raw_aiokafka", "naive_faust", "cancelwatch_worker", "quix_streams", "quix_peer")
 
 
 def run(sizes: dict, workdir: Path) -> dict:
     orders, cancellations, total = prefilled(sizes["sellers"], sizes["duration"], sizes["events"])
+    lines = _lines(sizes, total)
+    pairs = answers.sample_pairs(lines, sizes["answer_sample"])
     runs = {name: [] for name in VARIANTS}
+    found = {"quix_peer": None, "cancelwatch_worker": None}
     profiled = None
     for repetition in range(sizes["repetitions"]):
         log(f"throughput repetition {repetition + 1}/{sizes['repetitions']} on {total} messages")
         runs["raw_aiokafka"].append(_raw(orders, cancellations, total, sizes["cap_seconds"]))
         runs["naive_faust"].append(_faust(orders, cancellations, total, sizes["faust_cap_seconds"], workdir))
-        result, profile_result = _worker(orders, cancellations, total, sizes["worker_cap_seconds"], workdir,
-                                         profile_seconds=sizes["profile_seconds"] if repetition == 0 else 0)
+        result, profile_result, worker_found = _worker(
+            orders, cancellations, total, sizes["worker_cap_seconds"], workdir,
+            profile_seconds=sizes["profile_seconds"] if repetition == 0 else 0,
+            pairs=None if found["cancelwatch_worker"] else pairs)
         runs["cancelwatch_worker"].append(result)
+        found["cancelwatch_worker"] = found["cancelwatch_worker"] or worker_found
         profiled = profiled or profile_result
         runs["quix_streams"].append(_quix(orders, cancellations, total, sizes["cap_seconds"], workdir))
+        result, peer_found = _peer(orders, cancellations, total, sizes["peer_cap_seconds"], workdir, pairs)
+        runs["quix_peer"].append(result)
+        found["quix_peer"] = found["quix_peer"] or peer_found
         for name in VARIANTS:
             latest = runs[name][-1]
             log(f"  {name}: {latest['events_per_s']:,.0f} events/s ({latest['events']} events "
                 f"in {latest['seconds']:.1f}s)")
     rates = {name: spread([r["events_per_s"] for r in results]) for name, results in runs.items()}
     worker = rates["cancelwatch_worker"]["median"]
+    log(f"comparing answers of {len(pairs)} sampled sellers with the oracle's")
+    expected = answers.oracle_answers(lines, pairs, answers.event_clock(lines))
+    checked = answers.check(expected, found["quix_peer"], found["cancelwatch_worker"])
+    log(f"  answers: {checked}")
     return {
         "messages": total, "topics": [orders, cancellations],
         "events_per_s": rates,
         "ratios": {"c/a": worker / rates["raw_aiokafka"]["median"],
                    "c/b": worker / rates["naive_faust"]["median"],
-                   "c/d": worker / rates["quix_streams"]["median"]},
+                   "c/d": worker / rates["quix_streams"]["median"],
+                   "c/e": worker / rates["quix_peer"]["median"]},
+        "answers": checked,
         "runs": {name: [{key: value for key, value in r.items() if key != "samples"} for r in results]
                  for name, results in runs.items()},
         "profile": profiled,
         "target_events_per_s": 25000,
         "meets_target": worker >= 25000,
     }
+
+
+def _lines(sizes: dict, total: int) -> list[bytes]:
+    """The simulator events the topics were pre-filled with."""
+    with open(simulator_cache(sizes["sellers"], sizes["duration"]), "rb") as file:
+        return [line.rstrip(b"\n") for line in file][:total]
 
 
 def _raw(orders: str, cancellations: str, total: int, cap: float) -> dict:
@@ -84,8 +111,28 @@ def _quix(orders: str, cancellations: str, total: int, cap: float, workdir: Path
         delete_topics_tagged(group)
 
 
+def _peer(orders: str, cancellations: str, total: int, cap: float, workdir: Path,
+          pairs: list) -> tuple[dict, dict | None]:
+    """A run of the fair peer, and its answers for the pairs when it processed every message."""
+    group = tag("quixpeer")
+    sample_file, answers_file = workdir / f"{group}-sample.json", workdir / f"{group}-answers.json"
+    sample_file.write_text(json.dumps(pairs))
+    try:
+        result = run_json([sys.executable, "bench/quix_peer.py", BOOTSTRAP, group, str(workdir / group),
+                           str(total), str(cap), str(sample_file), str(answers_file), orders, cancellations],
+                          timeout=cap + 180)
+    finally:
+        delete_topics_tagged(group)
+    if result["miskeyed"]:
+        raise RuntimeError(f"the fair peer saw {result['miskeyed']} events not keyed by their seller")
+    if result["events"] < total:
+        return result, None
+    written = json.loads(answers_file.read_text())["answers"]
+    return result, {pair: answers.normalize(answer) for pair, answer in written.items()}
+
+
 def _worker(orders: str, cancellations: str, total: int, cap: float, workdir: Path,
-            profile_seconds: float = 0) -> tuple[dict, dict | None]:
+            profile_seconds: float = 0, pairs: list | None = None) -> tuple[dict, dict | None, dict | None]:
     worker = Worker(workdir, orders=orders, cancellations=cancellations, clock="event", name="throughput")
     sampler = None
     output = workdir / f"{worker.app_id}.pyspy.txt"
@@ -95,7 +142,9 @@ def _worker(orders: str, cancellations: str, total: int, cap: float, workdir: Pa
         if profile_seconds:
             sampler = pyspy.start(worker.pid, profile_seconds, output)
         result = wait_processed([worker], total, cap, poll=0.5)
-        return result, pyspy.finish(sampler, output)
+        profile = pyspy.finish(sampler, output)
+        found = answers.worker_answers(worker.url, pairs) if pairs and result["reached"] else None
+        return result, profile, found
     finally:
         worker.stop()
         delete_topics(worker.internal_topics())

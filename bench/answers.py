@@ -12,20 +12,16 @@ from __future__ import annotations
 
 import sys
 from datetime import datetime
-from pathlib import Path
 from urllib.parse import quote
 
 import orjson
 import requests
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "streams"))
+from common import ROOT, default_policy
 
-from cancelwatch.core import events  # noqa: E402
-from cancelwatch.core import policy as policy_module  # noqa: E402
+from cancelwatch.core import events
 
-POLICY_FILE = Path(policy_module.__file__).with_name("policy.yaml")
+sys.path.insert(0, str(ROOT))     # tests/oracle.py
 
 
 def sample_pairs(lines: list[bytes], count: int) -> list[tuple[str, str]]:
@@ -66,7 +62,7 @@ def oracle_answers(lines: list[bytes], pairs: list[tuple[str, str]], now: float)
         event = orjson.loads(line)
         if (event["seller_id"], event["marketplace"]) in wanted:
             chosen.append(events.decode(line))
-    computed = oracle.compute(chosen, now, policy_module.load(POLICY_FILE))
+    computed = oracle.compute(chosen, now, default_policy())
     return {f"{seller}/{marketplace}": normalize(computed[(seller, marketplace)]) for seller, marketplace in pairs}
 
 

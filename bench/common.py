@@ -43,6 +43,12 @@ def log(message: str) -> None:
     print(f"bench {time.strftime('%H:%M:%S')} {message}", flush=True)
 
 
+def default_policy():
+    """The packaged counting policy (`policy.yaml`), as the worker loads it by default."""
+    from cancelwatch.core import policy
+    return policy.load(Path(policy.__file__).with_name("policy.yaml"))
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -45,13 +45,11 @@ import time
 from pathlib import Path
 
 import msgspec
+from common import default_policy
 
 from cancelwatch import names
 from cancelwatch.core import events, ledger
 from cancelwatch.core.policy import Policy
-from cancelwatch.core import policy as policy_module
-
-POLICY_FILE = Path(policy_module.__file__).with_name("policy.yaml")
 
 
 class Rejected:
@@ -188,7 +186,7 @@ def main(argv: list[str]) -> int:
     bootstrap, group, state_dir, target, cap, sample_file, answers_file, orders, cancellations = argv
     target, cap = int(target), float(cap)
     sample = {(seller, marketplace) for seller, marketplace in json.loads(Path(sample_file).read_text())}
-    peer = Peer(policy_module.load(POLICY_FILE), sample)
+    peer = Peer(default_policy(), sample)
     app = Application(broker_address=bootstrap, consumer_group=group, auto_offset_reset="earliest",
                       state_dir=state_dir, loglevel="WARNING")
     progress = {"count": 0, "first": None, "last": None, "miskeyed": 0}

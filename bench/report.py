@@ -88,10 +88,11 @@ def _peer(t: dict) -> list[str]:
     check = t.get("answers")
     if check:
         lines += [
-            f"Answers at the end of a complete run, for {check['pairs']} sampled sellers and marketplaces "
-            f"({check['sellers_with_cancels']} with seller-fault cancels), against `tests/oracle.py` on the",
-            "same events at the same event clock (each window's orders and cancelled, the first window's",
-            "reasons and exclusions):",
+            f"Answers at the end of a complete run for {check['pairs']} sampled sellers and marketplaces,",
+            f"{check['sellers_with_cancels']} of them with seller-fault cancels, against `tests/oracle.py` on the "
+            "same events at",
+            "the same event clock (each window's orders and cancelled, the first window's reasons and",
+            "exclusions):",
             "",
             f"- (c) cancelwatch worker: {_checked(check, 'cancelwatch_worker')}",
             f"- (e) Quix Streams, the same job: {_checked(check, 'quix_peer')}",

@@ -110,17 +110,22 @@ def test_report_shows_measurements_and_missed_targets():
         "machine": {"nproc": 2, "cpu_model": "AMD EPYC", "ram_gib": 23.5, "kernel": "6.1", "python": "3.11.7",
                     "date": "2026-11-27T01:00:00Z", "commit": "abc1234"},
         "mode": "full", "duration_s": 1200,
-        "sizes": {"repetitions": 3, "cap_seconds": 45, "faust_cap_seconds": 30, "worker_cap_seconds": 60},
+        "sizes": {"repetitions": 3, "cap_seconds": 45, "faust_cap_seconds": 30, "worker_cap_seconds": 60,
+                  "peer_cap_seconds": 150},
         "benchmarks_available": ["throughput", "latency"],
         "errors": {"scaleout": "BenchError: worker exited"},
         "results": {
             "throughput": {
                 "messages": 1_100_000,
                 "events_per_s": {"raw_aiokafka": _stat(200_000), "naive_faust": _stat(2000),
-                                 "cancelwatch_worker": _stat(8000), "quix_streams": _stat(30_000)},
-                "ratios": {"c/a": 0.04, "c/b": 4.0, "c/d": 0.27},
+                                 "cancelwatch_worker": _stat(8000), "quix_streams": _stat(30_000),
+                                 "quix_peer": _stat(4000)},
+                "ratios": {"c/a": 0.04, "c/b": 4.0, "c/d": 0.27, "c/e": 2.0},
                 "runs": {name: [{"events": 1000}] for name in
-                         ("raw_aiokafka", "naive_faust", "cancelwatch_worker", "quix_streams")},
+                         ("raw_aiokafka", "naive_faust", "cancelwatch_worker", "quix_streams", "quix_peer")},
+                "answers": {"pairs": 50, "sellers_with_cancels": 20,
+                            "quix_peer": {"checked": True, "differing": 1, "examples": ["A1/US: expected x, got y"]},
+                            "cancelwatch_worker": {"checked": True, "differing": 0, "examples": []}},
                 "profile": {"samples": 100, "self": [("decode (streams/cancelwatch/core/events.py)", 0.25)],
                             "inclusive": [("BaseEventLoop._run_once (asyncio/base_events.py)", 0.9),
                                           ("Book.apply (streams/cancelwatch/core/state.py)", 0.3)]},
@@ -134,7 +139,10 @@ def test_report_shows_measurements_and_missed_targets():
     assert "2 cores (AMD EPYC), 23.5 GiB RAM" in text
     assert "commit `abc1234`" in text
     assert "| (c) cancelwatch worker (exact counts, durable state) | 8,000 | 7,200 – 8,800 |" in text
-    assert "c/a = 0.040, c/b = 4.00, c/d = 0.27" in text
+    assert "c/a = 0.040, c/b = 4.00, c/d = 0.27, c/e = 2.00." in text
+    assert "| (e) Quix Streams, the same job: order records, 7-day buckets, counting rules (RocksDB) | 4,000 |" in text
+    assert "- (c) cancelwatch worker: all 50 equal the oracle's" in text
+    assert "- (e) Quix Streams, the same job: **1 of 50 differ** from the oracle's, e.g. A1/US: expected x" in text
     assert "**missed** (median 8,000)" in text
     assert "| `decode (streams/cancelwatch/core/events.py)` | 25.0% |" in text
     assert "Book.apply" in text and "_run_once" not in text

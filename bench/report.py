@@ -161,6 +161,15 @@ def render(results: dict) -> str:
             f"(median {r['cancelwatch_worker']['median']:,.0f}).",
             "",
         ]
+        loads = {name: [run["load_1m"] for run in t["runs"][name] if "load_1m" in run] for name in labels}
+        if any(loads.values()):
+            lines += [
+                f"The machine's 1-minute load average at the end of each run ({results['machine']['nproc']} "
+                "cores, shared with other work): " + ", ".join(
+                    f"{labels[name][:3]} {min(values):.1f} – {max(values):.1f}" for name, values in loads.items()
+                    if values) + ".",
+                "",
+            ]
         lines += _peer(t)
         if t.get("profile"):
             p = t["profile"]

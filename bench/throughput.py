@@ -17,6 +17,7 @@ oracle's (answers.py).
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -40,18 +41,19 @@ def run(sizes: dict, workdir: Path) -> dict:
     profiled = None
     for repetition in range(sizes["repetitions"]):
         log(f"throughput repetition {repetition + 1}/{sizes['repetitions']} on {total} messages")
-        runs["raw_aiokafka"].append(_raw(orders, cancellations, total, sizes["cap_seconds"]))
-        runs["naive_faust"].append(_faust(orders, cancellations, total, sizes["faust_cap_seconds"], workdir))
+        runs["raw_aiokafka"].append(_loaded(_raw(orders, cancellations, total, sizes["cap_seconds"])))
+        runs["naive_faust"].append(_loaded(_faust(orders, cancellations, total, sizes["faust_cap_seconds"],
+                                                  workdir)))
         result, profile_result, worker_found = _worker(
             orders, cancellations, total, sizes["worker_cap_seconds"], workdir,
             profile_seconds=sizes["profile_seconds"] if repetition == 0 else 0,
             pairs=None if found["cancelwatch_worker"] else pairs)
-        runs["cancelwatch_worker"].append(result)
+        runs["cancelwatch_worker"].append(_loaded(result))
         found["cancelwatch_worker"] = found["cancelwatch_worker"] or worker_found
         profiled = profiled or profile_result
-        runs["quix_streams"].append(_quix(orders, cancellations, total, sizes["cap_seconds"], workdir))
+        runs["quix_streams"].append(_loaded(_quix(orders, cancellations, total, sizes["cap_seconds"], workdir)))
         result, peer_found = _peer(orders, cancellations, total, sizes["peer_cap_seconds"], workdir, pairs)
-        runs["quix_peer"].append(result)
+        runs["quix_peer"].append(_loaded(result))
         found["quix_peer"] = found["quix_peer"] or peer_found
         for name in VARIANTS:
             latest = runs[name][-1]
@@ -77,6 +79,11 @@ def run(sizes: dict, workdir: Path) -> dict:
         "target_events_per_s": 25000,
         "meets_target": worker >= 25000,
     }
+
+
+def _loaded(result: dict) -> dict:
+    """The run's result with the machine's 1-minute load average at its end (the machine is shared)."""
+    return {**result, "load_1m": round(os.getloadavg()[0], 2)}
 
 
 def _lines(sizes: dict, total: int) -> list[bytes]:

@@ -161,6 +161,10 @@ def render(results: dict) -> str:
             f"(median {r['cancelwatch_worker']['median']:,.0f}).",
             "",
         ]
+        if "quix_peer" in r and len(r["quix_peer"]["runs"]) > 1:
+            paired = zip(r["cancelwatch_worker"]["runs"], r["quix_streams"]["runs"], r["quix_peer"]["runs"])
+            lines += ["Within each repetition (c/d, c/e): " + "; ".join(
+                f"{worker / minimal:.2f}, {worker / peer:.2f}" for worker, minimal, peer in paired) + ".", ""]
         loads = {name: [run["load_1m"] for run in t["runs"][name] if "load_1m" in run] for name in labels}
         if any(loads.values()):
             lines += [

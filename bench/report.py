@@ -61,6 +61,25 @@ def _targets(done: dict) -> list[str]:
     return lines + [""]
 
 
+def _profile(p: dict, title: str, where: str) -> list[str]:
+    lines = [
+        title,
+        "",
+        f"`py-spy record --nonblocking -f raw` {where},",
+        f"{p['samples']:,} samples of busy threads; frames are named as in the measured commit's tree.",
+        "Share of samples with the frame running itself:",
+        "",
+        "| frame (self) | share |",
+        "|---|---|",
+    ]
+    lines += [f"| `{frame}` | {share:.1%} |" for frame, share in p["self"]]
+    lines += ["", "Share of samples with the frame anywhere on the stack (event-loop plumbing left out):",
+              "", "| frame (inclusive) | share |", "|---|---|"]
+    lines += [f"| `{frame}` | {share:.1%} |" for frame, share in p["inclusive"]
+              if not any(generic in frame for generic in GENERIC_FRAMES)]
+    return lines + [""]
+
+
 def _checked(check: dict, name: str) -> str:
     found = check.get(name, {})
     if not found.get("checked"):
@@ -176,23 +195,11 @@ def render(results: dict) -> str:
             ]
         lines += _peer(t)
         if t.get("profile"):
-            p = t["profile"]
-            lines += [
-                "### Where the worker's time goes (py-spy)",
-                "",
-                "`py-spy record --nonblocking -f raw` on the worker during the first repetition, from ready on,",
-                f"{p['samples']:,} samples of busy threads; frames are named as in the measured commit's tree.",
-                "Share of samples with the frame running itself:",
-                "",
-                "| frame (self) | share |",
-                "|---|---|",
-            ]
-            lines += [f"| `{frame}` | {share:.1%} |" for frame, share in p["self"]]
-            lines += ["", "Share of samples with the frame anywhere on the stack (event-loop plumbing left out):",
-                      "", "| frame (inclusive) | share |", "|---|---|"]
-            lines += [f"| `{frame}` | {share:.1%} |" for frame, share in p["inclusive"]
-                      if not any(generic in frame for generic in GENERIC_FRAMES)]
-            lines.append("")
+            lines += _profile(t["profile"], "### Where the worker's time goes (py-spy)",
+                              "on the worker during the first repetition, from ready on")
+        if t.get("peer_profile"):
+            lines += _profile(t["peer_profile"], "### Where the fair peer's time goes (py-spy)",
+                              "on (e) during the first repetition, from 3 s after its start")
     if "latency" in done:
         a = done["latency"]
         lines += [

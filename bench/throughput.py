@@ -28,6 +28,8 @@ from common import (BOOTSTRAP, Worker, delete_topics, delete_topics_tagged, log,
                     simulator_cache, spread, tag, wait_processed)
 
 VARIANTS = ("raw_aiokafka", "naive_faust", "cancelwatch_worker", "quix_streams", "quix_peer")
+# The fair peer is sampled from this many seconds after its start (its start-up is not measured either).
+PEER_PROFILE_DELAY = 3.0
 # How long the worker may go on past its time cap, unmeasured, to process every event for the answers.
 ANSWERS_WAIT_SECONDS = 300
 
@@ -38,7 +40,7 @@ def run(sizes: dict, workdir: Path) -> dict:
     pairs = answers.sample_pairs(lines, sizes["answer_sample"])
     runs = {name: [] for name in VARIANTS}
     found = {"quix_peer": None, "cancelwatch_worker": None}
-    profiled = None
+    profiled = peer_profiled = None
     for repetition in range(sizes["repetitions"]):
         log(f"throughput repetition {repetition + 1}/{sizes['repetitions']} on {total} messages")
         runs["raw_aiokafka"].append(_loaded(_raw(orders, cancellations, total, sizes["cap_seconds"])))
@@ -52,9 +54,12 @@ def run(sizes: dict, workdir: Path) -> dict:
         found["cancelwatch_worker"] = found["cancelwatch_worker"] or worker_found
         profiled = profiled or profile_result
         runs["quix_streams"].append(_loaded(_quix(orders, cancellations, total, sizes["cap_seconds"], workdir)))
-        result, peer_found = _peer(orders, cancellations, total, sizes["peer_cap_seconds"], workdir, pairs)
+        result, peer_found, peer_profile = _peer(
+            orders, cancellations, total, sizes["peer_cap_seconds"], workdir, pairs,
+            profile_seconds=sizes["profile_seconds"] if repetition == 0 else 0)
         runs["quix_peer"].append(_loaded(result))
         found["quix_peer"] = found["quix_peer"] or peer_found
+        peer_profiled = peer_profiled or peer_profile
         for name in VARIANTS:
             latest = runs[name][-1]
             log(f"  {name}: {latest['events_per_s']:,.0f} events/s ({latest['events']} events "
@@ -76,6 +81,7 @@ def run(sizes: dict, workdir: Path) -> dict:
         "runs": {name: [{key: value for key, value in r.items() if key != "samples"} for r in results]
                  for name, results in runs.items()},
         "profile": profiled,
+        "peer_profile": peer_profiled,
         "target_events_per_s": 25000,
         "meets_target": worker >= 25000,
     }
@@ -121,24 +127,33 @@ def _quix(orders: str, cancellations: str, total: int, cap: float, workdir: Path
         delete_topics_tagged(group)
 
 
-def _peer(orders: str, cancellations: str, total: int, cap: float, workdir: Path,
-          pairs: list) -> tuple[dict, dict | None]:
-    """A run of the fair peer, and its answers for the pairs when it processed every message."""
+def _peer(orders: str, cancellations: str, total: int, cap: float, workdir: Path, pairs: list,
+          profile_seconds: float = 0) -> tuple[dict, dict | None, dict | None]:
+    """A run of the fair peer, its answers for the pairs when it processed every message, and
+    its profile (py-spy from PEER_PROFILE_DELAY seconds after its start) when asked for."""
     group = tag("quixpeer")
     sample_file, answers_file = workdir / f"{group}-sample.json", workdir / f"{group}-answers.json"
     sample_file.write_text(json.dumps(pairs))
+    output = workdir / f"{group}.pyspy.txt"
+    sampler = []
+
+    def profile(pid: int) -> None:
+        time.sleep(PEER_PROFILE_DELAY)
+        sampler.append(pyspy.start(pid, profile_seconds, output))
+
     try:
         result = run_json([sys.executable, "bench/quix_peer.py", BOOTSTRAP, group, str(workdir / group),
                            str(total), str(cap), str(sample_file), str(answers_file), orders, cancellations],
-                          timeout=cap + 180)
+                          timeout=cap + 180, started=profile if profile_seconds else None)
     finally:
         delete_topics_tagged(group)
+    profiled = pyspy.finish(sampler[0], output) if sampler else None
     if result["miskeyed"]:
         raise RuntimeError(f"the fair peer saw {result['miskeyed']} events not keyed by their seller")
     if result["events"] < total:
-        return result, None
+        return result, None, profiled
     written = json.loads(answers_file.read_text())["answers"]
-    return result, {pair: answers.normalize(answer) for pair, answer in written.items()}
+    return result, {pair: answers.normalize(answer) for pair, answer in written.items()}, profiled
 
 
 def _worker(orders: str, cancellations: str, total: int, cap: float, workdir: Path,

@@ -44,6 +44,12 @@ def log(message: str) -> None:
     print(f"bench {time.strftime('%H:%M:%S')} {message}", flush=True)
 
 
+def default_policy():
+    """The packaged counting policy (`policy.yaml`), as the worker loads it by default."""
+    from cancelwatch.core import policy
+    return policy.load(Path(policy.__file__).with_name("policy.yaml"))
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -367,11 +373,19 @@ def wait_processed(workers: list[Worker], target: int, timeout: float, poll: flo
             "samples": samples}
 
 
-def run_json(command: list[str], timeout: float, env: dict | None = None) -> dict:
-    """Run a helper that prints one JSON object on its last line of stdout."""
-    completed = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+def run_json(command: list[str], timeout: float, env: dict | None = None, started=None) -> dict:
+    """Run a helper that prints one JSON object on its last line of stdout; `started(pid)`, if
+    given, is called once the helper runs (to sample it while it works)."""
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
                                env={**os.environ, **(env or {})})
-    if completed.returncode != 0:
-        raise BenchError(f"{' '.join(command[:3])} failed ({completed.returncode}):\n"
-                         + completed.stderr[-3000:])
-    return json.loads(completed.stdout.strip().splitlines()[-1])
+    try:
+        if started is not None:
+            started(process.pid)
+        stdout, stderr = process.communicate(timeout=timeout)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    if process.returncode != 0:
+        raise BenchError(f"{' '.join(command[:3])} failed ({process.returncode}):\n" + stderr[-3000:])
+    return json.loads(stdout.strip().splitlines()[-1])

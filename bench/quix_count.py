@@ -1,4 +1,4 @@
-"""The same per-seller stateful count in Quix Streams, written idiomatically.
+"""The floor of a stateful Quix Streams application: an event count per seller, nothing else.
 
     python bench/quix_count.py BOOTSTRAP GROUP STATE_DIR TARGET SECONDS ORDERS CANCELLATIONS
 

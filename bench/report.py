@@ -61,6 +61,65 @@ def _targets(done: dict) -> list[str]:
     return lines + [""]
 
 
+def _profile(p: dict, title: str, where: str) -> list[str]:
+    lines = [
+        title,
+        "",
+        f"`py-spy record --nonblocking -f raw` {where},",
+        f"{p['samples']:,} samples of busy threads; frames are named as in the measured commit's tree.",
+        "Share of samples with the frame running itself:",
+        "",
+        "| frame (self) | share |",
+        "|---|---|",
+    ]
+    lines += [f"| `{frame}` | {share:.1%} |" for frame, share in p["self"]]
+    lines += ["", "Share of samples with the frame anywhere on the stack (event-loop plumbing left out):",
+              "", "| frame (inclusive) | share |", "|---|---|"]
+    lines += [f"| `{frame}` | {share:.1%} |" for frame, share in p["inclusive"]
+              if not any(generic in frame for generic in GENERIC_FRAMES)]
+    return lines + [""]
+
+
+def _checked(check: dict, name: str) -> str:
+    found = check.get(name, {})
+    if not found.get("checked"):
+        return "not checked (no complete run)"
+    if not found["differing"]:
+        return f"all {check['pairs']} equal the oracle's"
+    return f"**{found['differing']} of {check['pairs']} differ** from the oracle's, e.g. {found['examples'][0]}"
+
+
+def _peer(t: dict) -> list[str]:
+    """What (d) and (e) do, and whether (e) and (c) answered as the oracle on the sample."""
+    if "quix_peer" not in t["events_per_s"]:
+        return []
+    lines = [
+        "(d) counts events per message key in Quix's State and nothing else: the floor of a stateful",
+        "Quix application. (e) (`bench/quix_peer.py`) does the worker's counting job as a Quix user",
+        "with the project's library would write it: the contract's strict decoder as each topic's",
+        "deserializer, one stateful step keyed by seller with Quix's default State (RocksDB, changelog",
+        "topic), a record per order (the library's `ledger.Record`, so duplicates and item-level cancels",
+        "count once), per-hour purchase-bucket totals (orders, seller-fault cancels, reasons, exclusions),",
+        "the packaged policy's counting rules and the event clock. It does not alert, serve HTTP or",
+        "keep the listing rule's state; the worker does all three in the rate (c) shows.",
+        "",
+    ]
+    check = t.get("answers")
+    if check:
+        lines += [
+            f"Answers at the end of a complete run for {check['pairs']} sampled sellers and marketplaces,",
+            f"{check['sellers_with_cancels']} of them with seller-fault cancels, against `tests/oracle.py` on the "
+            "same events at",
+            "the same event clock (each window's orders and cancelled, the first window's reasons and",
+            "exclusions):",
+            "",
+            f"- (c) cancelwatch worker: {_checked(check, 'cancelwatch_worker')}",
+            f"- (e) Quix Streams, the same job: {_checked(check, 'quix_peer')}",
+            "",
+        ]
+    return lines
+
+
 def render(results: dict) -> str:
     m = results["machine"]
     lines = [
@@ -94,7 +153,8 @@ def render(results: dict) -> str:
             "it has processed every message or its time cap is over; the rate is counted from its first",
             "processed event (start-up excluded). Time caps per run: "
             f"{results['sizes']['cap_seconds']:.0f} s for (a) and (d), {results['sizes']['faust_cap_seconds']:.0f} s "
-            f"for (b), {results['sizes']['worker_cap_seconds']:.0f} s for (c). "
+            f"for (b), {results['sizes']['worker_cap_seconds']:.0f} s for (c)"
+            + (f", {results['sizes']['peer_cap_seconds']:.0f} s for (e)" if "quix_peer" in r else "") + ". "
             f"{results['sizes']['repetitions']} repetition(s); median and min – max.",
             "",
             "| consumer | events/s (median) | min – max | events per run |",
@@ -103,36 +163,43 @@ def render(results: dict) -> str:
         labels = {"raw_aiokafka": "(a) raw aiokafka `getmany` + `json.loads`",
                   "naive_faust": "(b) naive faust agent: Record + one table update per event",
                   "cancelwatch_worker": "(c) cancelwatch worker (exact counts, durable state)",
-                  "quix_streams": "(d) Quix Streams, stateful per-seller count (RocksDB)"}
+                  "quix_streams": "(d) Quix Streams, minimal: an event count per seller (RocksDB)",
+                  "quix_peer": "(e) Quix Streams, the same job: order records, 7-day buckets, counting rules "
+                               "(RocksDB)"}
         for name, label in labels.items():
+            if name not in r:
+                continue
             counts = ", ".join(f"{run['events']:,}" for run in t["runs"][name])
             lines.append(f"| {label} | {_rate(r[name])} | {counts} |")
         ratios = t["ratios"]
         lines += [
             "",
-            f"Ratios of medians: c/a = {ratios['c/a']:.3f}, c/b = {ratios['c/b']:.2f}, c/d = {ratios['c/d']:.2f}.",
+            f"Ratios of medians: c/a = {ratios['c/a']:.3f}, c/b = {ratios['c/b']:.2f}, c/d = {ratios['c/d']:.2f}"
+            + (f", c/e = {ratios['c/e']:.2f}" if "c/e" in ratios else "") + ".",
             f"Target: at least 25,000 events/s for (c): {_yes(t['meets_target'])} "
             f"(median {r['cancelwatch_worker']['median']:,.0f}).",
             "",
         ]
-        if t.get("profile"):
-            p = t["profile"]
+        if "quix_peer" in r and len(r["quix_peer"]["runs"]) > 1:
+            paired = zip(r["cancelwatch_worker"]["runs"], r["quix_streams"]["runs"], r["quix_peer"]["runs"])
+            lines += ["Within each repetition (c/d, c/e): " + "; ".join(
+                f"{worker / minimal:.2f}, {worker / peer:.2f}" for worker, minimal, peer in paired) + ".", ""]
+        loads = {name: [run["load_1m"] for run in t["runs"][name] if "load_1m" in run] for name in labels}
+        if any(loads.values()):
             lines += [
-                "### Where the worker's time goes (py-spy)",
+                f"The machine's 1-minute load average at the end of each run ({results['machine']['nproc']} "
+                "cores, shared with other work): " + ", ".join(
+                    f"{labels[name][:3]} {min(values):.1f} – {max(values):.1f}" for name, values in loads.items()
+                    if values) + ".",
                 "",
-                "`py-spy record --nonblocking -f raw` on the worker during the first repetition, from ready on,",
-                f"{p['samples']:,} samples of busy threads; frames are named as in the measured commit's tree.",
-                "Share of samples with the frame running itself:",
-                "",
-                "| frame (self) | share |",
-                "|---|---|",
             ]
-            lines += [f"| `{frame}` | {share:.1%} |" for frame, share in p["self"]]
-            lines += ["", "Share of samples with the frame anywhere on the stack (event-loop plumbing left out):",
-                      "", "| frame (inclusive) | share |", "|---|---|"]
-            lines += [f"| `{frame}` | {share:.1%} |" for frame, share in p["inclusive"]
-                      if not any(generic in frame for generic in GENERIC_FRAMES)]
-            lines.append("")
+        lines += _peer(t)
+        if t.get("profile"):
+            lines += _profile(t["profile"], "### Where the worker's time goes (py-spy)",
+                              "on the worker during the first repetition, from ready on")
+        if t.get("peer_profile"):
+            lines += _profile(t["peer_profile"], "### Where the fair peer's time goes (py-spy)",
+                              "on (e) during the first repetition, from 3 s after its start")
     if "latency" in done:
         a = done["latency"]
         lines += [

@@ -33,6 +33,7 @@ FULL = {
     # throughput and scale-out: the simulator's topics
     "sellers": 2000, "duration": "2d", "events": 1_100_000, "repetitions": 3,
     "cap_seconds": 45.0, "faust_cap_seconds": 30.0, "worker_cap_seconds": 60.0, "profile_seconds": 30.0,
+    "peer_cap_seconds": 150.0, "answer_sample": 50,
     "scaleout_events": 1_100_000, "scaleout_repetitions": 1,
     # one broker or three: the throughput topics on a three-broker cluster of the benchmark's own
     "brokers_repetitions": 3,
@@ -45,7 +46,8 @@ FULL = {
 QUICK = {
     **FULL,
     "sellers": 200, "events": 100_000, "repetitions": 1, "cap_seconds": 20.0, "faust_cap_seconds": 10.0,
-    "worker_cap_seconds": 40.0, "profile_seconds": 10.0, "scaleout_events": 50_000, "brokers_repetitions": 1,
+    "worker_cap_seconds": 40.0, "profile_seconds": 10.0, "peer_cap_seconds": 60.0, "scaleout_events": 50_000,
+    "brokers_repetitions": 1,
     "crossings": 30, "background_rate": 200.0,
     "memory_sellers": [10_000], "memory_runs": 1, "series_sellers": [1_000, 10_000],
     "state_orders": 50_000, "state_ingest_cap_seconds": 180.0, "recovery_cap_seconds": 60.0,

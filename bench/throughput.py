@@ -1,58 +1,101 @@
-"""Throughput: one pre-filled topic pair, consumed side by side by four designs.
+"""Throughput: one pre-filled topic pair, consumed side by side by five designs.
 
 (a) raw aiokafka `getmany` + `json.loads` (the floor), (b) a naive faust
 agent (Record + one table update per event), (c) the cancelwatch worker
-(event clock, exact counting, durable state), (d) the same per-seller
-stateful count in Quix Streams. Each consumes from the start of the topics
+(event clock, exact counting, durable state), (d) Quix Streams' minimal
+per-seller stateful count, (e) the fair peer: the worker's counting job in
+Quix Streams (quix_peer.py). Each consumes from the start of the topics
 until it has processed every message or its time cap is over; the rate is
 taken from its first processed event (start-up excluded).
+
+Once the worker and the fair peer have each processed every message (in
+the first repetition, the worker going on past its cap, unmeasured, if
+need be), their answers for a sample of sellers are compared with the
+oracle's (answers.py).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
 
+import answers
 import pyspy
 from common import (BOOTSTRAP, Worker, delete_topics, delete_topics_tagged, log, prefilled, run_json,
-                    spread, tag, wait_processed)
+                    simulator_cache, spread, tag, wait_processed)
 
-VARIANTS = ("raw_aiokafka", "naive_faust", "cancelwatch_worker", "quix_streams")
+VARIANTS = ("raw_aiokafka", "naive_faust", "cancelwatch_worker", "quix_streams", "quix_peer")
+# The fair peer is sampled from this many seconds after its start (its start-up is not measured either).
+PEER_PROFILE_DELAY = 3.0
+# How long the worker may go on past its time cap, unmeasured, to process every event for the answers.
+ANSWERS_WAIT_SECONDS = 300
 
 
 def run(sizes: dict, workdir: Path) -> dict:
     orders, cancellations, total = prefilled(sizes["sellers"], sizes["duration"], sizes["events"])
+    lines = _lines(sizes, total)
+    pairs = answers.sample_pairs(lines, sizes["answer_sample"])
     runs = {name: [] for name in VARIANTS}
-    profiled = None
+    found = {"quix_peer": None, "cancelwatch_worker": None}
+    profiled = peer_profiled = None
     for repetition in range(sizes["repetitions"]):
         log(f"throughput repetition {repetition + 1}/{sizes['repetitions']} on {total} messages")
-        runs["raw_aiokafka"].append(_raw(orders, cancellations, total, sizes["cap_seconds"]))
-        runs["naive_faust"].append(_faust(orders, cancellations, total, sizes["faust_cap_seconds"], workdir))
-        result, profile_result = _worker(orders, cancellations, total, sizes["worker_cap_seconds"], workdir,
-                                         profile_seconds=sizes["profile_seconds"] if repetition == 0 else 0)
-        runs["cancelwatch_worker"].append(result)
+        runs["raw_aiokafka"].append(_loaded(_raw(orders, cancellations, total, sizes["cap_seconds"])))
+        runs["naive_faust"].append(_loaded(_faust(orders, cancellations, total, sizes["faust_cap_seconds"],
+                                                  workdir)))
+        result, profile_result, worker_found = _worker(
+            orders, cancellations, total, sizes["worker_cap_seconds"], workdir,
+            profile_seconds=sizes["profile_seconds"] if repetition == 0 else 0,
+            pairs=None if found["cancelwatch_worker"] else pairs)
+        runs["cancelwatch_worker"].append(_loaded(result))
+        found["cancelwatch_worker"] = found["cancelwatch_worker"] or worker_found
         profiled = profiled or profile_result
-        runs["quix_streams"].append(_quix(orders, cancellations, total, sizes["cap_seconds"], workdir))
+        runs["quix_streams"].append(_loaded(_quix(orders, cancellations, total, sizes["cap_seconds"], workdir)))
+        result, peer_found, peer_profile = _peer(
+            orders, cancellations, total, sizes["peer_cap_seconds"], workdir, pairs,
+            profile_seconds=sizes["profile_seconds"] if repetition == 0 else 0)
+        runs["quix_peer"].append(_loaded(result))
+        found["quix_peer"] = found["quix_peer"] or peer_found
+        peer_profiled = peer_profiled or peer_profile
         for name in VARIANTS:
             latest = runs[name][-1]
             log(f"  {name}: {latest['events_per_s']:,.0f} events/s ({latest['events']} events "
                 f"in {latest['seconds']:.1f}s)")
     rates = {name: spread([r["events_per_s"] for r in results]) for name, results in runs.items()}
     worker = rates["cancelwatch_worker"]["median"]
+    log(f"comparing answers of {len(pairs)} sampled sellers with the oracle's")
+    expected = answers.oracle_answers(lines, pairs, answers.event_clock(lines))
+    checked = answers.check(expected, found["quix_peer"], found["cancelwatch_worker"])
+    log(f"  answers: {checked}")
     return {
         "messages": total, "topics": [orders, cancellations],
         "events_per_s": rates,
         "ratios": {"c/a": worker / rates["raw_aiokafka"]["median"],
                    "c/b": worker / rates["naive_faust"]["median"],
-                   "c/d": worker / rates["quix_streams"]["median"]},
+                   "c/d": worker / rates["quix_streams"]["median"],
+                   "c/e": worker / rates["quix_peer"]["median"]},
+        "answers": checked,
         "runs": {name: [{key: value for key, value in r.items() if key != "samples"} for r in results]
                  for name, results in runs.items()},
         "profile": profiled,
+        "peer_profile": peer_profiled,
         "target_events_per_s": 25000,
         "meets_target": worker >= 25000,
     }
+
+
+def _loaded(result: dict) -> dict:
+    """The run's result with the machine's 1-minute load average at its end (the machine is shared)."""
+    return {**result, "load_1m": round(os.getloadavg()[0], 2)}
+
+
+def _lines(sizes: dict, total: int) -> list[bytes]:
+    """The simulator events the topics were pre-filled with."""
+    with open(simulator_cache(sizes["sellers"], sizes["duration"]), "rb") as file:
+        return [line.rstrip(b"\n") for line in file][:total]
 
 
 def _raw(orders: str, cancellations: str, total: int, cap: float) -> dict:
@@ -84,8 +127,37 @@ def _quix(orders: str, cancellations: str, total: int, cap: float, workdir: Path
         delete_topics_tagged(group)
 
 
+def _peer(orders: str, cancellations: str, total: int, cap: float, workdir: Path, pairs: list,
+          profile_seconds: float = 0) -> tuple[dict, dict | None, dict | None]:
+    """A run of the fair peer, its answers for the pairs when it processed every message, and
+    its profile (py-spy from PEER_PROFILE_DELAY seconds after its start) when asked for."""
+    group = tag("quixpeer")
+    sample_file, answers_file = workdir / f"{group}-sample.json", workdir / f"{group}-answers.json"
+    sample_file.write_text(json.dumps(pairs))
+    output = workdir / f"{group}.pyspy.txt"
+    sampler = []
+
+    def profile(pid: int) -> None:
+        time.sleep(PEER_PROFILE_DELAY)
+        sampler.append(pyspy.start(pid, profile_seconds, output))
+
+    try:
+        result = run_json([sys.executable, "bench/quix_peer.py", BOOTSTRAP, group, str(workdir / group),
+                           str(total), str(cap), str(sample_file), str(answers_file), orders, cancellations],
+                          timeout=cap + 180, started=profile if profile_seconds else None)
+    finally:
+        delete_topics_tagged(group)
+    profiled = pyspy.finish(sampler[0], output) if sampler else None
+    if result["miskeyed"]:
+        raise RuntimeError(f"the fair peer saw {result['miskeyed']} events not keyed by their seller")
+    if result["events"] < total:
+        return result, None, profiled
+    written = json.loads(answers_file.read_text())["answers"]
+    return result, {pair: answers.normalize(answer) for pair, answer in written.items()}, profiled
+
+
 def _worker(orders: str, cancellations: str, total: int, cap: float, workdir: Path,
-            profile_seconds: float = 0) -> tuple[dict, dict | None]:
+            profile_seconds: float = 0, pairs: list | None = None) -> tuple[dict, dict | None, dict | None]:
     worker = Worker(workdir, orders=orders, cancellations=cancellations, clock="event", name="throughput")
     sampler = None
     output = workdir / f"{worker.app_id}.pyspy.txt"
@@ -95,7 +167,11 @@ def _worker(orders: str, cancellations: str, total: int, cap: float, workdir: Pa
         if profile_seconds:
             sampler = pyspy.start(worker.pid, profile_seconds, output)
         result = wait_processed([worker], total, cap, poll=0.5)
-        return result, pyspy.finish(sampler, output)
+        profile = pyspy.finish(sampler, output)
+        complete = result["reached"]
+        if pairs and not complete:      # the answers need every event: wait past the cap, not measured
+            complete = wait_processed([worker], total, ANSWERS_WAIT_SECONDS, poll=1)["reached"]
+        return result, profile, answers.worker_answers(worker.url, pairs) if pairs and complete else None
     finally:
         worker.stop()
         delete_topics(worker.internal_topics())

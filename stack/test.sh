@@ -9,6 +9,9 @@ STACK="$ROOT/stack/stack.sh"
 SERVICES=(kafka prometheus alertmanager oncall)
 
 "$ROOT/stack/install.sh" || exit $?
+# tests/test_bench.py runs the bench's Quix Streams peer on the broker: the bench extra, as `make bench` installs it.
+"$ROOT/.venv/bin/python" -c 'import quixstreams, confluent_kafka' 2>/dev/null \
+    || "$ROOT/.venv/bin/python" -m pip install -q --disable-pip-version-check -e "$ROOT[bench]" || exit $?
 
 started=()
 stop_started() {

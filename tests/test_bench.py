@@ -1,21 +1,29 @@
-"""The benchmark suite's own logic: profile summing, log timing, size overrides, the report.
+"""The benchmark suite's own logic: profile summing, log timing, size overrides, the report,
+and the fair peer's counting with the check of its answers against the oracle.
 
 The benchmarks themselves run on the real stack through `make bench`; these
-tests cover the parts that turn measurements into numbers and tables.
+tests cover the parts that turn measurements into numbers and tables, and run
+the fair peer once on the broker on a small stream (marked stack).
 """
 
 from __future__ import annotations
 
+import json
+import subprocess
 import sys
 from pathlib import Path
 
+import msgspec
 import pytest
 
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 sys.path.insert(0, str(BENCH))
 
+import answers  # noqa: E402
 import capacity  # noqa: E402
+import common  # noqa: E402
 import pyspy  # noqa: E402
+import quix_peer  # noqa: E402
 import report  # noqa: E402
 import run  # noqa: E402
 
@@ -102,17 +110,22 @@ def test_report_shows_measurements_and_missed_targets():
         "machine": {"nproc": 2, "cpu_model": "AMD EPYC", "ram_gib": 23.5, "kernel": "6.1", "python": "3.11.7",
                     "date": "2026-11-27T01:00:00Z", "commit": "abc1234"},
         "mode": "full", "duration_s": 1200,
-        "sizes": {"repetitions": 3, "cap_seconds": 45, "faust_cap_seconds": 30, "worker_cap_seconds": 60},
+        "sizes": {"repetitions": 3, "cap_seconds": 45, "faust_cap_seconds": 30, "worker_cap_seconds": 60,
+                  "peer_cap_seconds": 150},
         "benchmarks_available": ["throughput", "latency"],
         "errors": {"scaleout": "BenchError: worker exited"},
         "results": {
             "throughput": {
                 "messages": 1_100_000,
                 "events_per_s": {"raw_aiokafka": _stat(200_000), "naive_faust": _stat(2000),
-                                 "cancelwatch_worker": _stat(8000), "quix_streams": _stat(30_000)},
-                "ratios": {"c/a": 0.04, "c/b": 4.0, "c/d": 0.27},
+                                 "cancelwatch_worker": _stat(8000), "quix_streams": _stat(30_000),
+                                 "quix_peer": _stat(4000)},
+                "ratios": {"c/a": 0.04, "c/b": 4.0, "c/d": 0.27, "c/e": 2.0},
                 "runs": {name: [{"events": 1000}] for name in
-                         ("raw_aiokafka", "naive_faust", "cancelwatch_worker", "quix_streams")},
+                         ("raw_aiokafka", "naive_faust", "cancelwatch_worker", "quix_streams", "quix_peer")},
+                "answers": {"pairs": 50, "sellers_with_cancels": 20,
+                            "quix_peer": {"checked": True, "differing": 1, "examples": ["A1/US: expected x, got y"]},
+                            "cancelwatch_worker": {"checked": True, "differing": 0, "examples": []}},
                 "profile": {"samples": 100, "self": [("decode (streams/cancelwatch/core/events.py)", 0.25)],
                             "inclusive": [("BaseEventLoop._run_once (asyncio/base_events.py)", 0.9),
                                           ("Book.apply (streams/cancelwatch/core/state.py)", 0.3)]},
@@ -126,7 +139,10 @@ def test_report_shows_measurements_and_missed_targets():
     assert "2 cores (AMD EPYC), 23.5 GiB RAM" in text
     assert "commit `abc1234`" in text
     assert "| (c) cancelwatch worker (exact counts, durable state) | 8,000 | 7,200 – 8,800 |" in text
-    assert "c/a = 0.040, c/b = 4.00, c/d = 0.27" in text
+    assert "c/a = 0.040, c/b = 4.00, c/d = 0.27, c/e = 2.00." in text
+    assert "| (e) Quix Streams, the same job: order records, 7-day buckets, counting rules (RocksDB) | 4,000 |" in text
+    assert "- (c) cancelwatch worker: all 50 equal the oracle's" in text
+    assert "- (e) Quix Streams, the same job: **1 of 50 differ** from the oracle's, e.g. A1/US: expected x" in text
     assert "**missed** (median 8,000)" in text
     assert "| `decode (streams/cancelwatch/core/events.py)` | 25.0% |" in text
     assert "Book.apply" in text and "_run_once" not in text
@@ -143,3 +159,154 @@ def test_targets_table_states_each_target_plainly():
     assert "| disk per in-window order (1,000,000) | ≤ 200 B | 20 B | met |" in text
     assert "| recovery after SIGKILL (1,000,000 orders) | ≤ 60 s | 73.2 s | **missed** |" in text
     assert "| recovery, data dir wiped (1,000,000 orders) | ≤ 60 s | not within the cap | **missed** |" in text
+
+
+# --- the fair peer (bench/quix_peer.py) and the check of its answers (bench/answers.py) ---------
+
+def _event(kind: str, order_id: str, *, seller: str = "EDGE1", channel: str = "MFN",
+           purchase: str = "2026-11-17T05:10:00Z", occurred: str = "2026-11-17T06:00:00Z",
+           event_id: str | None = None, **extra) -> bytes:
+    import orjson
+    return orjson.dumps({"schema_version": 1, "type": kind, "event_id": event_id or f"{kind}-{order_id}",
+                         "order_id": order_id, "seller_id": seller, "marketplace": "US",
+                         "fulfillment_channel": channel, "purchase_date": purchase, "occurred_at": occurred,
+                         **extra})
+
+
+def _placed(order_id: str, status: str = "Unshipped", **fields) -> bytes:
+    return _event("order_placed", order_id, order_status=status, **fields)
+
+
+def _cancel(order_id: str, initiator: str = "seller", reason: str = "NoInventory", requested: bool = False,
+            status: str = "Unshipped", **fields) -> bytes:
+    return _event("order_cancelled", order_id, initiator=initiator, reason=reason, buyer_requested=requested,
+                  order_status_at_cancel=status, **fields)
+
+
+# One seller's orders, each hitting a counting rule of contract section 4.
+EDGE_CASES = [
+    _placed("o1"), _placed("o1"),                                          # a re-sent duplicate counts once
+    _placed("o2", items=[{"sku": "A", "quantity": 1}, {"sku": "B", "quantity": 1}]),
+    _cancel("o2", items=[{"sku": "A", "quantity": 1}], event_id="c-o2-a"),  # two item-level cancels:
+    _cancel("o2", items=[{"sku": "B", "quantity": 1}], event_id="c-o2-b"),  # one cancelled order
+    _placed("o3"), _cancel("o3", reason="BuyerCanceled", requested=True),  # the buyer's request: excluded
+    _placed("o4", "Pending"),                                              # cancelled while Pending:
+    _cancel("o4", "amazon", "PaymentNotCompleted", status="Pending"),      # not an order at all
+    _placed("o5", channel="AFN"), _cancel("o5", channel="AFN"),            # FBA: ignored
+    _cancel("o6"),                                                         # known only from its cancel
+    _placed("o7", purchase="2026-11-17T05:10:00Z"),                        # an earlier purchase date
+    _event("order_status_changed", "o7", purchase="2026-11-17T03:59:00Z", order_status="Shipped"),
+    _placed("o8"), _cancel("o8", "amazon", "ShipmentNotConfirmed"),        # Amazon's auto-cancel counts
+    _placed("o9"), _cancel("o9", "buyer", "BuyerCanceled"),                # buyer-initiated: excluded
+    _placed("o10"), _cancel("o10", reason="BuyerCanceled"),                # no request through Amazon: counts
+    _placed("o11", purchase="2026-11-09T05:00:00Z"),                       # out of the 7-day window
+]
+
+
+class _DictState:
+    """Quix's State over a dict, one seller's scope; values JSON-serialized as Quix's default."""
+
+    def __init__(self, store: dict, seller: str) -> None:
+        self.store, self.seller = store, seller
+
+    def get(self, key, default=None):
+        value = self.store.get((self.seller, key))
+        return default if value is None else json.loads(value)
+
+    def set(self, key, value) -> None:
+        self.store[(self.seller, key)] = json.dumps(value)
+
+    def get_bytes(self, key, default=None):
+        return self.store.get((self.seller, key), default)
+
+    def set_bytes(self, key, value: bytes) -> None:
+        self.store[(self.seller, key)] = value
+
+
+def _peer_stream(tmp_path) -> list[bytes]:
+    """A small simulator run (eight days, so orders age out of the window) and the edge cases."""
+    path = tmp_path / "sim.jsonl"
+    subprocess.run([str(Path(sys.executable).parent / "cancelwatch"), "simulate", "--scenario", "buyer-requests",
+                    "--seed", "4", "--sellers", "12", "--start", "2026-11-10T00:00:00Z", "--duration", "8d",
+                    "--duplicates", "0.05", "--reorder", "0.02", "--output", str(path)],
+                   check=True, capture_output=True)
+    return path.read_bytes().splitlines() + EDGE_CASES
+
+
+def _run_peer(peer, lines: list[bytes]) -> None:
+    from cancelwatch import names
+    from cancelwatch.core import events
+    store: dict = {}
+    for line in lines:
+        role = names.CANCELLATIONS_TOPIC if b'"order_cancelled"' in line else names.ORDERS_TOPIC
+        event = events.decode_on(role, line)
+        peer.record(event, _DictState(store, event.seller_id))
+
+
+def test_fair_peer_answers_as_the_oracle(tmp_path):
+    lines = _peer_stream(tmp_path)
+    pairs = answers.sample_pairs(lines, 12) + [("EDGE1", "US")]
+    peer = quix_peer.Peer(common.default_policy(), set(pairs))
+    _run_peer(peer, lines)
+    assert peer.clock == answers.event_clock(lines)
+    expected = answers.oracle_answers(lines, pairs, peer.clock)
+    found = {pair: answers.normalize(answer) for pair, answer in peer.answers().items()}
+    # o1 o2 o3 o6 o7 o8 o9 o10 are orders; o2 o6 o8 o10 seller-fault cancelled
+    assert found["EDGE1/US"] == expected["EDGE1/US"] == {
+        "windows": [[7, 8, 4]], "reasons": {"BuyerCanceled": 1, "NoInventory": 2, "ShipmentNotConfirmed": 1},
+        "excluded": {"buyer_initiated": 1, "buyer_requested": 1, "pending": 1}}
+    checked = answers.check(expected, found, None)
+    assert checked["quix_peer"] == {"checked": True, "differing": 0, "examples": []}
+    assert checked["sellers_with_cancels"] >= 5
+
+
+def test_answer_check_names_the_seller_a_wrong_peer_miscounts(tmp_path):
+    class CountsBuyerRequests(quix_peer.Peer):
+        """Counts a cancel on the buyer's request against the seller, as Amazon does not."""
+
+        def record(self, event, state):
+            if getattr(event, "buyer_requested", False):
+                event = msgspec.structs.replace(event, buyer_requested=False)
+            super().record(event, state)
+
+    lines = EDGE_CASES
+    pairs = [("EDGE1", "US")]
+    peer = CountsBuyerRequests(common.default_policy(), set(pairs))
+    _run_peer(peer, lines)
+    found = {pair: answers.normalize(answer) for pair, answer in peer.answers().items()}
+    checked = answers.check(answers.oracle_answers(lines, pairs, peer.clock), found, found)
+    assert checked["quix_peer"]["differing"] == 1
+    assert checked["quix_peer"]["examples"][0].startswith("EDGE1/US: expected {'windows': [[7, 8, 4]]")
+    assert "[[7, 8, 5]]" in checked["quix_peer"]["examples"][0]
+
+
+@pytest.mark.stack
+def test_fair_peer_in_quix_answers_as_the_oracle(kafka_bootstrap, kafka_topic, tmp_path):
+    """bench/quix_peer.py on the broker: a small stream, every message processed, answers exact."""
+    from kafka import KafkaProducer
+
+    lines = _peer_stream(tmp_path)
+    orders, cancellations = kafka_topic(prefix="peer-orders"), kafka_topic(prefix="peer-cancellations")
+    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, linger_ms=20)
+    for line in lines:
+        topic = cancellations if b'"order_cancelled"' in line else orders
+        producer.send(topic, key=json.loads(line)["seller_id"].encode(), value=line)
+    producer.flush()
+    producer.close()
+    pairs = answers.sample_pairs(lines, 12) + [("EDGE1", "US")]
+    sample, written = tmp_path / "sample.json", tmp_path / "answers.json"
+    sample.write_text(json.dumps(pairs))
+    group = common.tag("test-peer")
+    try:
+        run = subprocess.run([sys.executable, str(BENCH / "quix_peer.py"), kafka_bootstrap, group,
+                              str(tmp_path / "state"), str(len(lines)), "60", str(sample), str(written),
+                              orders, cancellations], capture_output=True, text=True, timeout=180)
+    finally:
+        common.delete_topics_tagged(group)
+    assert run.returncode == 0, run.stderr[-2000:]
+    result = json.loads(run.stdout.splitlines()[-1])
+    assert result["events"] == len(lines) and result["miskeyed"] == 0
+    peer = json.loads(written.read_text())
+    expected = answers.oracle_answers(lines, pairs, answers.event_clock(lines))
+    found = {pair: answers.normalize(answer) for pair, answer in peer["answers"].items()}
+    assert answers.differences(expected, found) == []

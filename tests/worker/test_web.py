@@ -41,6 +41,9 @@ class FakeRuntime:
         self.reconciliations = reconciliations or {}
         self.settings = settings_module.load({})
 
+    def is_catching_up(self, partition: int) -> bool:
+        return partition in self.catching_up
+
     def seller_view(self, seller_id, marketplace, extra=0):
         view = self.sellers.get((seller_id, marketplace))
         return None if view is None else dict(view, extra=extra)

@@ -155,8 +155,8 @@ class Runtime:
         self.produced: dict[int, int] = {}  # reroute partition -> end offset of what this worker sent
         self.replaying: dict[int, float] = {}   # partition -> when it last applied old events (live mode)
         self.lag: dict = {}                 # (topic, partition) -> messages not yet applied
-        # Owned partitions whose new alerts are held; every one until the lag is known.
-        self.catching_up: set[int] = set(range(settings.partitions))
+        self.catching_up: set[int] = set()  # owned partitions whose new alerts are held
+        self.lag_known = False              # False until the lag is looked at after each rebuild
         self.targets: dict[tuple[str, str], targets.Target] = {}   # the sellers' own limits
         self.targets_ready = False          # the targets topic was read to its end once
         # (seller, marketplace) -> (fetched_at, the latest account-health report's entry)
@@ -255,9 +255,9 @@ class Runtime:
                 self.alerts[seller] = alerts
         self.adopted = set(self.alerts)
         self.dirty = set(book.states())
-        # Behind until the next look at the lag says otherwise: a seller not read yet is not
-        # answered 404, nor are alerts decided, from a view that may be partial.
-        self.catching_up = set(range(self.settings.partitions))
+        # Every partition counts as catching up until the lag is looked at: a seller not read
+        # yet is not answered 404, nor are alerts decided, from a view that may be partial.
+        self.lag_known = False
         self.group = None           # applied to the book just replaced; its fetches are read again
         self.evaluated_bucket = None
         log.info("state rebuilt: %d sellers, %d orders (%d indexed), %d sellers with alerts, in %.2fs",
@@ -457,6 +457,10 @@ class Runtime:
             if metadata.offset + 1 > produced.get(metadata.partition, 0):
                 produced[metadata.partition] = metadata.offset + 1
 
+    def is_catching_up(self, partition: int) -> bool:
+        """Whether new alerts of this partition are held and its unseen sellers answered 503."""
+        return not self.lag_known or partition in self.catching_up
+
     def refresh_catch_up(self, consumer) -> None:
         """Which owned partitions are catching up, from the offsets applied and committed here to
         the high watermarks (`self.lag` per source partition, also exported as a metric).
@@ -512,7 +516,8 @@ class Runtime:
             behind |= {p for p in self.catching_up & owned if sources or reroute_lag.get(p, float("inf"))}
             if behind and self.settings.clock == "event":
                 behind = set(owned)     # one event clock for all: a partition behind still moves it
-        caught_up = self.catching_up - behind
+        caught_up = (self.catching_up if self.lag_known else owned) - behind
+        self.lag_known = True
         if caught_up and self.book is not None:
             log.info("partitions %s caught up: evaluating their sellers", sorted(caught_up))
             self.dirty = set(self.book.states())
@@ -590,7 +595,7 @@ class Runtime:
                     self.dashboard_url(*key), health_rating=entry.health_rating))
             if not wanted and not previous:
                 continue
-            held = self.owners[state.seller_id] in self.catching_up
+            held = self.is_catching_up(self.owners[state.seller_id])
             decision = alerting.decide(previous, wanted, time.time(), hold=held)
             if decision.changed:
                 store_key = state_module.alerts_key(*key)
@@ -640,7 +645,7 @@ class Runtime:
             windows = [w.with_more_cancels(extra_cancels) for w in windows]
         view = window.seller_json(seller_id, marketplace, windows, now)
         view["target"] = targets.target_json(self.targets.get((seller_id, marketplace)))
-        view["catching_up"] = self.owners[seller_id] in self.catching_up
+        view["catching_up"] = self.is_catching_up(self.owners[seller_id])
         return view
 
     def at_risk(self, marketplace: str, limit: int) -> list[dict]:
@@ -669,7 +674,7 @@ class Runtime:
         owned = {partition for _, partition in self.lag}
         return ScrapeState(Summaries(self.book), dict(self.lag), {"order-buckets": keys}, alerts,
                            self.sender.pending() if self.sender else 0, self.now(),
-                           {partition: partition in self.catching_up for partition in owned})
+                           {partition: self.is_catching_up(partition) for partition in owned})
 
 
 def _alert(firing: alerting.Firing) -> Alert:

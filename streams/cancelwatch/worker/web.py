@@ -101,7 +101,7 @@ class Api:
         if refused is not None:
             return await refused
         view = self.runtime.seller_view(seller_id, marketplace, extra)
-        if view is None and self.ownership.of_seller(seller_id).partition in self.runtime.catching_up:
+        if view is None and self.runtime.is_catching_up(self.ownership.of_seller(seller_id).partition):
             return error(503, "this seller's partition is catching up on a backlog and has not read it yet; "
                               "retry shortly")
         if view is None:
@@ -116,7 +116,7 @@ class Api:
         if refused is not None:
             return await refused
         view = self.runtime.reconciliation_view(seller_id, marketplace)
-        if view is None and self.ownership.of_seller(seller_id).partition in self.runtime.catching_up:
+        if view is None and self.runtime.is_catching_up(self.ownership.of_seller(seller_id).partition):
             return error(503, "this seller's partition is catching up on a backlog and has not read its "
                               "account-health reports yet; retry shortly")
         if view is None:

@@ -13,13 +13,13 @@ processed event until every message is processed or the time cap.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 from contextlib import contextmanager
 from pathlib import Path
 
 import common
 from common import ROOT, BenchError, Worker, delete_topics, log, prefilled, spread, wait_processed
+from tests.workers import cluster_ports
 
 STACK = ROOT / "stack" / "stack.sh"
 NODES = 3
@@ -87,23 +87,8 @@ def _stack(command: str, env: dict) -> None:
         raise BenchError(f"stack.sh {command} kafka (KAFKA_BROKERS={NODES}) failed:\n{done.stdout}{done.stderr}")
 
 
-def _free(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 def _cluster_ports() -> tuple[int, int]:
-    """(KAFKA_PORT, KAFKA_CONTROLLER_PORT) whose runs of NODES ports, PORT_STEP apart, are all free."""
-    for _ in range(200):
-        with socket.socket() as first, socket.socket() as second:
-            first.bind(("127.0.0.1", 0))
-            second.bind(("127.0.0.1", 0))
-            bases = first.getsockname()[1], second.getsockname()[1]
-        every = [base + PORT_STEP * node for base in bases for node in range(NODES)]
-        if max(every) < 65536 and len(set(every)) == len(every) and all(_free(port) for port in every):
-            return bases
-    raise BenchError(f"no {2 * NODES} free ports {PORT_STEP} apart for a cluster of {NODES} brokers")
+    ports = cluster_ports(NODES, PORT_STEP)
+    if ports is None:
+        raise BenchError(f"no {2 * NODES} free ports {PORT_STEP} apart for a cluster of {NODES} brokers")
+    return ports

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +31,7 @@ from tests.delivery.test_alerting_e2e import wait_for
 from tests.delivery.test_alertmanager import alertmanager  # noqa: F401 - the fixture: an Alertmanager of the test's own
 from tests.worker.test_faults import assert_exact, stack, stack_env
 from tests.worker.test_worker import expected_answers, publish, simulated_stream, strip_listing
+from tests import workers
 from tests.workers import Topics, WorkerProcess
 
 pytestmark = pytest.mark.stack
@@ -43,26 +43,11 @@ LEADER_TOPIC = "__assignor-__leader"
 WORKER_ENV = {"CANCELWATCH_ALERT_RESEND_SECONDS": "2", "CANCELWATCH_SESSION_TIMEOUT_SECONDS": "10"}
 
 
-def _free(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 def cluster_ports() -> tuple[int, int]:
-    """(KAFKA_PORT, KAFKA_CONTROLLER_PORT) whose runs of BROKERS ports, PORT_STEP apart, are all free."""
-    for _ in range(200):
-        with socket.socket() as first, socket.socket() as second:
-            first.bind(("127.0.0.1", 0))
-            second.bind(("127.0.0.1", 0))
-            bases = first.getsockname()[1], second.getsockname()[1]
-        every = [base + PORT_STEP * node for base in bases for node in range(BROKERS)]
-        if max(every) < 65536 and len(set(every)) == len(every) and all(_free(port) for port in every):
-            return bases
-    pytest.fail(f"no {2 * BROKERS} free ports {PORT_STEP} apart for a cluster of {BROKERS} brokers")
+    ports = workers.cluster_ports(BROKERS, PORT_STEP)
+    if ports is None:
+        pytest.fail(f"no {2 * BROKERS} free ports {PORT_STEP} apart for a cluster of {BROKERS} brokers")
+    return ports
 
 
 @dataclass

@@ -23,6 +23,29 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def cluster_ports(nodes: int, step: int) -> tuple[int, int] | None:
+    """(KAFKA_PORT, KAFKA_CONTROLLER_PORT) whose runs of `nodes` ports, `step` apart, are all
+    free (stack/stack.sh: node n listens on KAFKA_PORT + step(n-1)); None when none is found."""
+    for _ in range(200):
+        with socket.socket() as first, socket.socket() as second:
+            first.bind(("127.0.0.1", 0))
+            second.bind(("127.0.0.1", 0))
+            bases = first.getsockname()[1], second.getsockname()[1]
+        every = [base + step * node for base in bases for node in range(nodes)]
+        if max(every) < 65536 and len(set(every)) == len(every) and all(_free(port) for port in every):
+            return bases
+    return None
+
+
 class Topics:
     """Unique topic names and consumer group for one test, as worker settings."""
 

@@ -52,6 +52,10 @@ class BatchingConsumer(aiokafka_driver.Consumer):
     batch_topics: frozenset[str] = frozenset()
     mailbox: Mailbox | None = None
 
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._reread_from: dict = {}    # TP -> the read offset its records were last read again from
+
     @classmethod
     def for_topics(cls, topics: Sequence[str], mailbox: Mailbox) -> type["BatchingConsumer"]:
         return type("BatchingConsumer", (cls,), {"batch_topics": frozenset(topics), "mailbox": mailbox})
@@ -202,12 +206,11 @@ class BatchingConsumer(aiokafka_driver.Consumer):
         if contiguous and batch[0].offset - read_offset <= 1:
             return batch
         if tp.topic in self.batch_topics and batch[0].offset - read_offset > 1:
-            reread = self.__dict__.setdefault("_reread_from", {})
-            if reread.get(tp) != read_offset:
+            if self._reread_from.get(tp) != read_offset:
                 # The fetch starts past the records read here (a fetch that crossed a seek):
                 # they are read again rather than taken for a hole and committed unread. A
                 # hole that is still there once read again is real (transaction markers).
-                reread[tp] = read_offset
+                self._reread_from[tp] = read_offset
                 self.log.info("%s: fetch at %d, past the records read (%d): reading them again",
                               tp, batch[0].offset, read_offset)
                 await self.seek(tp, read_offset)

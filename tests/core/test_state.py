@@ -144,12 +144,13 @@ def book_answers(book: Book, now: float) -> dict:
 
 
 @hyp_settings(max_examples=300, deadline=None)
-@given(order_streams())
-def test_book_matches_oracle_under_duplicates_and_reordering(case):
+@given(order_streams(), st.sampled_from([0, 2, 10_000]))
+def test_book_matches_oracle_under_duplicates_and_reordering(case, cache_records):
+    # cache_records: no cache of decoded buckets, one evicting at almost every write, one keeping all
     stream, seed = case
     now = NOW.timestamp()
     shared: dict = {}          # the store and the index in one mapping: their keys differ in kind
-    book = Book(POLICY, shared, shared)
+    book = Book(POLICY, shared, shared, cache_records=cache_records)
     for batch in deliver(stream, seed):
         book.apply([(events.TOPIC_OF_TYPE[type(e)], e) for e in batch], now)
     expected = oracle.compute(stream, now, POLICY)
@@ -234,6 +235,30 @@ def test_a_group_fed_in_slices_writes_each_bucket_once_and_matches_the_oracle(ca
         assert all(count - before.get(key, 0) <= 1 for key, count in writes.items()), \
             "a bucket written twice by one group"
     assert book_answers(book, now) == oracle.compute(stream, now, POLICY)
+
+
+@hyp_settings(max_examples=100, deadline=None)
+@given(order_streams(), st.sampled_from([2, 10_000]))
+def test_a_group_dropped_before_it_is_written_leaves_the_cache_as_the_store(case, cache_records):
+    # The worker drops a group fed before a rebalance (Runtime.drop_stale_group) and reads its
+    # events again: the cached buckets must still be the stored ones, not the dropped group's.
+    stream, seed = case
+    now = NOW.timestamp()
+    store: dict = {}
+    book = Book(POLICY, store, cache_records=cache_records)
+    batches = [[(events.TOPIC_OF_TYPE[type(e)], e) for e in batch] for batch in deliver(stream, seed)]
+    half = len(batches) // 2
+    for batch in batches[:half]:
+        book.apply(batch, now)
+    dropped = book.begin()
+    for batch in batches[half:]:
+        book.feed(dropped, batch, now)     # never finished
+    for batch in batches[half:]:
+        book.apply(batch, now)
+    assert book_answers(book, now) == oracle.compute(stream, now, POLICY)
+    rebuilt = Book(POLICY, dict(store))
+    rebuilt.load(store.items())
+    assert book_answers(rebuilt, now) == book_answers(book, now)
 
 
 def placed_at(purchase, order_id="O1", seller="S1", marketplace="US", event_id=None, items=None,

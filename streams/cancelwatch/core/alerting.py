@@ -66,16 +66,20 @@ def _annotations(summary: str, description: str, totals: window.WindowTotals,
 
 
 def desired(state: SellerState, policy: Policy, now: float, dashboard_url: str,
-            target: targets.Target | None = None) -> dict[AlertKey, Wanted]:
+            target: targets.Target | None = None, windows: list[window.WindowTotals] | None = None,
+            projections: list[window.Forecast | None] | None = None) -> dict[AlertKey, Wanted]:
     """The seller's alerts under the limits in force: the marketplace's, or the seller's own
-    `target` (contract section 10), whose limit, source and note every alert carries."""
+    `target` (contract section 10), whose limit, source and note every alert carries.
+    `windows` and their `projections` (`window.forecast_breach` of each), when the caller has
+    them already for this `now` and target, are used instead of being computed again."""
     now_bucket = window.bucket_of(now, policy.bucket_seconds)
-    windows = [window.totals(state.buckets, limits, policy, now_bucket)
-               for limits in targets.apply_target(policy.windows(state.marketplace), target)]
+    if windows is None:
+        windows = [window.totals(state.buckets, limits, policy, now_bucket)
+                   for limits in targets.apply_target(policy.windows(state.marketplace), target)]
     any_breached = any(w.breached for w in windows)
     who = f"seller {state.seller_id} in {state.marketplace}"
     wanted: list[Wanted] = []
-    for totals in windows:
+    for index, totals in enumerate(windows):
         days = totals.window.days
         limit = _percent(totals.window.limit_bps / 10000)
         reason = totals.dominant_reason()
@@ -107,7 +111,8 @@ def desired(state: SellerState, policy: Policy, now: float, dashboard_url: str,
                 f"{who}: {more} the {limit} limit over {days} days",
                 f"{counts} in the {days}-day window were seller-fault cancelled; headroom is "
                 f"{totals.headroom}.")
-        projection = window.forecast_breach(state.buckets, totals.window, policy, now_bucket)
+        projection = (window.forecast_breach(state.buckets, totals.window, policy, now_bucket)
+                      if projections is None else projections[index])
         if projection is not None:
             add(names.ALERT_FORECAST_BREACH,
                 f"{who} is projected to reach the {limit} limit over {days} days within "
@@ -122,14 +127,15 @@ def desired(state: SellerState, policy: Policy, now: float, dashboard_url: str,
 
 def _listing(state: SellerState, policy: Policy, now: float, dashboard_url: str,
              first: window.WindowTotals, target: targets.Target | None) -> list[Wanted]:
-    if not state.listing or state.marketplace not in policy.listing_marketplaces:
+    if not state.faulted or state.marketplace not in policy.listing_marketplaces:
         return []
     depth = policy.listing_consecutive
     days = policy.listing_order_window_days
     now_bucket = window.bucket_of(now, policy.bucket_seconds)
     window_buckets = days * 86400 // policy.bucket_seconds
     found = []
-    for sku, latest in state.listing.items():
+    for sku in sorted(state.faulted):      # full lists of seller-fault orders only
+        latest = state.listing[sku]
         if len(latest) < depth:
             continue
         if all(entry[2] and window.in_window(window.bucket_of(entry[0], policy.bucket_seconds),

@@ -105,6 +105,8 @@ def cancel_cause(policy: Policy, cancel: events.OrderCancelled) -> str | None:
 def _merge_skus(current: tuple[str, ...], items: Iterable[events.Item] | None) -> tuple[str, ...]:
     if not items:
         return current
+    if not current and len(items) == 1:
+        return (items[0].sku,)
     for item in items:
         if item.sku not in current:
             return tuple(sorted({item.sku for item in items}.union(current)))
@@ -112,37 +114,48 @@ def _merge_skus(current: tuple[str, ...], items: Iterable[events.Item] | None) -
 
 
 def apply(policy: Policy, record: Record | None, event: events.Event) -> Record:
-    """The record after `event` (a new Record; `record` is not changed)."""
+    """The record after `event` (a new Record; `record` is not changed). An event that adds
+    nothing to a record (a status change, a duplicate) returns `record` itself."""
     purchase = int(event.purchase_date.timestamp())
+    items = getattr(event, "items", None)
+    if type(event) is not events.OrderCancelled:
+        # an order event adds only skus and an earlier purchase date
+        if record is None:
+            return Record(purchase, skus=_merge_skus((), items))
+        skus = _merge_skus(record.skus, items)
+        if record.purchase <= purchase and skus is record.skus:
+            return record
+        record = record.copy()
+        record.purchase = min(record.purchase, purchase)
+        record.skus = skus
+        return record
     if record is None:
         record = Record(purchase)
     else:
         record = record.copy()
         record.purchase = min(record.purchase, purchase)
-    items = getattr(event, "items", None)
     record.skus = _merge_skus(record.skus, items)
-    if isinstance(event, events.OrderCancelled):
-        cause = cancel_cause(policy, event)
-        if cause == "pending":
-            record.flags |= PENDING_CANCELLED | CAUSE_BITS["pending"]
-        elif cause is not None:
-            record.flags |= CAUSE_BITS[cause]
+    cause = cancel_cause(policy, event)
+    if cause == "pending":
+        record.flags |= PENDING_CANCELLED | CAUSE_BITS["pending"]
+    elif cause is not None:
+        record.flags |= CAUSE_BITS[cause]
+    else:
+        record.flags |= SELLER_FAULT
+        if items:
+            record.fault_skus = _merge_skus(record.fault_skus, items)
         else:
-            record.flags |= SELLER_FAULT
-            if items:
-                record.fault_skus = _merge_skus(record.fault_skus, items)
-            else:
-                record.flags |= WHOLE_ORDER_FAULT
-            moment = int(event.occurred_at.timestamp() * 1_000_000)
-            attribution = (moment, REASON_INDEX[event.reason])
-            if attribution < (record.fault_time, record.fault_reason):
-                record.fault_time, record.fault_reason = attribution
+            record.flags |= WHOLE_ORDER_FAULT
+        moment = int(event.occurred_at.timestamp() * 1_000_000)
+        attribution = (moment, REASON_INDEX[event.reason])
+        if attribution < (record.fault_time, record.fault_reason):
+            record.fault_time, record.fault_reason = attribution
     return record
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class Contribution:
-    """What one record adds to its bucket's totals."""
+    """What one record adds to its bucket's totals. Shared: one per (flags, reason) seen."""
 
     orders: int = 0
     cancelled: int = 0
@@ -152,11 +165,20 @@ class Contribution:
     @classmethod
     def of(cls, record: Record | None) -> "Contribution":
         if record is None:
-            return cls()
-        counted = record.counted
-        return cls(
-            orders=1 if record.in_denominator else 0,
-            cancelled=1 if counted else 0,
-            reason=record.reason if counted else None,
-            causes=tuple(record.causes()),
-        )
+            return NOTHING
+        key = (record.flags, record.fault_reason)
+        shared = _CONTRIBUTIONS.get(key)
+        if shared is None:
+            counted = record.counted
+            shared = _CONTRIBUTIONS[key] = cls(
+                orders=1 if record.in_denominator else 0,
+                cancelled=1 if counted else 0,
+                reason=record.reason if counted else None,
+                causes=tuple(record.causes()),
+            )
+        return shared
+
+
+NOTHING = Contribution()
+# (flags, fault_reason) -> its Contribution: a record's contribution is a function of the two.
+_CONTRIBUTIONS: dict[tuple[int, int], Contribution] = {}

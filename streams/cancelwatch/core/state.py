@@ -32,7 +32,7 @@ worker's table and its local database, dicts in tests).
 from __future__ import annotations
 
 import dataclasses
-from collections import Counter
+from collections import Counter, OrderedDict
 from typing import Iterable, Iterator, MutableMapping, NamedTuple
 
 from cancelwatch import names
@@ -195,7 +195,7 @@ def _bump(counts: dict[str, int] | None, key: str, sign: int) -> dict[str, int] 
 class SellerState:
     """Derived totals of one seller in one marketplace."""
 
-    __slots__ = ("seller_id", "marketplace", "buckets", "listing", "summary")
+    __slots__ = ("seller_id", "marketplace", "buckets", "listing", "summary", "faulted")
 
     def __init__(self, seller_id: str, marketplace: str) -> None:
         self.seller_id = seller_id
@@ -205,11 +205,34 @@ class SellerState:
         # sku -> latest orders containing it, newest first: (purchase, order_id, seller-fault for this sku).
         # Orders cancelled while Pending never were orders: they take no place here.
         self.listing: dict[str, tuple[tuple[int, str, bool], ...]] | None = None
+        # skus whose latest orders are a full list (the listing rule's depth), all seller-fault:
+        # the only ones the listing rule can fire for (None: no such sku)
+        self.faulted: set[str] | None = None
+
+    def set_latest(self, sku: str, latest: tuple[tuple[int, str, bool], ...], depth: int) -> None:
+        """Set a sku's latest orders (empty: forget the sku), keeping `faulted` up to date."""
+        listing = self.listing
+        if latest:
+            if listing is None:
+                listing = self.listing = {}
+            listing[sku] = latest
+        elif listing is not None:
+            listing.pop(sku, None)
+            if not listing:
+                self.listing = None
+        if len(latest) >= depth and all(entry[2] for entry in latest):
+            if self.faulted is None:
+                self.faulted = set()
+            self.faulted.add(sku)
+        elif self.faulted is not None and sku in self.faulted:
+            self.faulted.discard(sku)
+            if not self.faulted:
+                self.faulted = None
 
     def change(self, bucket: int, old: Record | None, new: Record | None) -> None:
         """Move the bucket's totals from `old` to `new` (None: not in this bucket)."""
         before, after = ledger.Contribution.of(old), ledger.Contribution.of(new)
-        if before == after:
+        if before is after:     # shared per distinct contribution
             return
         bucket = _BUCKET_NUMBERS.setdefault(bucket, bucket)
         totals = self.buckets.get(bucket, 0)
@@ -240,17 +263,19 @@ class SellerState:
         orders may now miss an order left out earlier (this order left a full list, or fell
         to its end): `Book` completes those from the buckets."""
         refill: list[tuple[str, int]] = []
-        listing = self.listing
-        if listing is None:
-            listing = self.listing = {}
         eligible = record.in_denominator
         for sku in record.skus:
-            latest = listing.get(sku, ())
+            latest = self.listing.get(sku, ()) if self.listing is not None else ()
+            if eligible:
+                entry = (record.purchase, order_id, record.sku_faulted(sku))
+                if not latest or entry[:2] > latest[0][:2] and all(e[1] != order_id for e in latest):
+                    # the newest order of the sku, not listed before (orders mostly come in time order)
+                    self.set_latest(sku, (entry,) + latest[:depth - 1], depth)
+                    continue
             others = [entry for entry in latest if entry[1] != order_id]
             present = len(others) < len(latest)
             full = len(latest) >= depth
             if eligible:
-                entry = (record.purchase, order_id, record.sku_faulted(sku))
                 if not present and full and entry[:2] < latest[-1][:2]:
                     continue
                 others.append(entry)
@@ -260,14 +285,9 @@ class SellerState:
                 shortened = full
             else:
                 continue
-            if others:
-                listing[sku] = tuple(others[:depth])
-            else:
-                del listing[sku]
+            self.set_latest(sku, tuple(others[:depth]), depth)
             if shortened:
                 refill.append((sku, latest[-1][0]))
-        if not listing:
-            self.listing = None
         return refill
 
     def drop_before(self, oldest_bucket: int, oldest_purchase: int) -> list[int]:
@@ -275,12 +295,11 @@ class SellerState:
         for bucket in dropped:
             del self.buckets[bucket]
         if self.listing:
-            for sku in list(self.listing):
-                kept = tuple(e for e in self.listing[sku] if e[0] >= oldest_purchase)
-                if kept:
-                    self.listing[sku] = kept
-                else:
-                    del self.listing[sku]
+            for sku, latest in list(self.listing.items()):
+                kept = tuple(e for e in latest if e[0] >= oldest_purchase)
+                if len(kept) < len(latest):
+                    # shorter than before: below the depth, so no longer a full faulted list
+                    self.set_latest(sku, kept, len(latest) + 1)
         return dropped
 
 
@@ -320,7 +339,7 @@ class Book:
     (a private dict when not given). Both may be one mapping: their keys differ in kind."""
 
     def __init__(self, policy: Policy, store: MutableMapping[bytes, bytes],
-                 index: MutableMapping[bytes, bytes] | None = None) -> None:
+                 index: MutableMapping[bytes, bytes] | None = None, cache_records: int = 0) -> None:
         self.policy = policy
         self.store = store
         self.index: MutableMapping[bytes, bytes] = {} if index is None else index
@@ -334,6 +353,12 @@ class Book:
         # (retention covers Amazon's report lag, so late events still reach a report's range)
         self._keep_buckets = policy.retention_seconds // policy.bucket_seconds
         self._listing_buckets = policy.listing_order_window_days * 86400 // policy.bucket_seconds
+        # The decoded records of recently written buckets, as written (key -> Bucket), oldest
+        # first, at most `cache_records` records in all: a bucket opened again (the open hour,
+        # an order shipped or cancelled later) is copied from here instead of read and decoded.
+        self._cache: OrderedDict[bytes, ledger.Bucket] = OrderedDict()
+        self._cached_records = 0
+        self.cache_records = cache_records
 
     # -- reading -------------------------------------------------------------
     def seller(self, seller_id: str, marketplace: str) -> SellerState | None:
@@ -470,12 +495,40 @@ class Book:
             outcomes[(role, "late" if late else "applied")] += 1
 
     def _open(self, pending: Pending, seller_id: str, marketplace: str, bucket: int) -> OpenBucket:
-        """Open a bucket for the batch: a private copy of its records, decoded from the store."""
+        """Open a bucket for the batch: a private copy of its records, from the cache or decoded
+        from the store. (Records are never changed in place: `ledger.apply` makes new ones.)"""
         key = bucket_key(seller_id, marketplace, bucket)
-        raw = self.store.get(key)
+        cached = self._cache.get(key)
+        if cached is not None:
+            orders = dict(cached)
+        else:
+            raw = self.store.get(key)
+            orders = ledger.decode_bucket(raw) if raw else {}
         opened = pending.buckets[(seller_id, marketplace, bucket)] = (
-            key, self._state(seller_id, marketplace), bucket, ledger.decode_bucket(raw) if raw else {}, {})
+            key, self._state(seller_id, marketplace), bucket, orders, {})
         return opened
+
+    def _remember(self, key: bytes, orders: ledger.Bucket | None, changed: bool = True) -> None:
+        """Keep a bucket's records as written (None: deleted; `changed` False: as read) in the
+        cache, the most recent last; the oldest leave once it holds more than `cache_records`."""
+        cache = self._cache
+        if not changed and key in cache:
+            cache.move_to_end(key)      # the same records: the most recent now
+            return
+        old = cache.pop(key, None)
+        if old is not None:
+            self._cached_records -= len(old)
+        if not orders or not self.cache_records:
+            return          # deleted or empty (opened, never written): nothing to keep
+        cache[key] = orders
+        self._cached_records += len(orders)
+        while self._cached_records > self.cache_records:
+            self._cached_records -= len(cache.popitem(last=False)[1])
+
+    def drop_cache(self) -> None:
+        """Forget the cached buckets (the store has them): memory at rest holds no cache."""
+        self._cache = OrderedDict()
+        self._cached_records = 0
 
     def _home(self, pending: Pending, seller_id: str, marketplace: str, order_id: str,
               order: bytes) -> OpenBucket | None:
@@ -513,13 +566,17 @@ class Book:
         for opened in pending.buckets.values():
             key, _, _, orders, originals = opened
             if not originals:
+                self._remember(key, orders, changed=False)     # read, not changed: as stored
                 continue
             if orders:
                 store[key] = ledger.encode_bucket(orders)
                 result.writes += 1
-            elif key in store:
-                del store[key]
-                result.writes += 1
+                self._remember(key, orders)
+            else:
+                if key in store:
+                    del store[key]
+                    result.writes += 1
+                self._remember(key, None)
             changed.append(opened)
         index = self.index
         for order, bucket in pending.index.items():
@@ -567,9 +624,7 @@ class Book:
             if sum(1 for entry in chosen.values() if entry[0] // bucket_seconds >= bucket) >= depth:
                 break
         if chosen:
-            if state.listing is None:
-                state.listing = {}
-            state.listing[sku] = tuple(sorted(chosen.values(), reverse=True)[:depth])
+            state.set_latest(sku, tuple(sorted(chosen.values(), reverse=True)[:depth]), depth)
 
     @staticmethod
     def _count_news(marketplace: str, old: Record | None, new: Record, result: BatchResult) -> None:
@@ -601,6 +656,7 @@ class Book:
                         if order in index:
                             del index[order]
                     del store[key]
+                self._remember(key, None)
                 deleted += 1
             if dropped and not state.buckets:   # its last bucket gone: a marker keeps it known
                 store[seen_key(state.seller_id, state.marketplace)] = b""

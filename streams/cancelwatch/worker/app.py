@@ -44,7 +44,7 @@ from cancelwatch.worker.mailbox import Mailbox
 from cancelwatch.settings import Settings
 from cancelwatch.worker import web
 from cancelwatch.worker.ownership import Ownership, faust_assignment, faust_recovering
-from cancelwatch.worker.runtime import HEALTH_ROLE, KIND_HEADER, Runtime, release_memory
+from cancelwatch.worker.runtime import HEALTH_ROLE, KIND_HEADER, Runtime
 from cancelwatch.worker.table_store import Failpoints, TableStore
 from cancelwatch.worker.targets_feed import TargetsFeed
 from cancelwatch.tools import target_cli
@@ -370,7 +370,7 @@ def build_app(settings: Settings, policy: policy_module.Policy,
             quiet_since = time.monotonic() - TRIM_QUIET_SECONDS
             if runtime.last_fetch_applied < quiet_since and (trimmed < runtime.last_fetch_applied
                                                              or trimmed < quiet_since - TRIM_IDLE_SECONDS):
-                release_memory()
+                runtime.rest()
                 trimmed = time.monotonic()
 
     @app.timer(interval=EXPIRY_SECONDS)

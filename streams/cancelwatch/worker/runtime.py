@@ -37,8 +37,10 @@ log = logging.getLogger("cancelwatch.worker")
 
 VERSION = importlib.metadata.version("cancelwatch")   # pyproject.toml's, as installed
 GROUP_RECORDS = 20_000                         # records applied, written and acknowledged together
-GROUP_BUCKETS = 4_000                          # buckets a group holds open (decoded), at most
+GROUP_BUCKETS = 10_000                         # buckets a group holds open (decoded), at most
+BUCKET_CACHE_RECORDS = 100_000                 # decoded order records kept between groups (Book's cache)
 SUMMARY_POOL_SIZE = 100_000                    # distinct seller summaries kept for sharing
+MOVE_SCAN_BUCKETS = 48                         # clock steps looked up per seller in a full pass, at most
 REPLAY_QUIET_SECONDS = 5.0                     # a backfill is over once its partition is quiet this long
 
 _libc_trim = None
@@ -162,6 +164,9 @@ class Runtime:
         # (seller, marketplace) -> (fetched_at, the latest account-health report's entry)
         self.health: dict[tuple[str, str], tuple[float, account_health.MarketplaceHealth]] = {}
         self.topic_name = settings.source_topics
+        # marketplace -> its windows' lengths in buckets (a target changes limits, not lengths)
+        self._window_lengths = {marketplace: {policy.window_buckets(w) for w in policy.windows(marketplace)}
+                                for marketplace in names.MARKETPLACES}
         self.role = {name: role for role, name in self.topic_name.items()} | {
             settings.reroute_topic: names.REROUTE_TOPIC,
             settings.account_health_topic: HEALTH_ROLE,
@@ -211,7 +216,7 @@ class Runtime:
         started = time.monotonic()
         self.epoch += 1
         index = IndexLoader(self.store)
-        book = Book(self.policy, self.store, self.store.local)
+        book = Book(self.policy, self.store, self.store.local, cache_records=BUCKET_CACHE_RECORDS)
         clock = 0.0
         items = []
         firing: dict[tuple[str, str], dict] = {}
@@ -284,6 +289,13 @@ class Runtime:
         if restored:
             log.info("alerts taken over: %d of %d still active in Alertmanager, kept alive through the catch-up",
                      kept, len(restored))
+
+    def rest(self) -> None:
+        """Fetches paused: drop the cache of decoded buckets and hand free memory back, so
+        memory at rest holds the state and not the working set of the last burst."""
+        if self.book is not None:
+            self.book.drop_cache()
+        release_memory()
 
     # -- applying --------------------------------------------------------------
     def process(self, records) -> None:
@@ -538,15 +550,30 @@ class Runtime:
             summary = self._summary_pool[signature] = SellerSummary(status, band, windows)
         return summary
 
-    def _hours_to_breach(self, state, totals: window.WindowTotals, now_bucket: int) -> int | None:
-        """0 when breached; the forecast's hours when projected to breach (the same projection
-        SellerCancelRateForecastBreach uses); None otherwise, or without a seller-fault cancel."""
-        if totals.breached:
-            return 0
-        if not totals.cancelled:
-            return None
-        projection = window.forecast_breach(state.buckets, totals.window, self.policy, now_bucket)
-        return None if projection is None else projection.hours_ahead
+    def _time_moves(self, state, since: int | None, now_bucket: int) -> bool:
+        """Whether the seller's evaluation may differ at `now_bucket` from the one made at or
+        after `since` (the last full pass) without any event of its own: always with a
+        seller-fault cancel, an alert, a report or a faulted listing (forecasts, listing
+        windows and reconciliation move with the clock); otherwise only when one of its
+        buckets entered or left a window."""
+        summary = state.summary
+        if (since is None or summary is None or now_bucket < since or state.faulted is not None
+                or any(w[2] for w in summary.windows)):
+            return True
+        key = (state.seller_id, state.marketplace)
+        if key in self.alerts or key in self.health:
+            return True
+        if now_bucket - since > MOVE_SCAN_BUCKETS:
+            return True
+        buckets = state.buckets
+        for bucket in range(since + 1, now_bucket + 1):             # entered every window
+            if bucket in buckets:
+                return True
+        for length in self._window_lengths[state.marketplace]:     # left this window
+            for bucket in range(since + 1 - length, now_bucket + 1 - length):
+                if bucket in buckets:
+                    return True
+        return False
 
     def evaluate(self) -> Outbox:
         """Re-evaluate dirty sellers, or all of them when the clock entered a new bucket. The
@@ -565,8 +592,13 @@ class Runtime:
             # most a tenth of the time (touched sellers are still evaluated at once).
             waited = time.monotonic() - self.last_full_end
             if waited >= 10 * self.last_full_seconds:
-                self.evaluated_bucket = now_bucket
-                self.dirty = set(self.book.states())
+                # Sellers whose evaluation does not depend on the time (no seller-fault cancel,
+                # alert, report or faulted listing) change only if a bucket of theirs entered
+                # or left a window since the last full pass: the others keep their summary.
+                since, self.evaluated_bucket = self.evaluated_bucket, now_bucket
+                dirty = self.dirty
+                self.dirty = {state for state in self.book.states()
+                              if state in dirty or self._time_moves(state, since, now_bucket)}
                 full = True
         if not self.dirty:
             return outbox
@@ -575,19 +607,24 @@ class Runtime:
         for state in dirty:
             key = (state.seller_id, state.marketplace)
             windows = self.seller_windows(state, now_bucket)
+            projections = [None if w.breached or not w.cancelled else
+                           window.forecast_breach(state.buckets, w.window, self.policy, now_bucket)
+                           for w in windows]
             first = windows[0]
             state.summary = self._shared_summary(
                 max((w.status for w in windows), key=names.STATUSES.index),
                 rate_band(first.orders, first.cancelled, first.window.limit_bps, first.window.warning_bps),
                 tuple((w.window.days, w.orders, w.cancelled, w.window.limit_bps, w.window.warning_bps,
-                       self._hours_to_breach(state, w, now_bucket)) for w in windows),
+                       0 if w.breached else None if p is None else p.hours_ahead)
+                      for w, p in zip(windows, projections)),
             )
             previous = self.alerts.get(key, {})
             report = self.health.get(key)
             if (not previous and report is None and not any(w.cancelled for w in windows)
                     and not _listing_faults(state)):
                 continue  # no seller-fault cancel anywhere and no report: no alert can fire
-            wanted = alerting.desired(state, self.policy, now, self.dashboard_url(*key), self.targets.get(key))
+            wanted = alerting.desired(state, self.policy, now, self.dashboard_url(*key), self.targets.get(key),
+                                      windows=windows, projections=projections)
             if report is not None:
                 entry = report[1]
                 wanted.update(reconciliation.wanted_alerts(
@@ -687,4 +724,5 @@ def _is_health(message) -> bool:
 
 
 def _listing_faults(state) -> bool:
-    return bool(state.listing) and any(entry[2] for latest in state.listing.values() for entry in latest)
+    """A sku whose latest orders are all seller-fault: the listing rule may fire."""
+    return state.faulted is not None

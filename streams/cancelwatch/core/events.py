@@ -26,12 +26,12 @@ FUTURE_TOLERANCE = timedelta(minutes=5)
 MAX_MESSAGE_BYTES = 1_000_000
 
 
-class Item(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
+class Item(msgspec.Struct, frozen=True, forbid_unknown_fields=False, gc=False):
     sku: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
     quantity: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)]
 
 
-class _Common(msgspec.Struct, frozen=True, tag_field="type", kw_only=True):
+class _Common(msgspec.Struct, frozen=True, tag_field="type", kw_only=True, gc=False):
     schema_version: Literal[1]
     event_id: EventId
     order_id: ShortId

@@ -62,7 +62,7 @@ HEADER_PREFIX = "cancelwatch."
 CHANGELOG_BATCH_BYTES = 512 * 1024             # changelog records per produce batch (bytes)
 TRIM_QUIET_SECONDS = 1.0                       # trim the heap once fetches paused this long
 TRIM_IDLE_SECONDS = 10.0                       # and again this often while they stay paused
-GC_THRESHOLD = 50_000                          # allocations between young collections (default 700)
+GC_THRESHOLD = 200_000                         # allocations between young collections (default 700)
 
 
 class IdempotentProducer(aiokafka_driver.Producer):

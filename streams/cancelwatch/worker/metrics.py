@@ -130,6 +130,16 @@ def _gauge(name: str) -> GaugeMetricFamily:
     return GaugeMetricFamily(name, text, labels=list(labels))
 
 
+def _contenders(items, k: int) -> list:
+    """The sellers that can rank among the `k` riskiest: those with a seller-fault cancel in
+    some window rank before every seller without one (`window.risk_key`: breached, at the
+    warning level or any share of the limit come first), so the others are ranked only when
+    fewer than `k` sellers have a cancel."""
+    items = list(items)
+    cancelling = [item for item in items if any(w[2] for w in item[1].windows)]
+    return cancelling if len(cancelling) >= k else items
+
+
 class _StateCollector:
     def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
@@ -167,7 +177,7 @@ class _StateCollector:
             fleet_cancelled.add_metric(list(key), window_cancelled[key])
         yield from (sellers, bands, fleet_orders, fleet_cancelled)
 
-        top = heapq.nsmallest(metrics.top_k, state.summaries.items(),
+        top = heapq.nsmallest(metrics.top_k, _contenders(state.summaries.items(), metrics.top_k),
                               key=lambda item: item[1].risk(item[0][0]))
         rate = _gauge("cancelwatch_seller_rate")
         headroom = _gauge("cancelwatch_seller_headroom")

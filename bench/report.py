@@ -24,6 +24,10 @@ def _s(value) -> str:
     return "not within the cap" if value is None else f"{value:.1f} s"
 
 
+def _machine(m: dict) -> str:
+    return f"{m['nproc']} cores ({m['cpu_model']}), {m['ram_gib']} GiB RAM, Linux {m['kernel']}, Python {m['python']}"
+
+
 def _when(result: dict) -> list[str]:
     if "measured_at" not in result:
         return []
@@ -127,10 +131,10 @@ def render(results: dict) -> str:
         "",
         "Measured by `make bench` (`bench/run.py`) on the real local stack: one Kafka broker, the",
         "workers and the load generators all on the same machine. Every comparison below was",
-        "measured side by side in the same run. Raw numbers: `bench/results.json`.",
+        "measured side by side in the same run. Raw numbers: `bench/results.json`; what they mean for",
+        "a fleet of sellers: [docs/scaling.md](../docs/scaling.md).",
         "",
-        f"- machine: {m['nproc']} cores ({m['cpu_model']}), {m['ram_gib']} GiB RAM, Linux {m['kernel']}, "
-        f"Python {m['python']}",
+        f"- machine: {_machine(m)}",
         f"- last run: {m['date']}, commit `{m['commit']}`, mode: {results['mode']}, ran "
         f"{', '.join(results.get('ran', results['results']))} in {results['duration_s'] / 60:.1f} min",
         f"- workers run from: {m.get('worker_source', 'the working tree')}",

@@ -1,4 +1,5 @@
-"""Run the benchmark suite on the real local stack; write bench/results.json and bench/README.md.
+"""Run the benchmark suite on the real local stack; write bench/results.json, bench/README.md
+and docs/scaling.md.
 
     .venv/bin/python bench/run.py                  # full sizes, 3 repetitions (make bench)
     .venv/bin/python bench/run.py --quick          # smoke run: small sizes, 1 repetition
@@ -100,6 +101,8 @@ def main(argv: list[str]) -> int:
         _override(sizes, assignment)
     output = args.output or (RAW / "results-quick.json" if args.quick else ROOT / "bench" / "results.json")
     readme = output.with_name("README.md") if output.parent == ROOT / "bench" else output.with_suffix(".md")
+    scaling_page = (ROOT / "docs" / "scaling.md" if output.parent == ROOT / "bench"
+                    else output.with_name(f"{output.stem}-scaling.md"))
     try:
         admin()
     except BenchError as error:
@@ -147,10 +150,12 @@ def main(argv: list[str]) -> int:
         shutil.rmtree(workdir, ignore_errors=True)
     results["duration_s"] = round(time.monotonic() - started, 1)
     from report import render
+    from scaling import render_scaling
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(results, indent=2) + "\n")
     readme.write_text(render(results))
-    log(f"wrote {output} and {readme} ({results['duration_s'] / 60:.1f} min)")
+    scaling_page.write_text(render_scaling(results))
+    log(f"wrote {output}, {readme} and {scaling_page} ({results['duration_s'] / 60:.1f} min)")
     return 1 if results["errors"] else 0
 
 

@@ -1,5 +1,5 @@
 """The benchmark suite's own logic: profile summing, log timing, size overrides, the report,
-and the fair peer's counting with the check of its answers against the oracle.
+the scaling page (docs/scaling.md) drawn from the results, and the fair peer's counting with the check of its answers against the oracle.
 
 The benchmarks themselves run on the real stack through `make bench`; these
 tests cover the parts that turn measurements into numbers and tables, and run
@@ -26,6 +26,7 @@ import pyspy  # noqa: E402
 import quix_peer  # noqa: E402
 import report  # noqa: E402
 import run  # noqa: E402
+import scaling  # noqa: E402
 
 
 class _Finished:
@@ -159,6 +160,71 @@ def test_targets_table_states_each_target_plainly():
     assert "| disk per in-window order (1,000,000) | ≤ 200 B | 20 B | met |" in text
     assert "| recovery after SIGKILL (1,000,000 orders) | ≤ 60 s | 73.2 s | **missed** |" in text
     assert "| recovery, data dir wiped (1,000,000 orders) | ≤ 60 s | not within the cap | **missed** |" in text
+
+
+# --- the scaling page (bench/scaling.py, docs/scaling.md) -------------------------------------
+
+def _measured_results() -> dict:
+    return json.loads(scaling.RESULTS.read_text())
+
+
+def _cells(page: str, start: str) -> list[str]:
+    """The cells of the table row that starts with `start` (its first cells)."""
+    row = next(line for line in page.splitlines() if line.startswith(start))
+    return [cell.strip() for cell in row.strip("|").split("|")]
+
+
+def test_the_scaling_page_is_drawn_from_the_committed_results():
+    assert scaling.PAGE.read_text() == scaling.render_scaling(_measured_results()), \
+        "docs/scaling.md differs from bench/results.json: regenerate it with .venv/bin/python bench/scaling.py"
+
+
+@pytest.mark.parametrize("missing, row", [
+    ("throughput", "| one worker process (4 partitions), median |"),
+    ("scaleout", "| scale-out: two workers over one |"),
+    ("brokers", "| three brokers over one |"),
+    ("memory", "| RSS of a worker idle (started, ready, no events) |"),
+    ("state", "| restore with the data dir wiped (from the changelog) |"),
+])
+def test_a_result_missing_from_the_file_reads_not_measured(missing, row):
+    results = _measured_results()
+    del results["results"][missing]
+    page = scaling.render_scaling(results)
+    assert _cells(page, row)[1] == "not measured"
+    if missing == "throughput":
+        assert "Rate per worker not measured: no fleet sized." in page
+
+
+def test_nothing_measured_still_renders():
+    results = _measured_results()
+    results["results"] = {}
+    page = scaling.render_scaling(results)
+    assert "| 1,000 | 50 | 1,650,000 | not measured | not measured | not measured |" in page
+
+
+def test_the_fleet_figures_follow_the_measured_rate_and_restore():
+    results = _measured_results()
+    worker = results["results"]["throughput"]["events_per_s"]["cancelwatch_worker"]
+    state = results["results"]["state"]
+    worker["median"], state["orders"], state["restore_wiped_s"] = 1_000.0, 1_000_000, 20.0
+    slow = scaling.render_scaling(results)
+    worker["median"], state["restore_wiped_s"] = 2_000.0, 40.0
+    fast = scaling.render_scaling(results)
+    assert _cells(slow, "| one worker process")[1].startswith("1,000 events/s")
+    assert _cells(fast, "| one worker process")[1].startswith("2,000 events/s")
+    # 1,000,000 sellers at 500 orders a day: 9,458 events/s, a worker planned at half its rate
+    assert _cells(slow, "| 1,000,000 | 500 | 9,458 |")[3:5] == ["19", "19"]
+    assert _cells(fast, "| 1,000,000 | 500 | 9,458 |")[3:5] == ["10", "10"]
+    assert _cells(slow, "| restore with the data dir wiped (from the changelog) |")[1] == "20.0 s"
+    assert _cells(fast, "| restore with the data dir wiped (from the changelog) |")[1] == "40.0 s"
+    # 1,000 sellers at 50 orders a day keep 1,650,000 orders over the 33-day retention
+    assert _cells(slow, "| 1,000 | 50 | 1,650,000 |")[5] == "33.0 s"
+    assert _cells(fast, "| 1,000 | 50 | 1,650,000 |")[5] == "66.0 s"
+
+
+def test_events_per_order_is_the_simulator_mix():
+    assert scaling.EVENTS_PER_ORDER == pytest.approx(1_100_000 / 673_042)
+    assert round(scaling.EVENTS_PER_ORDER, 2) == 1.63
 
 
 # --- the fair peer (bench/quix_peer.py) and the check of its answers (bench/answers.py) ---------

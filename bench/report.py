@@ -141,6 +141,9 @@ def render(results: dict) -> str:
         "",
         "Re-run: `make bench` (full), `.venv/bin/python bench/run.py --quick` (smoke),",
         "`--only NAME` for one benchmark (names: " + ", ".join(results["benchmarks_available"]) + ").",
+        "The worker's own work per event without Kafka (decode, apply, write, evaluate; CPU seconds):",
+        "`.venv/bin/python bench/hotpath.py --events 1100000 --repeat 2` (after a throughput run, which",
+        "generates its events).",
         "",
     ]
     done = results["results"]

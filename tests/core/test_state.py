@@ -150,7 +150,7 @@ def test_book_matches_oracle_under_duplicates_and_reordering(case, cache_records
     stream, seed = case
     now = NOW.timestamp()
     shared: dict = {}          # the store and the index in one mapping: their keys differ in kind
-    book = Book(POLICY, shared, shared, cache_records=cache_records)
+    book = Book(POLICY, shared, shared, cache_records=cache_records, cache_min_orders=1)
     for batch in deliver(stream, seed):
         book.apply([(events.TOPIC_OF_TYPE[type(e)], e) for e in batch], now)
     expected = oracle.compute(stream, now, POLICY)
@@ -245,7 +245,7 @@ def test_a_group_dropped_before_it_is_written_leaves_the_cache_as_the_store(case
     stream, seed = case
     now = NOW.timestamp()
     store: dict = {}
-    book = Book(POLICY, store, cache_records=cache_records)
+    book = Book(POLICY, store, cache_records=cache_records, cache_min_orders=1)
     batches = [[(events.TOPIC_OF_TYPE[type(e)], e) for e in batch] for batch in deliver(stream, seed)]
     half = len(batches) // 2
     for batch in batches[:half]:

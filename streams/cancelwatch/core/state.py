@@ -55,6 +55,10 @@ _MAX_SELLER_BYTES = 999    # three digits of length; the contract's 64 character
 # Bucket numbers shared by every seller's dict of buckets (one int object per hour, not per seller).
 _BUCKET_NUMBERS: dict[int, int] = {}
 _MARKETPLACES = {marketplace: marketplace for marketplace in names.MARKETPLACES}
+# Buckets of fewer orders are not cached (Book._remember): they decode in a microsecond or two,
+# and a small cached object left among long-lived ones keeps its heap page resident after the
+# cache is dropped (most sellers' buckets hold a few orders).
+CACHE_MIN_ORDERS = 8
 
 
 class KeyLayoutError(ValueError):
@@ -339,7 +343,8 @@ class Book:
     (a private dict when not given). Both may be one mapping: their keys differ in kind."""
 
     def __init__(self, policy: Policy, store: MutableMapping[bytes, bytes],
-                 index: MutableMapping[bytes, bytes] | None = None, cache_records: int = 0) -> None:
+                 index: MutableMapping[bytes, bytes] | None = None, cache_records: int = 0,
+                 cache_min_orders: int = CACHE_MIN_ORDERS) -> None:
         self.policy = policy
         self.store = store
         self.index: MutableMapping[bytes, bytes] = {} if index is None else index
@@ -359,6 +364,7 @@ class Book:
         self._cache: OrderedDict[bytes, ledger.Bucket] = OrderedDict()
         self._cached_records = 0
         self.cache_records = cache_records
+        self.cache_min_orders = cache_min_orders
 
     # -- reading -------------------------------------------------------------
     def seller(self, seller_id: str, marketplace: str) -> SellerState | None:
@@ -518,8 +524,8 @@ class Book:
         old = cache.pop(key, None)
         if old is not None:
             self._cached_records -= len(old)
-        if not orders or not self.cache_records:
-            return          # deleted or empty (opened, never written): nothing to keep
+        if not self.cache_records or not orders or len(orders) < self.cache_min_orders:
+            return          # deleted, empty, or cheap to decode again: not kept
         cache[key] = orders
         self._cached_records += len(orders)
         while self._cached_records > self.cache_records:

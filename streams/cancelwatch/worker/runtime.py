@@ -37,7 +37,7 @@ log = logging.getLogger("cancelwatch.worker")
 
 VERSION = importlib.metadata.version("cancelwatch")   # pyproject.toml's, as installed
 GROUP_RECORDS = 20_000                         # records applied, written and acknowledged together
-GROUP_BUCKETS = 10_000                         # buckets a group holds open (decoded), at most
+GROUP_BUCKETS = 4_000                          # buckets a group holds open (decoded), at most
 BUCKET_CACHE_RECORDS = 100_000                 # decoded order records kept between groups (Book's cache)
 SUMMARY_POOL_SIZE = 100_000                    # distinct seller summaries kept for sharing
 MOVE_SCAN_BUCKETS = 48                         # clock steps looked up per seller in a full pass, at most

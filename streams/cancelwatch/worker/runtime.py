@@ -557,7 +557,7 @@ class Runtime:
         windows and reconciliation move with the clock); otherwise only when one of its
         buckets entered or left a window."""
         summary = state.summary
-        if (since is None or summary is None or now_bucket < since or state.faulted is not None
+        if (since is None or summary is None or now_bucket < since or _listing_faults(state)
                 or any(w[2] for w in summary.windows)):
             return True
         key = (state.seller_id, state.marketplace)

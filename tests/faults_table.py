@@ -41,6 +41,11 @@ open upstream). A crash therefore replays some events. Replays change nothing:
 - In event-clock mode the clock (largest `occurred_at`) is stored per
   partition in the same table, so `as_of` survives a restart too.
 
+An offset is committed only when every record before it, from the last
+commit on, was applied: a record fetched and then given up (a rebalance, a
+discarded group) holds the commit until it is read again and applied, so no
+commit skips it (`dropped-fetch`).
+
 When a worker dies, its partitions move to the surviving workers (or to
 its own restart) once its consumer-group session has expired:
 `CANCELWATCH_SESSION_TIMEOUT_SECONDS` (10 by default; the tests use 15). Until

@@ -15,6 +15,8 @@ Alertmanager of their own. The fault tests record their figures in docs/faults.j
 - A worker stopped hard at each fail point of a group commit (`CANCELWATCH_FAILPOINT`):
   a second worker with an empty data dir takes over, then the first restarts on the
   data dir the crash left, then on an empty one; exact every time.
+- A fetch given up unapplied (`drop-fetch`) on partitions without a committed offset:
+  its records are read again, never committed past.
 - SIGKILLs during a replay, then the data dir deleted: everything restored from Kafka.
 - A late order and its cancel, a purchase date either side of a bucket boundary, and
   seller ids holding the worker's key separator or starting like its clock keys.
@@ -374,6 +376,38 @@ def test_a_worker_stopped_hard_at_a_commit_gap_is_exact_after_takeover_restart_a
         checked=f"{replay.sent:,} messages sent; exact after a takeover by a second worker with an empty data "
                 f"dir ({statuses.get(503, 0)} answers 503 on the way, none 404), a restart on the crashed "
                 f"data dir and a restart on an empty one")
+
+
+DROPPED_FETCH = 2      # the second fetch of a new consumer group: its partitions have no committed offset
+
+
+def test_a_fetch_given_up_unapplied_is_read_again_and_never_committed_past(replay, fleet):
+    """A fetch the agent gives up (as one lost to a rebalance) on partitions without a committed
+    offset: faust alone would commit past it once later records are applied, and never read it
+    again. The worker holds the commit, reads it again, and is exact, then and after a restart."""
+    started = time.monotonic()
+    topics = replay.group("drop-fetch")
+    first = fleet(topics, "first", env={"CANCELWATCH_FAILPOINT": "drop-fetch",
+                                        "CANCELWATCH_FAILPOINT_AT": str(DROPPED_FETCH)})
+    first.wait_ready()
+    figures = [exact(first, replay.expected, timeout=120)]
+    log = first.log_path.read_text(errors="replace")
+    assert "failpoint drop-fetch reached" in log, f"the fetch was not given up:\n{first.tail()}"
+    assert "reading them again" in log, f"the records given up were not read again:\n{first.tail()}"
+    first.stop()
+    # committed offsets and the changelog agree: a worker with an empty data dir is exact too
+    empty = fleet(topics, "empty")
+    empty.wait_ready()
+    figures.append(exact(empty, replay.expected, timeout=60))
+    faults_table.record_fault(
+        "dropped-fetch",
+        fault=f"the agent gives up fetch {DROPPED_FETCH} of a new consumer group unapplied and unacknowledged "
+              "(partitions without a committed offset), as a fetch lost to a rebalance",
+        injected=1, events=len(replay.stream), lost=sum(lost for lost, _ in figures),
+        double_counted=sum(double for _, double in figures), sellers=len(replay.expected),
+        seconds=time.monotonic() - started,
+        checked=f"{replay.sent:,} messages sent; the commit held at the records given up, which were read "
+                "again; exact, then exact again from an empty data dir")
 
 
 # --- 4. SIGKILLs during a replay, then the data dir wiped ------------------------------------

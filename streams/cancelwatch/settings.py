@@ -104,9 +104,12 @@ SETTINGS: tuple[Setting, ...] = (
             "its topics stay quiet for 5 s. Event-clock mode uses the lag alone."),
     Setting("CANCELWATCH_FAILPOINT", "",
             "For tests only: `after-changelog`, `after-local-write` or `before-commit` makes the worker "
-            "exit hard (code 70) at that point of a state commit, to prove each crash point."),
+            "exit hard (code 70) at that point of a state commit, to prove each crash point; `drop-fetch` "
+            "makes the agent give up one fetch unapplied and unacknowledged, to prove such records are "
+            "read again."),
     Setting("CANCELWATCH_FAILPOINT_AT", "1",
-            "For tests only: which state commit (1 = the first that writes) reaches the fail point."),
+            "For tests only: which state commit (1 = the first that writes) reaches the fail point; for "
+            "`drop-fetch`, which fetch of the source topics is given up."),
 )
 
 _DEFAULTS = {setting.variable: setting.default for setting in SETTINGS}
@@ -184,7 +187,7 @@ class Settings:
         return {names.ORDERS_TOPIC: self.orders_topic, names.CANCELLATIONS_TOPIC: self.cancellations_topic}
 
 
-FAILPOINTS = ("after-changelog", "after-local-write", "before-commit")
+FAILPOINTS = ("after-changelog", "after-local-write", "before-commit", "drop-fetch")
 
 
 def _failpoint(env: Mapping[str, str]) -> str:

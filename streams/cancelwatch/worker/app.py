@@ -281,10 +281,15 @@ def build_app(settings: Settings, policy: policy_module.Policy,
                         continue
                 fetch = await taking
                 taking = None
+                if failpoints.drops_fetch():
+                    continue
                 generation = app.consumer_generation_id
                 runtime.drop_stale_group(generation)
                 if fetch.generation != generation:
-                    continue   # fetched before a rebalance: read again from the committed offsets
+                    # fetched before a rebalance: read again from the committed offsets
+                    log.info("a fetch of generation %d given up in generation %d: %d records read again",
+                             fetch.generation, generation, len(fetch.records))
+                    continue
                 if runtime.book is None:
                     # Records of the new assignment can come before faust's recovery callback:
                     # they are applied to state rebuilt now, never skipped (their offsets are read).

@@ -12,6 +12,15 @@ from aiokafka (through a `Mailbox`), and acknowledged per fetch
 changelog records of their writes, so offsets are committed only for applied
 records, exactly as before.
 
+Offsets of the source topics are committed more strictly than faust does. faust
+commits the first run of acknowledged offsets, which may start past records
+that were fetched and never applied: always on a partition without a committed
+offset (and one committed at 0), and by one record on any other. Here an offset
+is committed only when every record from the committed position (or the start
+of a partition that has none) up to it was applied, or is a hole the broker
+returned twice. A commit held that way for HELD_REREAD_SECONDS means records
+were dropped (a fetch given up, a group discarded): they are read again.
+
 Table recovery gets the same treatment. faust restores a table one changelog
 record at a time through the same per-message path (about 80 µs each, so a
 million keys took 90 s). While a partition is being recovered, its records
@@ -24,14 +33,25 @@ and ends the recovery itself. Records of every other topic take faust's path.
 from __future__ import annotations
 
 import asyncio
+import bisect
+import logging
+import time
 from typing import Sequence
 
 from faust.transport.consumer import CONSUMER_FETCHING
+from faust.types import TP
+from faust.utils.functional import consecutive_numbers
 from faust.transport.drivers import aiokafka as aiokafka_driver
 from faust.types.tuples import ack_lock
 from mode.utils.futures import notify
 
 from cancelwatch.worker.mailbox import Fetch, Mailbox
+
+log = logging.getLogger("cancelwatch.worker")
+
+# A source partition's commit held this long (acknowledged records past others never
+# applied) has its records from the commit position read again.
+HELD_REREAD_SECONDS = 10.0
 
 
 class _ChangelogEvent:
@@ -54,7 +74,15 @@ class BatchingConsumer(aiokafka_driver.Consumer):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self._reread_from: dict = {}    # TP -> the read offset its records were last read again from
+        self._init_positions()
+
+    def _init_positions(self) -> None:
+        # Source partitions only (`batch_topics`):
+        self._next: dict = {}       # TP -> the next offset expected from the fetcher
+        self._verify: dict = {}     # TP -> the offset a read-again started at (its next fetch tells a hole from a skip)
+        self._start: dict = {}      # TP -> the first offset of a partition without a committed offset
+        self._held: dict = {}       # TP -> (commit position, since): commit held by records not applied
+        self._reread: set = set()   # TPs to read again from their commit position
 
     @classmethod
     def for_topics(cls, topics: Sequence[str], mailbox: Mailbox) -> type["BatchingConsumer"]:
@@ -77,6 +105,23 @@ class BatchingConsumer(aiokafka_driver.Consumer):
             self._n_acked += acked
             notify(self._waiting_for_ack)
 
+    def _forget(self, tps) -> None:
+        for tp in tps:
+            tp = TP(tp.topic, tp.partition)
+            for positions in (self._next, self._verify, self._start, self._held):
+                positions.pop(tp, None)
+            self._reread.discard(tp)
+
+    async def on_partitions_revoked(self, revoked) -> None:
+        self._forget(revoked)
+        await super().on_partitions_revoked(revoked)
+
+    async def seek(self, partition, offset: int) -> None:
+        await super().seek(partition, offset)
+        tp = TP(partition.topic, partition.partition)
+        if tp.topic in self.batch_topics:
+            self._next[tp] = offset
+
     async def seek_to_committed(self):
         """faust's seek to the committed offsets, made complete for the batch topics.
 
@@ -89,9 +134,78 @@ class BatchingConsumer(aiokafka_driver.Consumer):
         committed = await super().seek_to_committed()
         fresh = [tp for tp, offset in committed.items()
                  if tp.topic in self.batch_topics and not (offset and offset > 0)]
+        starts: dict = {}
         if fresh:
-            await self._thread.call_thread(self._thread._ensure_consumer().seek_to_beginning, *fresh)
+            consumer = self._thread._ensure_consumer()
+            await self._thread.call_thread(consumer.seek_to_beginning, *fresh)
+            starts = await self._thread.call_thread(consumer.beginning_offsets, fresh)
+        for tp, offset in committed.items():
+            if tp.topic not in self.batch_topics:
+                continue
+            self._forget([tp])
+            tp = TP(tp.topic, tp.partition)
+            if offset and offset > 0:
+                self._next[tp] = offset
+            else:
+                self._next[tp] = self._start[tp] = starts.get(tp, 0) or 0
         return committed
+
+    # -- committing ------------------------------------------------------------
+    def _new_offset(self, tp) -> int | None:
+        """The offset to commit for `tp`: the end of the run of applied records (or holes) that
+        starts at the commit position; None while the record there is not applied."""
+        if tp.topic not in self.batch_topics:
+            return super()._new_offset(tp)
+        acked = self._acked[tp]
+        if not acked:
+            return None
+        committed = self._committed_offset[tp]
+        start = committed if committed is not None else self._start.get(tp)
+        if start is None:
+            return None     # not sought since the assignment: its commit position is not known yet
+        gaps = self._gap[tp]
+        if gaps:
+            top = max(acked) + 1
+            for hole in gaps.overlap(0, top):
+                acked.extend(range(hole.begin, hole.end))
+            gaps.chop(0, top)
+        acked[:] = sorted(set(acked))
+        below = bisect.bisect_left(acked, start)
+        if below:
+            self._acked_index[tp].difference_update(acked[:below])
+            del acked[:below]
+        if not acked:
+            self._held.pop(tp, None)
+            return None         # only records applied again, before the commit position
+        if acked[0] != start:
+            self._hold(tp, start)
+            return None
+        self._held.pop(tp, None)
+        run = next(consecutive_numbers(acked))
+        del acked[:len(run)]
+        self._acked_index[tp].difference_update(run)
+        return run[-1] + 1
+
+    def _hold(self, tp, start: int) -> None:
+        """Records from `start` are not applied while later ones are: wait for them for a while
+        (a group may still be applying them), then read them again."""
+        now = time.monotonic()
+        held = self._held.get(tp)
+        if held is None or held[0] != start:
+            self._held[tp] = (start, now)
+        elif now - held[1] >= HELD_REREAD_SECONDS:
+            log.warning("%s: records from offset %d not applied for %.0fs while later ones are: reading them again",
+                        tp, start, now - held[1])
+            self._held[tp] = (start, now)
+            self._reread.add(tp)
+
+    async def _read_again(self) -> None:
+        assigned = self.assignment()
+        for tp in list(self._reread):
+            self._reread.discard(tp)
+            held = self._held.get(tp)
+            if held is not None and tp in assigned:
+                await self.seek(tp, held[0])
 
     async def _drain_messages(self, fetcher) -> None:  # noqa: C901 - mirrors faust's own loop
         callback = self.callback
@@ -115,6 +229,8 @@ class BatchingConsumer(aiokafka_driver.Consumer):
                     break
                 if not mailbox.has_room():
                     await self.wait_first(mailbox.room(), self.suspend_flow.wait())
+                if self._reread:
+                    await self._read_again()
                 records, active = await self._wait_next_records(1.0)
                 if not records or self.should_stop:
                     unset_flag(CONSUMER_FETCHING)
@@ -127,8 +243,12 @@ class BatchingConsumer(aiokafka_driver.Consumer):
                               full=max_records is not None and sum(map(len, records.values())) >= max_records)
                 for tp, batch in records.items():
                     if not batch or not (active is None or tp in active or tp in self._buffered_partitions):
+                        self._verify.pop(tp, None)   # skipped: the next fetch past it is not a hole
                         continue
-                    batch = await self._new_records(tp, batch, get_read_offset(tp), acks_enabled_for(tp.topic))
+                    if tp.topic in batch_topics:
+                        batch = await self._new_source_records(tp, batch, acks_enabled_for(tp.topic))
+                    else:
+                        batch = await self._new_records(tp, batch, get_read_offset(tp), acks_enabled_for(tp.topic))
                     if not batch:
                         continue
                     last = batch[-1].offset
@@ -194,6 +314,32 @@ class BatchingConsumer(aiokafka_driver.Consumer):
         recovery.active_offsets[tp] = batch[-2].offset
         return batch[-1:]
 
+    async def _new_source_records(self, tp, batch: list, acks: bool) -> list:
+        """The records of a source partition from the next offset expected on: a fetch that
+        starts past it is read again from it (it crossed a seek, or records were skipped);
+        offsets missing from a fetch that starts there, or inside a fetch, are holes."""
+        expected = self._next.get(tp)
+        if expected is not None and batch[0].offset < expected:
+            batch = [record for record in batch if record.offset >= expected]
+            if not batch:
+                return batch
+        if acks and expected is not None and batch[0].offset > expected and self._verify.get(tp) != expected:
+            self._verify[tp] = expected
+            self.log.info("%s: fetch at %d, past the next record expected (%d): reading from it again",
+                          tp, batch[0].offset, expected)
+            await self.seek(tp, expected)
+            return []
+        self._verify.pop(tp, None)
+        if acks:
+            previous = batch[0].offset - 1 if expected is None else expected - 1
+            gaps = self._gap[tp]
+            for record in batch:   # holes the broker returned: transaction markers, compaction
+                if record.offset - previous > 1:
+                    gaps.addi(previous + 1, record.offset)
+                previous = record.offset
+        self._next[tp] = batch[-1].offset + 1
+        return batch
+
     async def _new_records(self, tp, batch: list, read_offset: int | None, acks: bool) -> list:
         """The records past the read offset; offsets skipped in between become gaps (faust's rule)."""
         if read_offset is not None and batch[0].offset < read_offset:
@@ -202,19 +348,6 @@ class BatchingConsumer(aiokafka_driver.Consumer):
                 return batch
         if not (acks and read_offset):
             return batch
-        contiguous = batch[-1].offset - batch[0].offset + 1 == len(batch)
-        if contiguous and batch[0].offset - read_offset <= 1:
-            return batch
-        if tp.topic in self.batch_topics and batch[0].offset - read_offset > 1:
-            if self._reread_from.get(tp) != read_offset:
-                # The fetch starts past the records read here (a fetch that crossed a seek):
-                # they are read again rather than taken for a hole and committed unread. A
-                # hole that is still there once read again is real (transaction markers).
-                self._reread_from[tp] = read_offset
-                self.log.info("%s: fetch at %d, past the records read (%d): reading them again",
-                              tp, batch[0].offset, read_offset)
-                await self.seek(tp, read_offset)
-                return []
         previous = read_offset
         for record in batch:   # compacted or transactional topics: register each hole
             if record.offset - previous > 1:

@@ -263,6 +263,8 @@ class Runtime:
         # Every partition counts as catching up until the lag is looked at: a seller not read
         # yet is not answered 404, nor are alerts decided, from a view that may be partial.
         self.lag_known = False
+        if self.group is not None and self.group.records:
+            log.info("a group applied to the state just replaced given up: %d records read again", self.group.records)
         self.group = None           # applied to the book just replaced; its fetches are read again
         self.evaluated_bucket = None
         log.info("state rebuilt: %d sellers, %d orders (%d indexed), %d sellers with alerts, in %.2fs",
@@ -396,6 +398,8 @@ class Runtime:
         nothing of it was written or acknowledged, so faust reads it again from the committed
         offsets, on whichever worker owns it now."""
         if self.group is not None and self.group.fetches and self.group.fetches[0].generation != generation:
+            log.info("a group of generation %d given up in generation %d: %d records read again",
+                     self.group.fetches[0].generation, generation, self.group.records)
             self.group = None
 
     def commit(self) -> "Group":

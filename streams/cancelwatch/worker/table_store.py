@@ -22,7 +22,8 @@ to the changelog: they are derived from the changelogged ones and rebuilt
 after every recovery.
 
 `Failpoints` lets the tests stop the worker hard at each gap
-(`CANCELWATCH_FAILPOINT`), so every crash point is hit deterministically.
+(`CANCELWATCH_FAILPOINT`), so every crash point is hit deterministically, or
+make the agent give up one fetch unapplied (`drop-fetch`).
 """
 
 from __future__ import annotations
@@ -46,6 +47,18 @@ class Failpoints:
         self.name = name
         self.at = at
         self.commits = 0
+        self.fetches = 0
+
+    def drops_fetch(self) -> bool:
+        """`drop-fetch`: True for the `at`-th fetch, which the agent then gives up unapplied and
+        unacknowledged (as a fetch lost to a rebalance), to prove such records are read again."""
+        if self.name != "drop-fetch":
+            return False
+        self.fetches += 1
+        if self.fetches != self.at:
+            return False
+        log.error("failpoint drop-fetch reached at fetch %d: giving it up unapplied", self.fetches)
+        return True
 
     def commit_started(self) -> None:
         self.commits += 1

@@ -1,0 +1,167 @@
+"""BatchingConsumer's offset rules: what it commits and what it reads again.
+
+The consumer is built without a broker: its offset bookkeeping (acknowledged offsets,
+holes, commit positions) is plain state, and its one call into Kafka, `_seek`, is
+recorded instead of sent. The same rules run against the real broker in the fault tests
+(tests/test_scaleout.py, the `drop-fetch` fail point).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+
+import pytest
+from faust.types import TP
+from intervaltree import IntervalTree
+from mode.utils.logging import CompositeLogger
+
+from cancelwatch.worker import consumer as consumer_module
+from cancelwatch.worker.consumer import BatchingConsumer
+from cancelwatch.worker.mailbox import Mailbox
+
+SOURCE = TP("orders", 0)
+
+
+class Record:
+    def __init__(self, offset: int) -> None:
+        self.offset = offset
+
+
+class OffsetsOnly(BatchingConsumer.for_topics(["orders"], Mailbox())):
+    """The consumer's offset bookkeeping with seeks recorded instead of sent."""
+
+    def __init__(self) -> None:   # noqa: super().__init__ needs an app and a broker
+        self._acked = defaultdict(list)
+        self._acked_index = defaultdict(set)
+        self._gap = defaultdict(IntervalTree)
+        self._committed_offset = defaultdict(lambda: None)
+        self._read_offset = defaultdict(lambda: None)
+        self.sought: list[tuple[TP, int]] = []
+        self._init_positions()
+
+    @property
+    def log(self):
+        return CompositeLogger(logging.getLogger("test-consumer"))
+
+    async def _seek(self, partition, offset: int) -> None:
+        self.sought.append((partition, offset))
+
+    def assignment(self):
+        return {SOURCE}
+
+    def ack(self, offsets) -> None:
+        self._acked[SOURCE].extend(offsets)
+        self._acked_index[SOURCE].update(offsets)
+
+    def fetched(self, offsets) -> list[int]:
+        batch = asyncio.run(self._new_source_records(SOURCE, [Record(o) for o in offsets], acks=True))
+        return [record.offset for record in batch]
+
+
+def fresh(start: int = 0) -> OffsetsOnly:
+    """A partition without a committed offset, read from its first offset `start`."""
+    consumer = OffsetsOnly()
+    consumer._next[SOURCE] = consumer._start[SOURCE] = start
+    return consumer
+
+
+def test_faust_commits_past_records_never_applied_on_a_partition_without_a_commit():
+    # The reason for the consumer's own rule: records 0-4 were fetched and dropped,
+    # 5-9 applied; faust's rule commits 10 and 0-4 are never read again.
+    consumer = fresh()
+    consumer.ack(range(5, 10))
+    assert super(BatchingConsumer, consumer)._new_offset(SOURCE) == 10
+
+
+def test_a_commit_waits_for_the_first_records_of_a_partition_without_a_commit():
+    consumer = fresh()
+    consumer.ack(range(5, 10))
+    assert consumer._new_offset(SOURCE) is None
+    consumer.ack(range(0, 5))
+    assert consumer._new_offset(SOURCE) == 10
+    assert consumer._acked[SOURCE] == [] and consumer._acked_index[SOURCE] == set()
+
+
+def test_a_commit_waits_for_the_record_at_the_committed_offset():
+    consumer = OffsetsOnly()
+    consumer._committed_offset[SOURCE] = 100
+    consumer.ack(range(101, 110))            # faust's rule lets 100 go (one past the committed offset)
+    assert consumer._new_offset(SOURCE) is None
+    consumer.ack([100])
+    assert consumer._new_offset(SOURCE) == 110
+
+
+def test_a_commit_runs_to_the_first_record_not_applied():
+    consumer = fresh(start=20)
+    consumer.ack([20, 21, 22, 25, 26])
+    assert consumer._new_offset(SOURCE) == 23
+    consumer._committed_offset[SOURCE] = 23
+    assert consumer._new_offset(SOURCE) is None
+    assert consumer._acked[SOURCE] == [25, 26]
+
+
+def test_records_applied_again_below_the_commit_position_hold_nothing():
+    consumer = OffsetsOnly()
+    consumer._committed_offset[SOURCE] = 50
+    consumer.ack(range(40, 50))
+    assert consumer._new_offset(SOURCE) is None
+    assert consumer._acked[SOURCE] == [] and SOURCE not in consumer._held
+
+
+def test_a_partition_not_sought_yet_commits_nothing():
+    consumer = OffsetsOnly()
+    consumer.ack(range(0, 5))
+    assert consumer._new_offset(SOURCE) is None
+
+
+def test_a_fetch_past_the_next_record_is_read_again_before_its_hole_counts():
+    consumer = fresh(start=10)
+    assert consumer.fetched([12, 13]) == []              # crossed a seek, or 10-11 were skipped
+    assert consumer.sought == [(SOURCE, 10)]
+    assert consumer.fetched([12, 13]) == [12, 13]        # the same again from 10: 10-11 hold no records
+    consumer.ack([12, 13])
+    assert consumer._new_offset(SOURCE) == 14
+
+
+def test_a_skip_between_the_read_again_and_its_fetch_reads_again_once_more():
+    consumer = fresh(start=10)
+    assert consumer.fetched([12, 13]) == []
+    consumer._verify.pop(SOURCE, None)                   # what the drain loop does for a skipped partition
+    assert consumer.fetched([14]) == []
+    assert consumer.sought == [(SOURCE, 10), (SOURCE, 10)]
+    assert consumer.fetched([10, 11, 12]) == [10, 11, 12]
+
+
+def test_records_already_read_are_not_handed_over_twice_and_holes_inside_a_fetch_count():
+    consumer = fresh(start=0)
+    assert consumer.fetched([0, 1, 2]) == [0, 1, 2]
+    assert consumer.fetched([1, 2, 3, 5]) == [3, 5]       # 4: a transaction marker
+    consumer.ack([0, 1, 2, 3, 5])
+    assert consumer._new_offset(SOURCE) == 6
+
+
+def test_a_commit_held_too_long_reads_the_records_again(monkeypatch):
+    clock = [1000.0]
+    monkeypatch.setattr(consumer_module.time, "monotonic", lambda: clock[0])
+    consumer = fresh()
+    consumer.ack(range(5, 10))
+    assert consumer._new_offset(SOURCE) is None
+    clock[0] += consumer_module.HELD_REREAD_SECONDS - 1
+    assert consumer._new_offset(SOURCE) is None and not consumer._reread
+    clock[0] += 1
+    assert consumer._new_offset(SOURCE) is None and consumer._reread == {SOURCE}
+    asyncio.run(consumer._read_again())
+    assert consumer.sought == [(SOURCE, 0)] and consumer._next[SOURCE] == 0
+    assert consumer.fetched(range(0, 10)) == list(range(10))
+    consumer.ack(range(0, 10))
+    assert consumer._new_offset(SOURCE) == 10
+
+
+@pytest.mark.parametrize("offsets", [[0, 1, 2], [3, 4]])
+def test_revoking_a_partition_forgets_its_positions(offsets):
+    consumer = fresh()
+    consumer.fetched(offsets)
+    consumer._forget([SOURCE])
+    assert SOURCE not in consumer._next and SOURCE not in consumer._start

@@ -281,7 +281,7 @@ def build_app(settings: Settings, policy: policy_module.Policy,
                         continue
                 fetch = await taking
                 taking = None
-                if failpoints.drops_fetch():
+                if failpoints.drops_fetch(fetch.seeks == app.consumer.seeks):
                     continue
                 generation = app.consumer_generation_id
                 runtime.drop_stale_group(generation)

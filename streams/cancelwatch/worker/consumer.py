@@ -83,6 +83,7 @@ class BatchingConsumer(aiokafka_driver.Consumer):
         self._start: dict = {}      # TP -> the first offset of a partition without a committed offset
         self._held: dict = {}       # TP -> (commit position, since): commit held by records not applied
         self._reread: set = set()   # TPs to read again from their commit position
+        self.seeks = 0              # seeks so far: a fetch read after the last one is read only once
 
     @classmethod
     def for_topics(cls, topics: Sequence[str], mailbox: Mailbox) -> type["BatchingConsumer"]:
@@ -117,6 +118,7 @@ class BatchingConsumer(aiokafka_driver.Consumer):
         await super().on_partitions_revoked(revoked)
 
     async def seek(self, partition, offset: int) -> None:
+        self.seeks += 1
         await super().seek(partition, offset)
         tp = TP(partition.topic, partition.partition)
         if tp.topic in self.batch_topics:
@@ -131,6 +133,7 @@ class BatchingConsumer(aiokafka_driver.Consumer):
         takes the first run of acknowledged offsets, so those records would be skipped for
         good. Such a partition is read again from its beginning (what a group without a
         committed offset does), and re-applying records changes nothing."""
+        self.seeks += 1
         committed = await super().seek_to_committed()
         fresh = [tp for tp, offset in committed.items()
                  if tp.topic in self.batch_topics and not (offset and offset > 0)]
@@ -231,6 +234,7 @@ class BatchingConsumer(aiokafka_driver.Consumer):
                     await self.wait_first(mailbox.room(), self.suspend_flow.wait())
                 if self._reread:
                     await self._read_again()
+                seeks = self.seeks      # a seek during the wait may make what it returns stale
                 records, active = await self._wait_next_records(1.0)
                 if not records or self.should_stop:
                     unset_flag(CONSUMER_FETCHING)
@@ -240,7 +244,8 @@ class BatchingConsumer(aiokafka_driver.Consumer):
                     unset_flag(CONSUMER_FETCHING)
                     continue
                 fetch = Fetch(self.app.consumer_generation_id,
-                              full=max_records is not None and sum(map(len, records.values())) >= max_records)
+                              full=max_records is not None and sum(map(len, records.values())) >= max_records,
+                              seeks=seeks)
                 for tp, batch in records.items():
                     if not batch or not (active is None or tp in active or tp in self._buffered_partitions):
                         self._verify.pop(tp, None)   # skipped: the next fetch past it is not a hole

@@ -19,6 +19,7 @@ class Fetch:
     records: list = field(default_factory=list)        # aiokafka ConsumerRecords
     offsets: dict = field(default_factory=dict)        # TP -> [offset, ...]
     full: bool = False                                 # as many records as a fetch holds: more wait
+    seeks: int = 0                                     # the consumer's seeks before it was read
 
 
 class Mailbox:

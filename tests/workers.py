@@ -13,6 +13,8 @@ from pathlib import Path
 
 import requests
 
+from cancelwatch import names
+
 ROOT = Path(__file__).resolve().parent.parent
 CANCELWATCH = str(Path(sys.executable).with_name("cancelwatch"))
 
@@ -109,6 +111,11 @@ class WorkerProcess:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def partitions(self) -> int:
+        """The partitions of its source topics (the worker's setting, as it creates them)."""
+        return int(self.env.get("CANCELWATCH_PARTITIONS", names.DEFAULT_PARTITIONS))
 
     @property
     def pid(self) -> int:

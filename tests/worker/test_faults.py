@@ -33,6 +33,7 @@ import pytest
 import requests
 
 from cancelwatch import names
+from cancelwatch.worker.ownership import owner_partition
 from tests import faults_table
 from tests.worker.test_worker import expected_answers, publish, simulated_stream, strip_listing, wait_for_answers
 from tests.workers import ROOT, Topics, WorkerProcess, free_port
@@ -88,8 +89,11 @@ def assert_exact(worker: WorkerProcess, expected: dict, timeout: float) -> tuple
     answers = settled_answers(worker, expected, timeout=timeout)
     lost, double = discrepancies(answers, expected)
     wrong = sorted(key for key in expected if answers.get(key) != expected[key])
+    # the owner partition of each wrong seller: a fault of one partition shows as one number
+    by_partition = collections.Counter(owner_partition(seller, worker.partitions) for seller, _ in wrong)
     assert answers == expected, (f"{len(wrong)} of {len(expected)} sellers differ from the oracle "
-                                 f"(lost {lost}, double counted {double}); first: {wrong[:3]}\n"
+                                 f"(lost {lost}, double counted {double}); by owner partition "
+                                 f"{dict(sorted(by_partition.items()))}; first: {wrong[:3]}\n"
                                  + worker.tail())
     return lost, double
 

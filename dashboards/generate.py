@@ -707,7 +707,14 @@ def pipeline() -> dashboard_builders.Dashboard:
         .with_panel(series_panel(
             10, "Alerts firing by name", "Alerts currently firing from the workers.",
             query(f"sum by ({names.LABEL_ALERTNAME}) (cancelwatch_alerts_active)", "{{alertname}}"),
-            width=16))
+            width=8))
+        .with_panel(series_panel(
+            15, "Partitions read again (last hour)",
+            "Times a source partition was read again because records before others applied were "
+            "never applied (a fetch given up with no seek behind it), by topic, over the last "
+            "hour: 0 normally; a count that keeps rising means the worker keeps losing fetches.",
+            query("sum by (topic) (increase(cancelwatch_reads_again_total[1h]))", "{{topic}}"),
+            width=8).no_value("0"))
         .with_panel(stat_panel(
             14, "Reconciliation alerts firing",
             "Alerts from comparing cancelwatch's counts with Amazon's account-health reports, by "

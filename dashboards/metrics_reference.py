@@ -57,6 +57,7 @@ PER_SELLER = tuple(name for name, (_, labels, _) in names.METRICS.items() if nam
 BOUNDS: dict[str, Bound] = {
     "cancelwatch_events_total": Bound(f"T × {OUTCOMES} outcomes", lambda p: p.topics * OUTCOMES),
     "cancelwatch_dead_letters_total": Bound(f"T × {KINDS} kinds", lambda p: p.topics * KINDS),
+    "cancelwatch_reads_again_total": Bound("T", lambda p: p.topics),
     "cancelwatch_orders_total": Bound("M", lambda p: p.marketplaces),
     "cancelwatch_seller_fault_cancellations_total": Bound(
         f"M × {GROUPS} reason groups", lambda p: p.marketplaces * GROUPS),

@@ -396,6 +396,7 @@ def test_a_fetch_given_up_unapplied_is_read_again_and_never_committed_past(repla
     log = first.log_path.read_text(errors="replace")
     assert "failpoint drop-fetch reached" in log, f"the fetch was not given up:\n{first.tail()}"
     assert "reading them again" in log, f"the records given up were not read again:\n{first.tail()}"
+    assert first.metric("cancelwatch_reads_again_total") >= 1
     first.stop()
     # committed offsets and the changelog agree: a worker with an empty data dir is exact too
     empty = fleet(topics, "empty")

@@ -131,6 +131,13 @@ METRICS = {
         "Messages sent to the dead-letter topic, by source topic and kind "
         "(invalid_json, invalid_event, wrong_topic, future), account-health reports included.",
     ),
+    "cancelwatch_reads_again_total": (
+        "counter", ("topic",),
+        "Times a source partition was read again from its commit position because records before "
+        "others applied were never applied (a fetch or group given up with no seek behind it), by "
+        "source topic. The records are applied then; a rising count means the worker keeps losing "
+        "fetches (rebalances in a loop, a fault).",
+    ),
     "cancelwatch_orders_total": (
         "counter", ("marketplace",),
         "Seller-fulfilled orders that entered a seller's rate denominator.",

@@ -152,8 +152,11 @@ def test_a_commit_held_too_long_reads_the_records_again(monkeypatch):
     assert consumer._new_offset(SOURCE) is None and not consumer._reread
     clock[0] += 1
     assert consumer._new_offset(SOURCE) is None and consumer._reread == {SOURCE}
+    read_again = []
+    consumer.on_read_again = read_again.append
     asyncio.run(consumer._read_again())
     assert consumer.sought == [(SOURCE, 0)] and consumer._next[SOURCE] == 0
+    assert read_again == ["orders"]        # counted in cancelwatch_reads_again_total
     assert consumer.fetched(range(0, 10)) == list(range(10))
     consumer.ack(range(0, 10))
     assert consumer._new_offset(SOURCE) == 10

@@ -258,9 +258,12 @@ def build_app(settings: Settings, policy: policy_module.Policy,
         app.add_future(runtime.keep_adopted_alive())
 
     app.transport.Producer = IdempotentProducer
+    consumed = [settings.orders_topic, settings.cancellations_topic, settings.reroute_topic,
+                settings.account_health_topic]
+    for topic in consumed:      # exported at 0 from the start: the first read-again is an increase
+        runtime.metrics.reads_again.labels(topic)
     app.transport.Consumer = BatchingConsumer.for_topics(
-        [settings.orders_topic, settings.cancellations_topic, settings.reroute_topic,
-         settings.account_health_topic], mailbox)
+        consumed, mailbox, on_read_again=lambda topic: runtime.metrics.reads_again.labels(topic).inc())
 
     @app.agent(source)
     async def apply_events(stream):

@@ -36,7 +36,7 @@ import asyncio
 import bisect
 import logging
 import time
-from typing import Sequence
+from typing import Callable, Sequence
 
 from faust.transport.consumer import CONSUMER_FETCHING
 from faust.types import TP
@@ -71,6 +71,7 @@ class _ChangelogEvent:
 class BatchingConsumer(aiokafka_driver.Consumer):
     batch_topics: frozenset[str] = frozenset()
     mailbox: Mailbox | None = None
+    on_read_again: Callable[[str], None] | None = None    # topic: a partition of it read again
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -86,8 +87,10 @@ class BatchingConsumer(aiokafka_driver.Consumer):
         self.seeks = 0              # seeks so far: a fetch read after the last one is read only once
 
     @classmethod
-    def for_topics(cls, topics: Sequence[str], mailbox: Mailbox) -> type["BatchingConsumer"]:
-        return type("BatchingConsumer", (cls,), {"batch_topics": frozenset(topics), "mailbox": mailbox})
+    def for_topics(cls, topics: Sequence[str], mailbox: Mailbox,
+                   on_read_again: Callable[[str], None] | None = None) -> type["BatchingConsumer"]:
+        return type("BatchingConsumer", (cls,), {"batch_topics": frozenset(topics), "mailbox": mailbox,
+                                                 "on_read_again": staticmethod(on_read_again) if on_read_again else None})
 
     def ack_fetch(self, fetch: Fetch) -> None:
         """Acknowledge every record of an applied fetch."""
@@ -212,6 +215,8 @@ class BatchingConsumer(aiokafka_driver.Consumer):
             held = self._held.get(tp)
             if held is not None and tp in assigned:
                 await self.seek(tp, held[0])
+                if self.on_read_again is not None:
+                    self.on_read_again(tp.topic)
 
     async def _drain_messages(self, fetcher) -> None:  # noqa: C901 - mirrors faust's own loop
         callback = self.callback

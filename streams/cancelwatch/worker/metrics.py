@@ -74,6 +74,7 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=False)
         self.events = _counter(self.registry, "cancelwatch_events_total")
         self.dead_letters = _counter(self.registry, "cancelwatch_dead_letters_total")
+        self.reads_again = _counter(self.registry, "cancelwatch_reads_again_total")
         self.orders = _counter(self.registry, "cancelwatch_orders_total")
         self.seller_faults = _counter(self.registry, "cancelwatch_seller_fault_cancellations_total")
         self.excluded = _counter(self.registry, "cancelwatch_excluded_cancellations_total")

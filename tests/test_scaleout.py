@@ -378,8 +378,9 @@ def test_a_worker_stopped_hard_at_a_commit_gap_is_exact_after_takeover_restart_a
                 f"data dir and a restart on an empty one")
 
 
-# The second fetch a new consumer group reads after its consumer's last seek (so no seek reads
-# it again by chance): its partitions have no committed offset yet.
+# The second fetch of a new consumer group that holds the only copy of its records (none applied
+# before, no seek since: nothing reads them again by chance); its partitions have no committed
+# offset yet.
 DROPPED_FETCH = 2
 
 
@@ -404,8 +405,9 @@ def test_a_fetch_given_up_unapplied_is_read_again_and_never_committed_past(repla
     figures.append(exact(empty, replay.expected, timeout=60))
     faults_table.record_fault(
         "dropped-fetch",
-        fault=f"the agent gives up fetch {DROPPED_FETCH} after the last seek of a new consumer group, unapplied "
-              "and unacknowledged (partitions without a committed offset), as a fetch lost to a rebalance",
+        fault=f"the agent gives up fetch {DROPPED_FETCH} of a new consumer group holding the only copy of its "
+              "records, unapplied and unacknowledged (partitions without a committed offset), as a fetch lost "
+              "to a rebalance",
         injected=1, events=len(replay.stream), lost=sum(lost for lost, _ in figures),
         double_counted=sum(double for _, double in figures), sellers=len(replay.expected),
         seconds=time.monotonic() - started,

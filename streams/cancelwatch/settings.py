@@ -109,7 +109,7 @@ SETTINGS: tuple[Setting, ...] = (
             "read again."),
     Setting("CANCELWATCH_FAILPOINT_AT", "1",
             "For tests only: which state commit (1 = the first that writes) reaches the fail point; for "
-            "`drop-fetch`, which fetch read after the consumer's last seek is given up."),
+            "`drop-fetch`, which fetch holding the only copy of its records is given up."),
 )
 
 _DEFAULTS = {setting.variable: setting.default for setting in SETTINGS}

@@ -168,3 +168,16 @@ def test_revoking_a_partition_forgets_its_positions(offsets):
     consumer.fetched(offsets)
     consumer._forget([SOURCE])
     assert SOURCE not in consumer._next and SOURCE not in consumer._start
+
+
+def test_only_a_fetch_whose_records_were_never_applied_and_no_seek_followed_is_the_only_copy():
+    from cancelwatch.worker.mailbox import Fetch
+    consumer = fresh()
+    first = Fetch(0, offsets={SOURCE: [0, 1, 2]}, seeks=consumer.seeks)
+    assert consumer.only_copy(first)
+    consumer.ack_fetch(first)
+    again = Fetch(0, offsets={SOURCE: [0, 1, 2]}, seeks=consumer.seeks)   # read twice around a seek
+    assert not consumer.only_copy(again)
+    assert consumer.only_copy(Fetch(0, offsets={SOURCE: [3, 4]}, seeks=consumer.seeks))
+    consumer.seeks += 1
+    assert not consumer.only_copy(Fetch(0, offsets={SOURCE: [3, 4]}, seeks=consumer.seeks - 1))

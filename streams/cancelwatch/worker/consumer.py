@@ -85,6 +85,7 @@ class BatchingConsumer(aiokafka_driver.Consumer):
         self._held: dict = {}       # TP -> (commit position, since): commit held by records not applied
         self._reread: set = set()   # TPs to read again from their commit position
         self.seeks = 0              # seeks so far: a fetch read after the last one is read only once
+        self._acked_max: dict = {}  # TP -> the highest offset acknowledged by this consumer
 
     @classmethod
     def for_topics(cls, topics: Sequence[str], mailbox: Mailbox,
@@ -106,8 +107,18 @@ class BatchingConsumer(aiokafka_driver.Consumer):
                 index.update(offsets)
                 self._acked[tp].extend(offsets)
                 acked += len(offsets)
+                if offsets and offsets[-1] > self._acked_max.get(tp, -1):
+                    self._acked_max[tp] = offsets[-1]
             self._n_acked += acked
             notify(self._waiting_for_ack)
+
+    def only_copy(self, fetch: Fetch) -> bool:
+        """Whether `fetch` holds the only copy of its records so far: none of them acknowledged
+        before (read twice around a seek), and no seek since it was read (to read them again).
+        Giving such a fetch up loses its records unless the commit rule brings them back."""
+        if fetch.seeks != self.seeks:
+            return False
+        return all(offsets[0] > self._acked_max.get(tp, -1) for tp, offsets in fetch.offsets.items())
 
     def _forget(self, tps) -> None:
         for tp in tps:

@@ -354,8 +354,8 @@ class BatchingConsumer(aiokafka_driver.Consumer):
             await self.seek(tp, expected)
             return []
         self._verify.pop(tp, None)
-        if acks:
-            previous = batch[0].offset - 1 if expected is None else expected - 1
+        previous = batch[0].offset - 1 if expected is None else expected - 1
+        if acks and batch[-1].offset - previous != len(batch):    # not every offset from `expected` on
             gaps = self._gap[tp]
             for record in batch:   # holes the broker returned: transaction markers, compaction
                 if record.offset - previous > 1:

@@ -710,8 +710,8 @@ def pipeline() -> dashboard_builders.Dashboard:
             width=8))
         .with_panel(series_panel(
             15, "Partitions read again (last hour)",
-            "Times a source partition was read again because records before others applied were "
-            "never applied (a fetch given up with no seek behind it), by topic, over the last "
+            "Times a source partition was read again because records read were not applied for "
+            "10 s (a fetch given up with no seek behind it), by topic, over the last "
             "hour: 0 normally; a count that keeps rising means the worker keeps losing fetches.",
             query("sum by (topic) (increase(cancelwatch_reads_again_total[1h]))", "{{topic}}"),
             width=8).no_value("0"))

@@ -133,8 +133,8 @@ METRICS = {
     ),
     "cancelwatch_reads_again_total": (
         "counter", ("topic",),
-        "Times a source partition was read again from its commit position because records before "
-        "others applied were never applied (a fetch or group given up with no seek behind it), by "
+        "Times a source partition was read again from its commit position because records read "
+        "were not applied for 10 s (a fetch or group given up with no seek behind it), by "
         "source topic. The records are applied then; a rising count means the worker keeps losing "
         "fetches (rebalances in a loop, a fault).",
     ),

@@ -142,16 +142,21 @@ def test_records_already_read_are_not_handed_over_twice_and_holes_inside_a_fetch
     assert consumer._new_offset(SOURCE) == 6
 
 
-def test_a_commit_held_too_long_reads_the_records_again(monkeypatch):
+@pytest.mark.parametrize("applied", [range(5, 10), range(0)], ids=["later-records-applied", "nothing-after"])
+def test_records_read_and_not_applied_for_too_long_are_read_again(monkeypatch, applied):
     clock = [1000.0]
     monkeypatch.setattr(consumer_module.time, "monotonic", lambda: clock[0])
     consumer = fresh()
-    consumer.ack(range(5, 10))
+    assert consumer.fetched(range(0, 10)) == list(range(10))    # 0-4 then given up, say
+    consumer.ack(applied)
     assert consumer._new_offset(SOURCE) is None
+    consumer._check_held()
     clock[0] += consumer_module.HELD_REREAD_SECONDS - 1
-    assert consumer._new_offset(SOURCE) is None and not consumer._reread
+    consumer._check_held()
+    assert not consumer._reread
     clock[0] += 1
-    assert consumer._new_offset(SOURCE) is None and consumer._reread == {SOURCE}
+    consumer._check_held()
+    assert consumer._reread == {SOURCE}
     read_again = []
     consumer.on_read_again = read_again.append
     asyncio.run(consumer._read_again())
@@ -160,6 +165,22 @@ def test_a_commit_held_too_long_reads_the_records_again(monkeypatch):
     assert consumer.fetched(range(0, 10)) == list(range(10))
     consumer.ack(range(0, 10))
     assert consumer._new_offset(SOURCE) == 10
+
+
+def test_a_partition_whose_commit_moves_is_not_read_again(monkeypatch):
+    clock = [1000.0]
+    monkeypatch.setattr(consumer_module.time, "monotonic", lambda: clock[0])
+    consumer = fresh()
+    for first in range(0, 100, 10):
+        consumer.fetched(range(first, first + 10))
+        consumer._check_held()
+        clock[0] += consumer_module.HELD_REREAD_SECONDS / 2
+        consumer.ack(range(first, first + 10))
+        consumer._committed_offset[SOURCE] = consumer._new_offset(SOURCE)
+    consumer._check_held()
+    clock[0] += consumer_module.HELD_REREAD_SECONDS * 2
+    consumer._check_held()                 # read up to its commit: nothing held
+    assert not consumer._reread and consumer.sought == []
 
 
 @pytest.mark.parametrize("offsets", [[0, 1, 2], [3, 4]])

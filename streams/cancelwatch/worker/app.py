@@ -284,7 +284,7 @@ def build_app(settings: Settings, policy: policy_module.Policy,
                         continue
                 fetch = await taking
                 taking = None
-                if failpoints.drops_fetch(app.consumer.only_copy(fetch)):
+                if failpoints.drops_fetch(app.consumer, fetch):
                     continue
                 generation = app.consumer_generation_id
                 runtime.drop_stale_group(generation)

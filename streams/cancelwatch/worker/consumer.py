@@ -18,8 +18,9 @@ that were fetched and never applied: always on a partition without a committed
 offset (and one committed at 0), and by one record on any other. Here an offset
 is committed only when every record from the committed position (or the start
 of a partition that has none) up to it was applied, or is a hole the broker
-returned twice. A commit held that way for HELD_REREAD_SECONDS means records
-were dropped (a fetch given up, a group discarded): they are read again.
+returned twice. A partition read past its commit position whose commit has not
+moved for HELD_REREAD_SECONDS had records dropped (a fetch given up, a group
+discarded): they are read again.
 
 Table recovery gets the same treatment. faust restores a table one changelog
 record at a time through the same per-message path (about 80 µs each, so a
@@ -195,29 +196,33 @@ class BatchingConsumer(aiokafka_driver.Consumer):
             self._acked_index[tp].difference_update(acked[:below])
             del acked[:below]
         if not acked:
-            self._held.pop(tp, None)
             return None         # only records applied again, before the commit position
         if acked[0] != start:
-            self._hold(tp, start)
-            return None
-        self._held.pop(tp, None)
+            return None         # the record there is not applied: held (see `_check_held`)
         run = next(consecutive_numbers(acked))
         del acked[:len(run)]
         self._acked_index[tp].difference_update(run)
         return run[-1] + 1
 
-    def _hold(self, tp, start: int) -> None:
-        """Records from `start` are not applied while later ones are: wait for them for a while
-        (a group may still be applying them), then read them again."""
+    def _check_held(self) -> None:
+        """A source partition read past its commit position whose commit has not moved for
+        HELD_REREAD_SECONDS: records read were never applied (applied ones are committed within
+        seconds), so it is read again from its commit position."""
         now = time.monotonic()
-        held = self._held.get(tp)
-        if held is None or held[0] != start:
-            self._held[tp] = (start, now)
-        elif now - held[1] >= HELD_REREAD_SECONDS:
-            log.warning("%s: records from offset %d not applied for %.0fs while later ones are: reading them again",
-                        tp, start, now - held[1])
-            self._held[tp] = (start, now)
-            self._reread.add(tp)
+        for tp, expected in self._next.items():
+            committed = self._committed_offset[tp]
+            start = committed if committed is not None else self._start.get(tp)
+            if start is None or expected <= start:
+                self._held.pop(tp, None)
+                continue
+            held = self._held.get(tp)
+            if held is None or held[0] != start:
+                self._held[tp] = (start, now)
+            elif now - held[1] >= HELD_REREAD_SECONDS:
+                log.warning("%s: records from offset %d read %.0fs ago and not applied: reading them again",
+                            tp, start, now - held[1])
+                self._held[tp] = (start, now)
+                self._reread.add(tp)
 
     async def _read_again(self) -> None:
         assigned = self.assignment()
@@ -251,6 +256,7 @@ class BatchingConsumer(aiokafka_driver.Consumer):
                     break
                 if not mailbox.has_room():
                     await self.wait_first(mailbox.room(), self.suspend_flow.wait())
+                self._check_held()
                 if self._reread:
                     await self._read_again()
                 seeks = self.seeks      # a seek during the wait may make what it returns stale

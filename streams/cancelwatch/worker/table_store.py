@@ -49,12 +49,12 @@ class Failpoints:
         self.commits = 0
         self.fetches = 0
 
-    def drops_fetch(self, only_copy: bool) -> bool:
+    def drops_fetch(self, consumer, fetch) -> bool:
         """`drop-fetch`: True for the `at`-th fetch that holds the only copy of its records (none
         applied before, no seek since: nothing reads them again by chance), which the agent then
         gives up unapplied and unacknowledged (as a fetch lost to a rebalance), to prove such
         records are read again."""
-        if self.name != "drop-fetch" or not only_copy:
+        if self.name != "drop-fetch" or not consumer.only_copy(fetch):
             return False
         self.fetches += 1
         if self.fetches != self.at:

@@ -13,12 +13,14 @@ import pytest
 
 from cancelwatch import names
 
-from cancelwatch.core import alerting, policy as policy_module, reconciliation, window
+from cancelwatch.core import alerting, policy as policy_module, reconciliation, targets, window
 from cancelwatch.core.account_health import CancellationRate
 from cancelwatch.core.reconciliation import RangeCounts
 
 ROOT = Path(__file__).resolve().parents[2]
 POLICY = policy_module.load(ROOT / "streams" / "cancelwatch" / "core" / "policy.yaml")
+# the annotations of the US marketplace limit, which every alert carries (contract section 10)
+LIMIT = targets.annotations(None, POLICY.windows("US")[0])
 HOUR = 3600
 
 
@@ -158,7 +160,7 @@ def test_an_incomplete_comparison_never_drifts():
     assert not drifting(4760, 33, 100_000, 4000, complete=False)
     comparison = reconciliation.compare(AMAZON, RangeCounts(10, 0), False, POLICY)
     assert (comparison.complete, comparison.drifting) == (False, False)
-    assert reconciliation.wanted_alerts("A1", "US", comparison, "NORMAL", "") == {}
+    assert reconciliation.wanted_alerts("A1", "US", comparison, "NORMAL", "", limit=LIMIT) == {}
 
 
 def test_the_tolerances_come_from_the_policy():
@@ -241,7 +243,7 @@ def test_the_documented_example_is_the_json_for_its_numbers():
 def alerts(comparison, account_status="NORMAL", **options):
     return {dict(key)[names.LABEL_ALERTNAME]: wanted for key, wanted in
             reconciliation.wanted_alerts("A1", "US", comparison, account_status, "http://grafana/d/seller",
-                                         **options).items()}
+                                         **{"limit": LIMIT, **options}).items()}
 
 
 def test_the_drift_alert_carries_the_contracts_labels_and_annotations():
@@ -250,7 +252,7 @@ def test_the_drift_alert_carries_the_contracts_labels_and_annotations():
     assert drift.labels == {"alertname": "SellerCancelRateDrift", "seller_id": "A1", "marketplace": "US",
                             "severity": "warning", "window_days": "7"}
     assert names.ALERT_SEVERITY[names.ALERT_DRIFT] == "warning"
-    assert set(drift.annotations) == set(names.ANNOTATION_KEYS) | set(names.DRIFT_ANNOTATION_KEYS)
+    assert set(drift.annotations) == set(names.ANNOTATION_KEYS) | set(names.DRIFT_ANNOTATION_KEYS) | set(LIMIT)
     annotations = drift.annotations
     assert {key: annotations[key] for key in names.DRIFT_ANNOTATION_KEYS} == {
         "amazon_rate": "0.69%", "cancelwatch_rate": "0.65%", "amazon_cancelled": "33",
@@ -295,12 +297,26 @@ def test_the_account_alert_fires_for_an_account_at_risk(status):
     assert account.labels == {"alertname": "SellerAccountAtRisk", "seller_id": "A1", "marketplace": "US",
                               "severity": "critical"}
     assert names.LABEL_WINDOW_DAYS not in account.labels
-    assert set(account.annotations) == set(names.ANNOTATION_KEYS) | {names.ANNOTATION_ACCOUNT_STATUS}
+    assert set(account.annotations) == set(names.ANNOTATION_KEYS) | {names.ANNOTATION_ACCOUNT_STATUS} | set(LIMIT)
     assert account.annotations[names.ANNOTATION_ACCOUNT_STATUS] == status
     assert status in account.annotations["summary"]
     assert "WARNED" in account.annotations["description"]
     assert account.annotations["action"] == reconciliation.ACCOUNT_ACTION
     assert account.annotations["rate"] == "0.69%"
+
+
+def test_both_alerts_carry_the_limit_in_force_a_sellers_target_included():
+    comparison = reconciliation.compare(AMAZON, RangeCounts(4757, 31), True, POLICY)
+    marketplace = alerts(comparison, "AT_RISK")
+    assert {name: (alert.annotations["limit"], alert.annotations["limit_source"])
+            for name, alert in marketplace.items()} == {
+        names.ALERT_DRIFT: ("2.50%", "marketplace"), names.ALERT_ACCOUNT_AT_RISK: ("2.50%", "marketplace")}
+    sfp = targets.Target("A1", "US", 50, 40, "Seller Fulfilled Prime")
+    limit = targets.annotations(sfp, targets.apply_target(POLICY.windows("US"), sfp)[0])
+    seller = alerts(comparison, "AT_RISK", limit=limit)
+    for alert in seller.values():
+        assert (alert.annotations["limit"], alert.annotations["limit_source"], alert.annotations["note"]) == \
+            ("0.50%", "seller", "Seller Fulfilled Prime")
 
 
 @pytest.mark.parametrize("status", ["NORMAL", None, "UNDER_REVIEW"])
@@ -310,12 +326,12 @@ def test_no_account_alert_for_other_statuses(status):
 
 def test_both_alerts_fire_and_resolve_through_decide():
     drifting_report = reconciliation.compare(AMAZON, RangeCounts(4757, 31), True, POLICY)
-    wanted = reconciliation.wanted_alerts("A1", "US", drifting_report, "AT_RISK", "")
+    wanted = reconciliation.wanted_alerts("A1", "US", drifting_report, "AT_RISK", "", limit=LIMIT)
     first = alerting.decide({}, wanted, now=1000.0)
     assert sorted(alert.labels[names.LABEL_ALERTNAME] for alert in first.fire) == \
         [names.ALERT_ACCOUNT_AT_RISK, names.ALERT_DRIFT]
     converged = reconciliation.compare(AMAZON, RangeCounts(4759, 32), True, POLICY)   # late events landed
-    later = alerting.decide(first.firing, reconciliation.wanted_alerts("A1", "US", converged, "NORMAL", ""),
+    later = alerting.decide(first.firing, reconciliation.wanted_alerts("A1", "US", converged, "NORMAL", "", limit=LIMIT),
                             now=2000.0)
     assert sorted(alert.labels[names.LABEL_ALERTNAME] for alert in later.resolve) == \
         [names.ALERT_ACCOUNT_AT_RISK, names.ALERT_DRIFT]

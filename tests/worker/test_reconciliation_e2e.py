@@ -190,6 +190,7 @@ def test_missing_events_drift_and_the_drift_resolves_when_they_arrive_late(rig):
         "amazon_rate": "6.06%", "cancelwatch_rate": "3.33%", "amazon_cancelled": "4",
         "cancelwatch_cancelled": "2", "amazon_orders": "66", "cancelwatch_orders": "60"}
     assert "does not publish" in annotations["action"], annotations["action"]
+    assert (annotations[names.ANNOTATION_LIMIT], annotations[names.ANNOTATION_LIMIT_SOURCE]) == ("2.50%", "marketplace")
     shown = subprocess.run([CANCELWATCH, "reconcile", seller.seller_id, "-m", "US", "--api", rig.worker.url],
                            env=rig.worker.env, cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert shown.returncode == 0, shown.stderr

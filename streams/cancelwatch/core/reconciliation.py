@@ -158,11 +158,14 @@ def compare(report_entry: CancellationRate, counts: RangeCounts, complete: bool,
 
 
 def wanted_alerts(seller_id: str, marketplace: str, comparison: Comparison, account_status: str | None,
-                  dashboard_url: str, *, health_rating: str | None = None) -> dict[AlertKey, Wanted]:
+                  dashboard_url: str, *, limit: Mapping[str, str],
+                  health_rating: str | None = None) -> dict[AlertKey, Wanted]:
     """The alerts the seller's latest report for the marketplace warrants: SellerCancelRateDrift
     while the comparison is drifting, SellerAccountAtRisk while the account status is AT_RISK,
-    DEACTIVATED (or SUSPENDED). Keyed by label set, like alerting.desired(). `health_rating`
-    (MarketplaceHealth.health_rating) is quoted in the account alert's description."""
+    DEACTIVATED (or SUSPENDED). Keyed by label set, like alerting.desired(). `limit`: the
+    annotations of the limit in force (`targets.annotations`), which every alert carries
+    (contract section 10). `health_rating` (MarketplaceHealth.health_rating) is quoted in the
+    account alert's description."""
     wanted = []
     amazon = comparison.amazon
     who = f"seller {seller_id} in {marketplace}"
@@ -191,6 +194,7 @@ def wanted_alerts(seller_id: str, marketplace: str, comparison: Comparison, acco
                 "cancelwatch_cancelled": str(comparison.counts.cancelled),
                 "amazon_orders": str(amazon.order_count),
                 "cancelwatch_orders": str(comparison.counts.orders),
+                **limit,
             }))
     if account_health.at_risk(account_status):
         rating = f" Account Health Rating: {health_rating}." if health_rating else ""
@@ -206,6 +210,7 @@ def wanted_alerts(seller_id: str, marketplace: str, comparison: Comparison, acco
                 "action": ACCOUNT_ACTION,
                 "dashboard": dashboard_url,
                 names.ANNOTATION_ACCOUNT_STATUS: account_status,
+                **limit,
             }))
     return {alert.key: alert for alert in wanted}
 

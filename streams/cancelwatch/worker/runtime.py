@@ -633,7 +633,8 @@ class Runtime:
                 entry = report[1]
                 wanted.update(reconciliation.wanted_alerts(
                     state.seller_id, state.marketplace, self._comparison(*key, entry), entry.account_status,
-                    self.dashboard_url(*key), health_rating=entry.health_rating))
+                    self.dashboard_url(*key), limit=targets.annotations(self.targets.get(key), first.window),
+                    health_rating=entry.health_rating))
             if not wanted and not previous:
                 continue
             held = self.is_catching_up(self.owners[state.seller_id])

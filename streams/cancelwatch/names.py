@@ -66,7 +66,8 @@ GROUP_ACTIONS = {
 }
 
 # Causes under which a cancellation is excluded from the rate (API "excluded").
-EXCLUDED_CAUSES = ("buyer_requested", "buyer_initiated", "pending", "amazon_other")
+# `other`: a seller cancel that an operator's policy does not count (never with the default policy)
+EXCLUDED_CAUSES = ("buyer_requested", "buyer_initiated", "pending", "amazon_other", "other")
 
 # --- Alerts (contract section 9) ---------------------------------------------
 ALERT_WARNING = "SellerCancelRateWarning"
@@ -149,7 +150,7 @@ METRICS = {
     "cancelwatch_excluded_cancellations_total": (
         "counter", ("marketplace", "cause"),
         "Cancelled orders excluded from the rate, by cause "
-        "(buyer_requested, buyer_initiated, pending, amazon_other).",
+        "(" + ", ".join(EXCLUDED_CAUSES) + ").",
     ),
     "cancelwatch_processing_latency_seconds": (
         "histogram", ("topic",),

@@ -341,3 +341,9 @@ def test_a_record_with_only_defaults_round_trips():
     bucket = {"O1": ledger.Record(purchase=int(PLACED_AT.timestamp())), "": ledger.Record(purchase=0)}
     assert ledger.decode_bucket(ledger.encode_bucket(bucket)) == bucket
     assert ledger.decode_bucket(ledger.encode_bucket({})) == {}
+
+
+def test_every_cause_a_record_can_carry_is_a_documented_excluded_cause():
+    # the metric's cause label, the API's `excluded` keys and the series bound all come from
+    # names.EXCLUDED_CAUSES: a cause the ledger can give must be among them
+    assert tuple(ledger.CAUSE_BITS) == names.EXCLUDED_CAUSES

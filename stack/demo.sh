@@ -1,7 +1,6 @@
 #!/usr/bin/env bash
 # `make demo`: install, start the stack, then the worker and a simulator in
-# which a seller drifts toward the limit, and say where to look. Runs what
-# exists and says plainly what does not exist yet.
+# which a seller drifts toward the limit, and say where to look.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -16,27 +15,8 @@ DEMO_SCENARIO="${DEMO_SCENARIO:-inventory-outage}"
 "$ROOT/stack/install.sh"
 "$STACK" up
 
-# A command is available when it is listed in streams/cancelwatch/cli.py and its module exists.
-available() {
-    "$ROOT/.venv/bin/python" - "$1" <<'PYTHON'
-import importlib.util, sys
-from cancelwatch.cli import COMMANDS
-command = sys.argv[1]
-sys.exit(0 if command in COMMANDS and importlib.util.find_spec(COMMANDS[command][0]) else 1)
-PYTHON
-}
-
-missing=()
-if available worker; then
-    "$STACK" start worker
-else
-    missing+=("the worker (cancelwatch worker): nothing consumes the events, so there is no API on port $WORKER_PORT and no alert reaches Alertmanager")
-fi
-if available simulate; then
-    "$STACK" start simulate
-else
-    missing+=("the traffic simulator (cancelwatch simulate): no events are produced")
-fi
+"$STACK" start worker
+"$STACK" start simulate
 
 cat <<TEXT
 
@@ -51,8 +31,3 @@ cancelwatch demo: scenario '$DEMO_SCENARIO' (DEMO_SCENARIO=...; see 'cancelwatch
   process logs   $STACK_DIR/<service>/<service>.out
   'make stack-status' shows what runs; 'make stack-down' stops everything.
 TEXT
-if (( ${#missing[@]} )); then
-    echo
-    echo "Not part of this demo yet:"
-    printf '  - %s\n' "${missing[@]}"
-fi

@@ -12,6 +12,12 @@ Once the worker and the fair peer have each processed every message (in
 the first repetition, the worker going on past its cap, unmeasured, if
 need be), their answers for a sample of sellers are compared with the
 oracle's (answers.py).
+
+In each repetition, beside the worker, `hotpath.py` measures the worker's own
+work per event without Kafka (decode, apply, write to a dict, evaluate; CPU
+time) on the same events and code, so the worker's cost per event splits into
+its own work and the rest (reading Kafka, RocksDB, the changelog, the event
+loop): what a faster core could win, and what it could not.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from pathlib import Path
 
 import answers
 import pyspy
+import common
 from common import (BOOTSTRAP, Worker, delete_topics, delete_topics_tagged, log, prefilled, run_json,
                     simulator_cache, spread, tag, wait_processed)
 
@@ -39,6 +46,7 @@ def run(sizes: dict, workdir: Path) -> dict:
     lines = _lines(sizes, total)
     pairs = answers.sample_pairs(lines, sizes["answer_sample"])
     runs = {name: [] for name in VARIANTS}
+    hot: list[float] = []
     found = {"quix_peer": None, "cancelwatch_worker": None}
     profiled = peer_profiled = None
     for repetition in range(sizes["repetitions"]):
@@ -51,6 +59,7 @@ def run(sizes: dict, workdir: Path) -> dict:
             profile_seconds=sizes["profile_seconds"] if repetition == 0 else 0,
             pairs=None if found["cancelwatch_worker"] else pairs)
         runs["cancelwatch_worker"].append(_loaded(result))
+        hot += _hotpath(sizes, total)
         found["cancelwatch_worker"] = found["cancelwatch_worker"] or worker_found
         profiled = profiled or profile_result
         runs["quix_streams"].append(_loaded(_quix(orders, cancellations, total, sizes["cap_seconds"], workdir)))
@@ -64,6 +73,8 @@ def run(sizes: dict, workdir: Path) -> dict:
             latest = runs[name][-1]
             log(f"  {name}: {latest['events_per_s']:,.0f} events/s ({latest['events']} events "
                 f"in {latest['seconds']:.1f}s)")
+        if hot:
+            log(f"  worker's own work without Kafka: {hot[-1]:.1f} us/event (CPU)")
     rates = {name: spread([r["events_per_s"] for r in results]) for name, results in runs.items()}
     worker = rates["cancelwatch_worker"]["median"]
     log(f"comparing answers of {len(pairs)} sampled sellers with the oracle's")
@@ -78,6 +89,7 @@ def run(sizes: dict, workdir: Path) -> dict:
                    "c/d": worker / rates["quix_streams"]["median"],
                    "c/e": worker / rates["quix_peer"]["median"]},
         "answers": checked,
+        "hotpath_us_per_event": spread(hot) if hot else None,
         "runs": {name: [{key: value for key, value in r.items() if key != "samples"} for r in results]
                  for name, results in runs.items()},
         "profile": profiled,
@@ -96,6 +108,20 @@ def _lines(sizes: dict, total: int) -> list[bytes]:
     """The simulator events the topics were pre-filled with."""
     with open(simulator_cache(sizes["sellers"], sizes["duration"]), "rb") as file:
         return [line.rstrip(b"\n") for line in file][:total]
+
+
+def _hotpath(sizes: dict, total: int) -> list[float]:
+    """[us per event] of bench/hotpath.py on the topics' events with the code the workers run;
+    [] for a commit of the older layout (no streams/cancelwatch/), which it cannot drive."""
+    env = {}
+    if common.WORKER_SOURCE is not None:
+        if not (common.WORKER_SOURCE / "streams" / "cancelwatch").is_dir():
+            return []
+        env["PYTHONPATH"] = str(common.WORKER_SOURCE / "streams")
+    result = run_json([sys.executable, "bench/hotpath.py", "--json", "--events", str(total),
+                       "--input", str(simulator_cache(sizes["sellers"], sizes["duration"]))],
+                      timeout=900, env=env)
+    return [result["us_per_event"]]
 
 
 def _raw(orders: str, cancellations: str, total: int, cap: float) -> dict:

@@ -90,7 +90,14 @@ bucket_entries = st.one_of(
 )
 
 
-@given(st.dictionaries(st.integers(800, 1300), bucket_entries, max_size=40), st.integers(900, 1200),
+@given(st.dictionaries(st.integers(1, 40), bucket_entries, max_size=30), st.integers(-5, 45), st.integers(-5, 45))
+def test_the_entries_between_two_buckets_are_found_whichever_way_they_are_read(buckets, first, last):
+    # read by bucket number when the range is shorter than the dict, else off the dict: the same entries
+    expected = [buckets[bucket] for bucket in range(first, last + 1) if bucket in buckets]
+    assert sorted(map(id, window.entries_between(buckets, first, last))) == sorted(map(id, expected))
+
+
+@given(st.dictionaries(st.integers(800, 1300), bucket_entries, max_size=400), st.integers(900, 1200),
        st.sampled_from([US, POLICY.windows("IN")[1]]))
 def test_totals_is_the_sum_over_the_windows_buckets(buckets, now_bucket, chosen):
     # Brute force: walk the window's buckets one by one, oldest to newest.
@@ -112,6 +119,32 @@ def test_totals_is_the_sum_over_the_windows_buckets(buckets, now_bucket, chosen)
                 into[key] = into.get(key, 0) + count
     totals = window.totals(buckets, chosen, POLICY, now_bucket)
     assert (totals.orders, totals.cancelled, totals.reasons, totals.excluded) == (orders, cancelled, reasons, excluded)
+
+
+@given(st.dictionaries(st.integers(700, 1230), bucket_entries, max_size=300), st.integers(1000, 1200),
+       st.sampled_from([US, POLICY.windows("IN")[1]]), st.booleans())
+def test_the_forecast_is_the_docstrings_projection_whatever_the_seller_keeps(buckets, now_bucket, chosen, given_totals):
+    # Brute force from the docstring: at s buckets ahead, what is still in the window then,
+    # plus s/P of the window's last P buckets; the first s of the horizon that breaches.
+    size, pace = POLICY.window_buckets(chosen), POLICY.forecast_pace_hours
+    counts = {b: (e, 0) if isinstance(e, int) else (e.orders, e.cancelled) for b, e in buckets.items()
+              if now_bucket - size < b <= now_bucket}
+    orders_now, cancelled_now = sum(o for o, _ in counts.values()), sum(c for _, c in counts.values())
+    pace_orders = sum(o for b, (o, _) in counts.items() if b > now_bucket - pace)
+    pace_cancelled = sum(c for b, (_, c) in counts.items() if b > now_bucket - pace)
+    expected = None
+    if orders_now and not window.breached(orders_now, cancelled_now, chosen.limit_bps):
+        for step in range(1, POLICY.forecast_horizon_hours + 1):
+            kept = [oc for b, oc in counts.items() if b > now_bucket + step - size]
+            orders = sum(o for o, _ in kept) * pace + pace_orders * step
+            cancelled = sum(c for _, c in kept) * pace + pace_cancelled * step
+            if orders > 0 and cancelled * 10000 >= chosen.limit_bps * orders:
+                expected = (step, orders / pace, cancelled / pace)
+                break
+    current = window.totals(buckets, chosen, POLICY, now_bucket) if given_totals else None
+    projection = window.forecast_breach(buckets, chosen, POLICY, now_bucket, current)
+    assert (None if projection is None else
+            (projection.hours_ahead, projection.orders, projection.cancelled)) == expected
 
 
 def test_totals_of_a_hand_made_window():

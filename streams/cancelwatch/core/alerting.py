@@ -111,7 +111,7 @@ def desired(state: SellerState, policy: Policy, now: float, dashboard_url: str,
                 f"{who}: {more} the {limit} limit over {days} days",
                 f"{counts} in the {days}-day window were seller-fault cancelled; headroom is "
                 f"{totals.headroom}.")
-        projection = (window.forecast_breach(state.buckets, totals.window, policy, now_bucket)
+        projection = (window.forecast_breach(state.buckets, totals.window, policy, now_bucket, totals)
                       if projections is None else projections[index])
         if projection is not None:
             add(names.ALERT_FORECAST_BREACH,

@@ -65,13 +65,12 @@ def range_counts(buckets: Mapping[int, window.BucketTotalsLike], first_bucket: i
                  last_bucket: int) -> RangeCounts:
     """Orders and seller-fault cancelled orders of the buckets first_bucket..last_bucket (inclusive)."""
     orders = cancelled = 0
-    for bucket, entry in buckets.items():
-        if first_bucket <= bucket <= last_bucket:
-            if type(entry) is int:  # a bucket of orders without any cancel: just its count
-                orders += entry
-                continue
-            orders += entry.orders
-            cancelled += entry.cancelled
+    for entry in window.entries_between(buckets, first_bucket, last_bucket):
+        if type(entry) is int:  # a bucket of orders without any cancel: just its count
+            orders += entry
+            continue
+        orders += entry.orders
+        cancelled += entry.cancelled
     return RangeCounts(orders, cancelled)
 
 

@@ -612,7 +612,7 @@ class Runtime:
             key = (state.seller_id, state.marketplace)
             windows = self.seller_windows(state, now_bucket)
             projections = [None if w.breached or not w.cancelled else
-                           window.forecast_breach(state.buckets, w.window, self.policy, now_bucket)
+                           window.forecast_breach(state.buckets, w.window, self.policy, now_bucket, w)
                            for w in windows]
             first = windows[0]
             state.summary = self._shared_summary(

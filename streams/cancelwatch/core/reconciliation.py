@@ -66,11 +66,9 @@ def range_counts(buckets: Mapping[int, window.BucketTotalsLike], first_bucket: i
     """Orders and seller-fault cancelled orders of the buckets first_bucket..last_bucket (inclusive)."""
     orders = cancelled = 0
     for entry in window.entries_between(buckets, first_bucket, last_bucket):
-        if type(entry) is int:  # a bucket of orders without any cancel: just its count
-            orders += entry
-            continue
-        orders += entry.orders
-        cancelled += entry.cancelled
+        bucket_orders, bucket_cancelled = window.order_counts(entry)
+        orders += bucket_orders
+        cancelled += bucket_cancelled
     return RangeCounts(orders, cancelled)
 
 

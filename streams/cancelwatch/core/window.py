@@ -46,7 +46,7 @@ def entries_between(buckets: Mapping[int, BucketTotalsLike], first: int, last: i
     return [entry for bucket, entry in buckets.items() if first <= bucket <= last]
 
 
-def _counts(entry: BucketTotalsLike) -> tuple[int, int]:
+def order_counts(entry: BucketTotalsLike) -> tuple[int, int]:
     """(orders, seller-fault cancelled) of a bucket's totals."""
     return (entry, 0) if type(entry) is int else (entry.orders, entry.cancelled)
 
@@ -235,7 +235,7 @@ def forecast_breach(buckets: Mapping[int, BucketTotalsLike], window: Window, pol
     first = now_bucket - window_buckets + 1       # the window's oldest bucket
     pace_orders = pace_cancelled = 0
     for entry in entries_between(buckets, max(first, now_bucket - pace_buckets + 1), now_bucket):
-        orders, cancelled = _counts(entry)
+        orders, cancelled = order_counts(entry)
         pace_orders += orders
         pace_cancelled += cancelled
     remaining_orders, remaining_cancelled = orders_now, cancelled_now
@@ -244,7 +244,7 @@ def forecast_breach(buckets: Mapping[int, BucketTotalsLike], window: Window, pol
         leaving = first + step - 1                # ages out of the window at this step
         entry = get(leaving) if leaving <= now_bucket else None
         if entry is not None:
-            orders, cancelled = _counts(entry)
+            orders, cancelled = order_counts(entry)
             remaining_orders -= orders
             remaining_cancelled -= cancelled
         projected_orders = remaining_orders * pace_buckets + pace_orders * step

@@ -471,3 +471,58 @@ def test_load_writes_the_index_where_it_is_told():
     untouched = Book(POLICY, dict(store))
     untouched.load(store.items(), index=False)
     assert untouched.index == {}
+
+
+# Records of every kind of contribution: plain orders, pending-cancelled ones, seller-fault
+# cancels of each reason, excluded causes with and without a fault.
+SUMS_RECORDS = (
+    ledger.Record(0),
+    ledger.Record(0, flags=ledger.PENDING_CANCELLED | ledger.CAUSE_BITS["pending"]),
+    ledger.Record(0, flags=ledger.SELLER_FAULT, fault_time=1, fault_reason=0),
+    ledger.Record(0, flags=ledger.SELLER_FAULT, fault_time=1, fault_reason=3),
+    ledger.Record(0, flags=ledger.CAUSE_BITS["buyer_requested"]),
+    ledger.Record(0, flags=ledger.SELLER_FAULT | ledger.CAUSE_BITS["amazon_other"], fault_time=1, fault_reason=1),
+)
+SUMS_OPS = st.lists(st.one_of(
+    st.tuples(st.just("change"), st.integers(-800, 6), st.integers(0, 3), st.none() | st.sampled_from(SUMS_RECORDS)),
+    st.tuples(st.just("evaluate"), st.sampled_from((0, 1, 1, 2, 7, 167, 168, 719, 720, 2000, -1, -200))),
+    st.tuples(st.just("expire"), st.integers(-900, -100)),
+), max_size=60)
+
+
+@given(SUMS_OPS, st.sampled_from((0, 3, state.SUMS_MIN_BUCKETS)))
+def test_running_window_sums_equal_the_window_walked_at_every_evaluation(ops, min_buckets):
+    """`SellerState.window_sums`, slid from evaluation to evaluation and kept up to date by
+    `change` (or walked, for a seller of fewer than `SUMS_MIN_BUCKETS` buckets), equals
+    `window.totals` over the seller's buckets (IN: the 7- and 30-day windows)."""
+    kept = state.SUMS_MIN_BUCKETS
+    state.SUMS_MIN_BUCKETS = min_buckets
+    try:
+        _check_window_sums(ops)
+    finally:
+        state.SUMS_MIN_BUCKETS = kept
+
+
+def _check_window_sums(ops) -> None:
+    seller = state.SellerState("S1", "IN")
+    windows = POLICY.windows("IN")
+    lengths = tuple(POLICY.window_buckets(w) for w in windows)
+    now_bucket = 500_000
+    records: dict[tuple[int, int], ledger.Record] = {}
+    for op in ops + [("evaluate", 0)]:
+        if op[0] == "change":
+            _, offset, slot, new = op
+            bucket = now_bucket + offset
+            old = records.pop((bucket, slot), None)
+            if new is not None:
+                records[(bucket, slot)] = new
+            seller.change(bucket, old, new)
+        elif op[0] == "expire":
+            oldest = now_bucket + op[1]
+            seller.drop_before(oldest, oldest * POLICY.bucket_seconds)
+            records = {key: record for key, record in records.items() if key[0] >= oldest}
+        else:
+            now_bucket += op[1]
+            sums = seller.window_sums(lengths, now_bucket)
+            assert [s.totals(w) for s, w in zip(sums, windows)] == \
+                [window.totals(seller.buckets, w, POLICY, now_bucket) for w in windows]

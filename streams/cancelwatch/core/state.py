@@ -39,7 +39,7 @@ from cancelwatch import names
 
 from cancelwatch.core import events, ledger, window
 from cancelwatch.core.ledger import Record
-from cancelwatch.core.policy import Policy
+from cancelwatch.core.policy import Policy, Window
 
 KIND_BUCKET = "b"      # a purchase bucket's order records
 KIND_SEEN = "s"        # a seller known from events that left no bucket (AFN, late) or whose buckets expired
@@ -59,6 +59,9 @@ _MARKETPLACES = {marketplace: marketplace for marketplace in names.MARKETPLACES}
 # and a small cached object left among long-lived ones keeps its heap page resident after the
 # cache is dropped (most sellers' buckets hold a few orders).
 CACHE_MIN_ORDERS = 8
+# Sellers with at least this many buckets keep running window totals (`WindowSums`) between
+# evaluations; walking fewer costs about as much as sliding them.
+SUMS_MIN_BUCKETS = 16
 
 
 class KeyLayoutError(ValueError):
@@ -186,6 +189,67 @@ class BucketTotals:
         return not (self.orders or self.cancelled or self.reasons or self.causes)
 
 
+class WindowSums(BucketTotals):
+    """A seller's running totals of one window (`length` buckets) ending at bucket `anchor`,
+    so an evaluation costs the buckets the window gained and lost since the last one, not
+    the window's 168 hours (or India's 720). `SellerState.change` keeps it up to date for a
+    bucket inside it; `move` slides it to a later bucket. `next`: the sums of the seller's
+    next window (India's 30 days after its 7), or None. Equal, at any `anchor`, to
+    `window.totals` over the same buckets (tests/core/test_state.py checks it by property)."""
+
+    __slots__ = ("length", "anchor", "next")
+
+    def __init__(self, buckets: dict, length: int, anchor: int) -> None:
+        super().__init__()
+        self.length = length
+        self.next: WindowSums | None = None
+        self._walk(buckets, anchor)
+
+    def _walk(self, buckets: dict, anchor: int) -> None:
+        self.orders = self.cancelled = 0
+        self.reasons = self.causes = None
+        self.anchor = anchor
+        for entry in window.entries_between(buckets, anchor - self.length + 1, anchor):
+            self.add_entry(entry, +1)
+
+    def covers(self, bucket: int) -> bool:
+        return self.anchor - self.length < bucket <= self.anchor
+
+    def add_entry(self, entry: BucketTotals | int, sign: int) -> None:
+        """Add (sign +1) or take out (-1) a bucket's totals."""
+        if type(entry) is int:
+            self.orders += sign * entry
+            return
+        self.orders += sign * entry.orders
+        self.cancelled += sign * entry.cancelled
+        for counts, attribute in ((entry.reasons, "reasons"), (entry.causes, "causes")):
+            if counts:
+                mine = getattr(self, attribute)
+                for key, count in counts.items():
+                    mine = _bump(mine, key, sign * count)
+                setattr(self, attribute, mine)
+
+    def move(self, buckets: dict, anchor: int) -> None:
+        """Slide the window to end at `anchor`: take out the buckets that left it, add those
+        that entered. Walked again when the clock went back or moved a window or more."""
+        if anchor == self.anchor:
+            return
+        if anchor < self.anchor or anchor - self.anchor >= self.length:
+            self._walk(buckets, anchor)
+            return
+        for entry in window.entries_between(buckets, self.anchor - self.length + 1, anchor - self.length):
+            self.add_entry(entry, -1)
+        for entry in window.entries_between(buckets, self.anchor + 1, anchor):
+            self.add_entry(entry, +1)
+        self.anchor = anchor
+
+    def totals(self, limits: Window) -> window.WindowTotals:
+        """The window's totals under `limits` (a window of this length)."""
+        return window.WindowTotals(limits, self.orders, self.cancelled,
+                                   dict(self.reasons) if self.reasons else {},
+                                   dict(self.causes) if self.causes else {})
+
+
 def _bump(counts: dict[str, int] | None, key: str, sign: int) -> dict[str, int] | None:
     counts = {} if counts is None else counts
     value = counts.get(key, 0) + sign
@@ -199,7 +263,7 @@ def _bump(counts: dict[str, int] | None, key: str, sign: int) -> dict[str, int] 
 class SellerState:
     """Derived totals of one seller in one marketplace."""
 
-    __slots__ = ("seller_id", "marketplace", "buckets", "listing", "summary", "faulted")
+    __slots__ = ("seller_id", "marketplace", "buckets", "listing", "summary", "faulted", "sums")
 
     def __init__(self, seller_id: str, marketplace: str) -> None:
         self.seller_id = seller_id
@@ -212,6 +276,29 @@ class SellerState:
         # skus whose latest orders are a full list (the listing rule's depth), all seller-fault:
         # the only ones the listing rule can fire for (None: no such sku)
         self.faulted: set[str] | None = None
+        # running totals of its windows, from its first evaluation on (`window_sums`)
+        self.sums: WindowSums | None = None
+
+    def window_sums(self, lengths: tuple[int, ...], now_bucket: int) -> list[WindowSums]:
+        """The running totals of windows of `lengths` buckets (in this order) ending at
+        `now_bucket`: slid from the last evaluation's, or walked once."""
+        found = []
+        sums = self.sums
+        for length in lengths:
+            if sums is None or sums.length != length:
+                found = [WindowSums(self.buckets, length, now_bucket) for length in lengths]
+                for earlier, later in zip(found, found[1:]):
+                    earlier.next = later
+                # a seller of a few buckets is walked at each evaluation, which costs it no memory
+                self.sums = found[0] if len(self.buckets) >= SUMS_MIN_BUCKETS else None
+                return found
+            sums.move(self.buckets, now_bucket)
+            found.append(sums)
+            sums = sums.next
+        if sums is not None:        # more windows than asked for: not this policy's
+            self.sums = None
+            return self.window_sums(lengths, now_bucket)
+        return found
 
     def set_latest(self, sku: str, latest: tuple[tuple[int, str, bool], ...], depth: int) -> None:
         """Set a sku's latest orders (empty: forget the sku), keeping `faulted` up to date."""
@@ -239,6 +326,12 @@ class SellerState:
         if before is after:     # shared per distinct contribution
             return
         bucket = _BUCKET_NUMBERS.setdefault(bucket, bucket)
+        sums = self.sums
+        while sums is not None:
+            if sums.covers(bucket):
+                sums.add(before, -1)
+                sums.add(after, +1)
+            sums = sums.next
         totals = self.buckets.get(bucket, 0)
         plain = not (before.cancelled or before.causes or after.cancelled or after.causes)
         if type(totals) is int and plain:
@@ -298,6 +391,12 @@ class SellerState:
         dropped = [b for b in self.buckets if b < oldest_bucket]
         for bucket in dropped:
             del self.buckets[bucket]
+        sums = self.sums
+        while sums is not None:
+            if any(sums.covers(bucket) for bucket in dropped):
+                self.sums = None        # a window not evaluated for a retention: walked again
+                break
+            sums = sums.next
         if self.listing:
             for sku, latest in list(self.listing.items()):
                 kept = tuple(e for e in latest if e[0] >= oldest_purchase)

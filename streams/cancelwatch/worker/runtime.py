@@ -165,8 +165,9 @@ class Runtime:
         self.health: dict[tuple[str, str], tuple[float, account_health.MarketplaceHealth]] = {}
         self.topic_name = settings.source_topics
         # marketplace -> its windows' lengths in buckets (a target changes limits, not lengths)
-        self._window_lengths = {marketplace: {policy.window_buckets(w) for w in policy.windows(marketplace)}
-                                for marketplace in names.MARKETPLACES}
+        self._window_order = {marketplace: tuple(policy.window_buckets(w) for w in policy.windows(marketplace))
+                              for marketplace in names.MARKETPLACES}
+        self._window_lengths = {marketplace: set(lengths) for marketplace, lengths in self._window_order.items()}
         self.role = {name: role for role, name in self.topic_name.items()} | {
             settings.reroute_topic: names.REROUTE_TOPIC,
             settings.account_health_topic: HEALTH_ROLE,
@@ -442,7 +443,8 @@ class Runtime:
         """The seller's windows under the limits in force: its own target, or the marketplace's."""
         limits = targets.apply_target(self.policy.windows(state.marketplace),
                                       self.targets.get((state.seller_id, state.marketplace)))
-        return [window.totals(state.buckets, limit, self.policy, now_bucket) for limit in limits]
+        sums = state.window_sums(self._window_order[state.marketplace], now_bucket)
+        return [running.totals(limit) for running, limit in zip(sums, limits)]
 
     def target_updated(self, update: targets.TargetUpdate) -> None:
         """A target was set or cleared: the seller is evaluated again at once (its alerts follow)."""

@@ -8,9 +8,10 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from cancelwatch import settings as settings_module
+from cancelwatch import names, settings as settings_module
 from cancelwatch.core import events, policy as policy_module, window
 from cancelwatch.tools import scenarios
+from cancelwatch.worker.metrics import rate_band
 from tests import dict_runtime
 
 START = datetime(2026, 11, 1, tzinfo=timezone.utc)
@@ -38,10 +39,10 @@ def test_a_full_pass_that_skips_unmoved_sellers_equals_evaluating_every_seller(s
     every._time_moves = lambda *args: True
     evaluations = {id(skipping): 0, id(every): 0}
     for runtime in (skipping, every):
-        def counted(state, now_bucket, runtime=runtime, original=runtime.seller_windows):
+        def counted(state, now_bucket, runtime=runtime, original=runtime._limits_and_sums):
             evaluations[id(runtime)] += 1
             return original(state, now_bucket)
-        runtime.seller_windows = counted
+        runtime._limits_and_sums = counted
     skipping.last_full_seconds = every.last_full_seconds = 0.0
     compared = 0
     for start in range(0, len(records), 500):
@@ -63,3 +64,43 @@ def test_a_full_pass_that_skips_unmoved_sellers_equals_evaluating_every_seller(s
     now_bucket = window.bucket_of(skipping.now(), policy.bucket_seconds)
     assert now_bucket - window.bucket_of(START.timestamp(), policy.bucket_seconds) > 7 * 24
     assert any(summary[2][0][2] for summary, _ in evaluated(skipping).values()), "no seller-fault cancel"
+
+
+def test_every_sellers_summary_equals_its_windows_walked():
+    """The summaries evaluation leaves (built from running window sums, without window totals
+    for a seller with no seller-fault cancel) equal those computed from the seller's buckets
+    walked: status, rate band, and each window's counts, limits and forecast."""
+    settings = settings_module.load({**os.environ, "CANCELWATCH_CLOCK": "event"})
+    policy = policy_module.load(settings.policy_path)
+    stream = scenarios.disorder(scenarios.generate("inventory-outage", 5, start=START,
+                                                   end=START + timedelta(days=9), sellers=60),
+                                duplicates=0.02, reorder=0.01, seed=5)
+    records = dict_runtime.messages([events.encode(event) for event in stream], settings)
+    runtime = dict_runtime.runtime(settings, policy)
+    evaluated_at: dict = {}
+
+    def recorded(state, now_bucket, original=runtime._limits_and_sums):
+        evaluated_at[state] = now_bucket
+        return original(state, now_bucket)
+    runtime._limits_and_sums = recorded
+    checked = quiet = 0
+    for start in range(0, len(records), 2_000):
+        runtime.process(records[start:start + 2_000])
+        runtime.commit()
+        evaluated_at.clear()
+        runtime.evaluate()
+        for state, now_bucket in evaluated_at.items():
+            walked = [window.totals(state.buckets, limit, policy, now_bucket)
+                      for limit in policy.windows(state.marketplace)]
+            first = walked[0]
+            expected = (
+                max((w.status for w in walked), key=names.STATUSES.index),
+                rate_band(first.orders, first.cancelled, first.window.limit_bps, first.window.warning_bps),
+                tuple((w.window.days, w.orders, w.cancelled, w.window.limit_bps, w.window.warning_bps,
+                       0 if w.breached else None if p is None else p.hours_ahead)
+                      for w, p in ((w, window.forecast_breach(state.buckets, w.window, policy, now_bucket))
+                                   for w in walked)))
+            assert (state.summary.status, state.summary.band, state.summary.windows) == expected
+            checked += 1
+            quiet += not any(w.cancelled for w in walked)
+    assert checked > 500 and quiet > 50, (checked, quiet)

@@ -441,10 +441,14 @@ class Runtime:
     # -- limits in force ----------------------------------------------------------
     def seller_windows(self, state, now_bucket: int) -> list[window.WindowTotals]:
         """The seller's windows under the limits in force: its own target, or the marketplace's."""
+        limits, sums = self._limits_and_sums(state, now_bucket)
+        return [running.totals(limit) for running, limit in zip(sums, limits)]
+
+    def _limits_and_sums(self, state, now_bucket: int) -> tuple[list, list]:
+        """The seller's windows under the limits in force, and their running totals."""
         limits = targets.apply_target(self.policy.windows(state.marketplace),
                                       self.targets.get((state.seller_id, state.marketplace)))
-        sums = state.window_sums(self._window_order[state.marketplace], now_bucket)
-        return [running.totals(limit) for running, limit in zip(sums, limits)]
+        return limits, state.window_sums(self._window_order[state.marketplace], now_bucket)
 
     def target_updated(self, update: targets.TargetUpdate) -> None:
         """A target was set or cleared: the seller is evaluated again at once (its alerts follow)."""
@@ -546,14 +550,28 @@ class Runtime:
         return (f"{self.settings.grafana_url}/d/{names.DASHBOARD_UIDS['seller']}"
                 f"?var-seller_id={seller_id}&var-marketplace={marketplace}")
 
-    def _shared_summary(self, status: str, band: str, windows: tuple) -> SellerSummary:
-        """One SellerSummary object per distinct summary: most sellers share theirs with others."""
-        signature = (status, band, windows)
+    def _summary(self, limits: list, counts: list[tuple[int, int]], projections: list | None) -> SellerSummary:
+        """The seller's summary from its windows' limits, (orders, cancelled) and forecasts
+        (`window.forecast_breach` of each; None: none projected)."""
+        status = names.STATUS_OK
+        rows = []
+        for index, (limit, (orders, cancelled)) in enumerate(zip(limits, counts)):
+            breached = window.breached(orders, cancelled, limit.limit_bps)
+            projection = projections[index] if projections is not None else None
+            if breached:
+                status = names.STATUS_BREACH
+            elif status == names.STATUS_OK and window.at_warning_level(orders, cancelled, limit.warning_bps):
+                status = names.STATUS_WARNING
+            rows.append((limit.days, orders, cancelled, limit.limit_bps, limit.warning_bps,
+                         0 if breached else None if projection is None else projection.hours_ahead))
+        first, (orders, cancelled) = limits[0], counts[0]
+        signature = (status, rate_band(orders, cancelled, first.limit_bps, first.warning_bps), tuple(rows))
+        # one SellerSummary object per distinct summary: most sellers share theirs with others
         summary = self._summary_pool.get(signature)
         if summary is None:
             if len(self._summary_pool) >= SUMMARY_POOL_SIZE:
                 self._summary_pool.clear()
-            summary = self._summary_pool[signature] = SellerSummary(status, band, windows)
+            summary = self._summary_pool[signature] = SellerSummary(*signature)
         return summary
 
     def _time_moves(self, state, since: int | None, now_bucket: int) -> bool:
@@ -612,23 +630,21 @@ class Runtime:
         dirty, self.dirty = self.dirty, set()
         for state in dirty:
             key = (state.seller_id, state.marketplace)
-            windows = self.seller_windows(state, now_bucket)
+            limits, sums = self._limits_and_sums(state, now_bucket)
+            previous = self.alerts.get(key, {})
+            report = self.health.get(key)
+            if not any(running.cancelled for running in sums):
+                # No seller-fault cancel in any window: nothing to project, and the summary
+                # follows from the orders (no window totals are built).
+                state.summary = self._summary(limits, [(running.orders, 0) for running in sums], None)
+                if not previous and report is None and not _listing_faults(state):
+                    continue  # no alert can fire
+            windows = [running.totals(limit) for running, limit in zip(sums, limits)]
             projections = [None if w.breached or not w.cancelled else
                            window.forecast_breach(state.buckets, w.window, self.policy, now_bucket, w)
                            for w in windows]
             first = windows[0]
-            state.summary = self._shared_summary(
-                max((w.status for w in windows), key=names.STATUSES.index),
-                rate_band(first.orders, first.cancelled, first.window.limit_bps, first.window.warning_bps),
-                tuple((w.window.days, w.orders, w.cancelled, w.window.limit_bps, w.window.warning_bps,
-                       0 if w.breached else None if p is None else p.hours_ahead)
-                      for w, p in zip(windows, projections)),
-            )
-            previous = self.alerts.get(key, {})
-            report = self.health.get(key)
-            if (not previous and report is None and not any(w.cancelled for w in windows)
-                    and not _listing_faults(state)):
-                continue  # no seller-fault cancel anywhere and no report: no alert can fire
+            state.summary = self._summary(limits, [(w.orders, w.cancelled) for w in windows], projections)
             wanted = alerting.desired(state, self.policy, now, self.dashboard_url(*key), self.targets.get(key),
                                       windows=windows, projections=projections)
             if report is not None:

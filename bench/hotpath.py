@@ -35,9 +35,24 @@ from tests import dict_runtime  # noqa: E402
 FETCH = 1_000     # records per fetch, as the worker's consumer hands them over (app.FETCH_MAX_RECORDS)
 
 
-def run(records: list, settings, policy) -> float:
-    """CPU seconds to apply `records` to a fresh runtime."""
+def run(records: list, settings, policy, counts: dict | None = None) -> float:
+    """CPU seconds to apply `records` to a fresh runtime. `counts`, when given, receives the
+    groups, the buckets they opened and the sellers they left to evaluate (counted once a
+    group, outside the events' work)."""
     runtime = dict_runtime.runtime(settings, policy)
+    if counts is not None:
+        counts.update(groups=0, buckets=0, sellers=0)
+        commit, evaluate = runtime.commit, runtime.evaluate
+
+        def counted_commit():
+            counts["groups"] += 1
+            counts["buckets"] += len(runtime.group.pending.buckets)
+            return commit()
+
+        def counted_evaluate():
+            counts["sellers"] += len(runtime.dirty)
+            return evaluate()
+        runtime.commit, runtime.evaluate = counted_commit, counted_evaluate
     gc.freeze()                                  # as the worker's main does
     gc.set_threshold(app_module.GC_THRESHOLD, 20, 20)
     started = time.process_time()
@@ -64,16 +79,22 @@ def main() -> int:
     profiler = cProfile.Profile() if args.profile else None
     if profiler:
         profiler.enable()
-    seconds = min(run(records, settings, policy) for _ in range(args.repeat))
+    counts: dict = {}
+    seconds = min(run(records, settings, policy, counts) for _ in range(args.repeat))
+    touched = (f"; {counts['groups']} groups, {counts['buckets'] / len(records):.2f} buckets opened and "
+               f"{counts['sellers'] / len(records):.2f} sellers touched per event")
     if profiler:
         profiler.disable()
         profiler.dump_stats(args.profile)
     if args.json:
         print(json.dumps({"events": len(records), "cpu_seconds": seconds,
-                          "us_per_event": seconds / len(records) * 1e6}))
+                          "us_per_event": seconds / len(records) * 1e6,
+                          "groups": counts["groups"],
+                          "buckets_opened_per_event": counts["buckets"] / len(records),
+                          "sellers_touched_per_event": counts["sellers"] / len(records)}))
         return 0
     print(f"{len(records)} events in {seconds:.2f} CPU s: {len(records) / seconds:,.0f} events/s, "
-          f"{seconds / len(records) * 1e6:.1f} us/event")
+          f"{seconds / len(records) * 1e6:.1f} us/event{touched}")
     return 0
 
 

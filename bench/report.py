@@ -163,6 +163,42 @@ def _lead(t: dict) -> list[str]:
     return lines + [""]
 
 
+# What each fleet shape of bench/fleet.py replays, for the reader.
+FLEET_SHAPES = {"throughput": "the throughput benchmark's replay",
+                "many_sellers": "many sellers, each seldom",
+                "long_history": "full 7-day windows"}
+
+
+def _fleet(fl: dict) -> list[str]:
+    shapes = fl["shapes"]
+    lines = [
+        "## Fleet shape: the worker's own work per event",
+        "",
+        *_when(fl),
+        "`bench/hotpath.py` (decode, apply, write to a dict, evaluate; CPU, no Kafka) with the workers'",
+        "code on three simulator replays, run alternately. A group of up to 20,000 events writes each",
+        "bucket it opened once and evaluates each seller it touched once, so the cost per event follows",
+        "how many of each the events share, which the fleet's shape decides:",
+        "",
+        "| shape | sellers | simulated | events | µs per event (median; runs) | buckets opened per event "
+        "| sellers touched per event | × the throughput replay |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, shape in shapes.items():
+        cost = shape["us_per_event"]
+        lines.append(
+            f"| {FLEET_SHAPES.get(name, name)} | {shape['sellers']:,} | {shape['duration']} | {shape['events']:,} "
+            f"| {cost['median']:.1f} ({', '.join(f'{run:.1f}' for run in cost['runs'])}) "
+            f"| {shape['buckets_opened_per_event']:.2f} | {shape['sellers_touched_per_event']:.2f} "
+            f"| {fl['ratios'][name]:.2f}× |")
+    return lines + [
+        "",
+        "docs/scaling.md applies the many-sellers ratio to the worker's measured rate for fleets of",
+        "that shape.",
+        "",
+    ]
+
+
 def render(results: dict) -> str:
     m = results["machine"]
     lines = [
@@ -374,6 +410,8 @@ def render(results: dict) -> str:
               "machine (shared during this run) moves each run on its own.",
             "",
         ]
+    if "fleet" in done:
+        lines += _fleet(done["fleet"])
     if "series" in done:
         se = done["series"]
         lines += [

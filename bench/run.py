@@ -38,6 +38,8 @@ FULL = {
     "scaleout_events": 1_100_000, "scaleout_repetitions": 1,
     # one broker or three: the throughput topics on a three-broker cluster of the benchmark's own
     "brokers_repetitions": 3,
+    # the worker's own work per event by fleet shape (bench/fleet.py): runs of each shape, events cap
+    "fleet_runs": 2, "fleet_events": 0,
     # alert latency
     "crossings": 200, "background_rate": 500.0, "crossing_timeout": 10.0, "crossing_gap": 0.05,
     # memory, series, state and recovery
@@ -48,7 +50,7 @@ QUICK = {
     **FULL,
     "sellers": 200, "events": 100_000, "repetitions": 1, "cap_seconds": 20.0, "faust_cap_seconds": 10.0,
     "worker_cap_seconds": 40.0, "profile_seconds": 10.0, "peer_cap_seconds": 60.0, "scaleout_events": 50_000,
-    "brokers_repetitions": 1,
+    "brokers_repetitions": 1, "fleet_runs": 1, "fleet_events": 100_000,
     "crossings": 30, "background_rate": 200.0,
     "memory_sellers": [10_000], "memory_runs": 1, "series_sellers": [1_000, 10_000],
     "state_orders": 50_000, "state_ingest_cap_seconds": 180.0, "recovery_cap_seconds": 60.0,
@@ -58,12 +60,13 @@ QUICK = {
 def _benchmarks() -> dict:
     import brokers
     import capacity
+    import fleet
     import latency
     import scaleout
     import throughput
     return {"throughput": throughput.run, "latency": latency.run, "memory": capacity.memory,
             "state": capacity.state, "scaleout": scaleout.run, "series": capacity.series,
-            "brokers": brokers.run}
+            "brokers": brokers.run, "fleet": fleet.run}
 
 
 def _override(sizes: dict, assignment: str) -> None:

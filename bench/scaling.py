@@ -15,6 +15,7 @@ import re
 import sys
 from typing import Callable, NamedTuple
 
+import fleet
 from common import ROOT, default_policy
 from report import _machine, _s
 
@@ -151,6 +152,15 @@ def render_scaling(results: dict) -> str:
                       compute=lambda seconds, wait, orders: (seconds - wait) * MILLION / orders)
     clean_wait = _figure(done, "state.restore_group_wait_s")
     target = _figure(done, "state.target_recovery_s")
+    own = _figure(done, "fleet.shapes.throughput.us_per_event.median")
+    own_many = _figure(done, "fleet.shapes.many_sellers.us_per_event.median")
+    many_ratio = _figure(done, "fleet.ratios.many_sellers")
+    rate_many = _figure(
+        done, "throughput.events_per_s.cancelwatch_worker.median", "fleet.shapes.throughput.us_per_event.median",
+        "fleet.shapes.many_sellers.us_per_event.median", formula="1 / (1 / {} − {} + {})",
+        compute=lambda worker, base, many: MILLION / (MILLION / worker - base + many))
+    shape_sellers = _at(done, "fleet.shapes.throughput.sellers") or results.get("sizes", {}).get("sellers", 2000)
+    many_sellers = _at(done, "fleet.shapes.many_sellers.sellers") or fleet.SHAPES["many_sellers"][0]
     m = results["machine"]
     policy = default_policy()
     kept_days = policy.retention_seconds / 86400
@@ -181,9 +191,20 @@ def render_scaling(results: dict) -> str:
             ("one worker on three brokers (replication 3, `min.insync.replicas=2`)",
              _figure(done, "brokers.events_per_s.three_brokers.median"), _rate),
             ("three brokers over one", brokers, _times),
+            (f"the worker's own work per event (CPU, no Kafka), the throughput replay: {shape_sellers:,} sellers",
+             own, lambda v: f"{v:.1f} µs"),
+            (f"the same, {many_sellers:,} sellers, each seldom", own_many, lambda v: f"{v:.1f} µs"),
+            ("many sellers over the throughput replay", many_ratio, _times),
+            (f"one worker, estimated for more than {shape_sellers:,} sellers a worker", rate_many, _rate),
         ]),
-        "The first row is the rate per worker that the sizing below uses. Runs on a shared machine",
-        "move with its load, so the benchmarks' one-worker rates differ from one another.",
+        "The first row is the rate per worker measured on the throughput benchmark's replay. Runs on a",
+        "shared machine move with its load, so the benchmarks' one-worker rates differ from one another.",
+        "",
+        "The worker's cost per event follows how many sellers and buckets the events of a group share",
+        "(bench/README.md, \"Fleet shape\"): a seller's evaluation and a bucket's write are done once a",
+        "group. With many sellers a group's events rarely share them, and the worker's own work per event",
+        "rises by the ratio above. The estimate for that shape keeps the rest of the measured cost per",
+        "event (Kafka, RocksDB, the changelog) and swaps the own work of one shape for the other's.",
         "",
         "## State per seller and per order",
         "",
@@ -224,8 +245,9 @@ def render_scaling(results: dict) -> str:
         + ", ".join(f"{count:,} {kind}" for kind, count in SIMULATOR_MIX.items())
         + f" in its {sum(SIMULATOR_MIX.values()):,} events (re-sent duplicates included), all events over "
         "the order_placed ones.",
-        f"- workers = ⌈events/s / ({HEADROOM:.0%} × *R*)⌉, *R* the rate per worker above "
-        f"({_show(rate.value, _rate)}). A worker planned at {HEADROOM:.0%} of its rate (`HEADROOM`) drains a "
+        f"- workers = ⌈events/s / ({HEADROOM:.0%} × *R*)⌉, *R* the rate per worker above: "
+        f"{_show(rate.value, _rate)}, or the estimate for many sellers ({_show(rate_many.value, _rate)}) when a "
+        f"worker would hold more than the throughput replay's {shape_sellers:,} sellers. A worker planned at {HEADROOM:.0%} of its rate (`HEADROOM`) drains a "
         "backlog (a replay, a restart, an outage upstream) at least as fast as it built up, live traffic "
         "going on; the day's peak hours count against the same headroom.",
         f"- partitions = max(workers, {names.DEFAULT_PARTITIONS}, the default `CANCELWATCH_PARTITIONS`): a "
@@ -239,28 +261,33 @@ def render_scaling(results: dict) -> str:
         "",
     ]
     if rate.value is not None:
+        slowest = min(filter(None, (rate.value, rate_many.value)))
         lines += [f"By events alone, one worker at {HEADROOM:.0%} of *R* keeps up with "
-                  f"{HEADROOM * rate.value * 86400 / EVENTS_PER_ORDER / MILLION:,.0f} million orders a day "
+                  f"{HEADROOM * slowest * 86400 / EVENTS_PER_ORDER / MILLION:,.0f} million orders a day "
                   "(*N* × *M*); the RSS and restore columns below say what the same fleet costs in memory "
                   "and recovery.", ""]
     if rate.value is None:
         lines += [f"Rate per worker {NOT_MEASURED}: no fleet sized.", ""]
     else:
         lines += [
-            f"| sellers | orders a day | events/s | workers | partitions | a day's backlog drains in "
+            f"| sellers | orders a day | events/s | *R* | workers | partitions | a day's backlog drains in "
             f"| RSS per worker, {per_light} | RSS per worker, {per_busy} |",
-            "|---|---|---|---|---|---|---|---|",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         for sellers, orders in FLEETS:
             per_day = sellers * orders * EVENTS_PER_ORDER
             events = per_day / 86400
-            workers = max(1, math.ceil(events / (HEADROOM * rate.value)))
-            drains = per_day / (workers * rate.value - events)
+            per_worker = rate.value
+            workers = max(1, math.ceil(events / (HEADROOM * per_worker)))
+            if rate_many.value is not None and sellers / workers > shape_sellers:
+                per_worker = rate_many.value
+                workers = max(1, math.ceil(events / (HEADROOM * per_worker)))
+            drains = per_day / (workers * per_worker - events)
             light = None if None in (idle.value, light_seller.value) else (
                 idle.value + sellers / workers * light_seller.value)
             busy = None if None in (idle.value, busy_seller.value) else (
                 idle.value + sellers / workers * busy_seller.value)
-            lines.append(f"| {sellers:,} | {orders:,} | {_number(events)} | {workers} | "
+            lines.append(f"| {sellers:,} | {orders:,} | {_number(events)} | {_rate(per_worker)} | {workers} | "
                          f"{max(workers, names.DEFAULT_PARTITIONS)} | {_duration(drains)} | "
                          f"{_show(light, _size)} | {_show(busy, _size)} |")
         lines.append("")

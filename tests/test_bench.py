@@ -213,8 +213,8 @@ def test_the_fleet_figures_follow_the_measured_rate_and_restore():
     assert _cells(slow, "| one worker process")[1].startswith("1,000 events/s")
     assert _cells(fast, "| one worker process")[1].startswith("2,000 events/s")
     # 1,000,000 sellers at 500 orders a day: 9,458 events/s, a worker planned at half its rate
-    assert _cells(slow, "| 1,000,000 | 500 | 9,458 |")[3:5] == ["19", "19"]
-    assert _cells(fast, "| 1,000,000 | 500 | 9,458 |")[3:5] == ["10", "10"]
+    assert _cells(slow, "| 1,000,000 | 500 | 9,458 |")[3:6] == ["1,000 events/s", "19", "19"]
+    assert _cells(fast, "| 1,000,000 | 500 | 9,458 |")[3:6] == ["2,000 events/s", "10", "10"]
     assert _cells(slow, "| restore with the data dir wiped (from the changelog) |")[1] == "20.0 s"
     assert _cells(fast, "| restore with the data dir wiped (from the changelog) |")[1] == "40.0 s"
     # 1,000 sellers at 50 orders a day keep 1,650,000 orders over the 33-day retention
@@ -376,3 +376,34 @@ def test_fair_peer_in_quix_answers_as_the_oracle(kafka_bootstrap, kafka_topic, t
     expected = answers.oracle_answers(lines, pairs, answers.event_clock(lines))
     found = {pair: answers.normalize(answer) for pair, answer in peer["answers"].items()}
     assert answers.differences(expected, found) == []
+
+
+def test_a_worker_of_many_sellers_is_sized_at_the_rate_estimated_for_them():
+    # 1,000 us an event in all at the throughput replay, of which 10 us its own work; 30 us of
+    # own work with many sellers: 1,020 us an event, 980 events/s, for a worker holding more
+    # sellers than the replay's 2,000.
+    results = _measured_results()
+    results["results"]["throughput"]["events_per_s"]["cancelwatch_worker"]["median"] = 1_000.0
+    results["results"]["fleet"] = {
+        "shapes": {"throughput": {"sellers": 2_000, "us_per_event": {"median": 10.0}},
+                   "many_sellers": {"sellers": 20_000, "us_per_event": {"median": 30.0}}},
+        "ratios": {"throughput": 1.0, "many_sellers": 3.0}}
+    page = scaling.render_scaling(results)
+    assert _cells(page, "| one worker, estimated for more than 2,000 sellers a worker")[1] == "980 events/s"
+    assert _cells(page, "| many sellers over the throughput replay")[1] == "3.00×"
+    # 1,000 sellers a worker: the measured rate; 1,000,000 sellers: the estimate (9,458 / 490 -> 20 workers)
+    assert _cells(page, "| 1,000 | 500 | 9.5 |")[3:5] == ["1,000 events/s", "1"]
+    assert _cells(page, "| 1,000,000 | 500 | 9,458 |")[3:5] == ["980 events/s", "20"]
+
+
+def test_the_report_shows_each_fleet_shape_beside_the_throughput_replay():
+    results = _measured_results()
+    shape = {"duration": "4h", "events": 718_307, "buckets_opened_per_event": 0.46,
+             "sellers_touched_per_event": 0.45, "us_per_event": {"median": 25.0, "runs": [24.0, 26.0]}}
+    results["results"]["fleet"] = {
+        "shapes": {"throughput": {**shape, "sellers": 2_000, "us_per_event": {"median": 12.5, "runs": [12.5]}},
+                   "many_sellers": {**shape, "sellers": 20_000}},
+        "ratios": {"throughput": 1.0, "many_sellers": 2.0}}
+    page = report.render(results)
+    assert "## Fleet shape: the worker's own work per event" in page
+    assert "| many sellers, each seldom | 20,000 | 4h | 718,307 | 25.0 (24.0, 26.0) | 0.46 | 0.45 | 2.00× |" in page

@@ -33,6 +33,9 @@ SHAPES = {
 }
 
 
+ALL_EVENTS = 10**9       # hotpath.py reads this many lines at most: the whole file
+
+
 def _shapes(sizes: dict) -> dict:
     shapes = dict(SHAPES)
     shapes["throughput"] = (sizes["sellers"], sizes["duration"], sizes["events"])
@@ -45,9 +48,8 @@ def _hotpath(path, events: int | None) -> dict:
     env = {}
     if common.WORKER_SOURCE is not None:
         env["PYTHONPATH"] = str(common.WORKER_SOURCE / "streams")
-    command = [sys.executable, "bench/hotpath.py", "--json", "--input", str(path)]
-    if events:
-        command += ["--events", str(events)]
+    command = [sys.executable, "bench/hotpath.py", "--json", "--input", str(path),
+               "--events", str(events or ALL_EVENTS)]
     return run_json(command, timeout=1800, env=env)
 
 

@@ -284,20 +284,18 @@ class SellerState:
         `now_bucket`: slid from the last evaluation's, or walked once."""
         found = []
         sums = self.sums
-        for length in lengths:
-            if sums is None or sums.length != length:
-                found = [WindowSums(self.buckets, length, now_bucket) for length in lengths]
-                for earlier, later in zip(found, found[1:]):
-                    earlier.next = later
-                # a seller of a few buckets is walked at each evaluation, which costs it no memory
-                self.sums = found[0] if len(self.buckets) >= SUMS_MIN_BUCKETS else None
-                return found
-            sums.move(self.buckets, now_bucket)
+        while sums is not None:
             found.append(sums)
             sums = sums.next
-        if sums is not None:        # more windows than asked for: not this policy's
-            self.sums = None
-            return self.window_sums(lengths, now_bucket)
+        if tuple(running.length for running in found) != lengths:
+            found = [WindowSums(self.buckets, length, now_bucket) for length in lengths]
+            for earlier, later in zip(found, found[1:]):
+                earlier.next = later
+            # a seller of a few buckets is walked at each evaluation, which costs it no memory
+            self.sums = found[0] if len(self.buckets) >= SUMS_MIN_BUCKETS else None
+            return found
+        for running in found:
+            running.move(self.buckets, now_bucket)
         return found
 
     def set_latest(self, sku: str, latest: tuple[tuple[int, str, bool], ...], depth: int) -> None:

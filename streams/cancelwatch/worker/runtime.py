@@ -633,7 +633,8 @@ class Runtime:
             limits, sums = self._limits_and_sums(state, now_bucket)
             previous = self.alerts.get(key, {})
             report = self.health.get(key)
-            if not any(running.cancelled for running in sums):
+            quiet = not any(running.cancelled for running in sums)
+            if quiet:
                 # No seller-fault cancel in any window: nothing to project, and the summary
                 # follows from the orders (no window totals are built).
                 state.summary = self._summary(limits, [(running.orders, 0) for running in sums], None)
@@ -643,8 +644,9 @@ class Runtime:
             projections = [None if w.breached or not w.cancelled else
                            window.forecast_breach(state.buckets, w.window, self.policy, now_bucket, w)
                            for w in windows]
+            if not quiet:
+                state.summary = self._summary(limits, [(w.orders, w.cancelled) for w in windows], projections)
             first = windows[0]
-            state.summary = self._summary(limits, [(w.orders, w.cancelled) for w in windows], projections)
             wanted = alerting.desired(state, self.policy, now, self.dashboard_url(*key), self.targets.get(key),
                                       windows=windows, projections=projections)
             if report is not None:

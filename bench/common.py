@@ -389,3 +389,16 @@ def run_json(command: list[str], timeout: float, env: dict | None = None, starte
     if process.returncode != 0:
         raise BenchError(f"{' '.join(command[:3])} failed ({process.returncode}):\n" + stderr[-3000:])
     return json.loads(stdout.strip().splitlines()[-1])
+
+
+def hotpath(path: Path, events: int) -> dict | None:
+    """bench/hotpath.py --json on the first `events` events of `path`, with the code the workers
+    run; None for a workers' commit of the older layout (no streams/cancelwatch/), which it
+    cannot drive."""
+    env = {}
+    if WORKER_SOURCE is not None:
+        if not (WORKER_SOURCE / "streams" / "cancelwatch").is_dir():
+            return None
+        env["PYTHONPATH"] = str(WORKER_SOURCE / "streams")
+    return run_json([sys.executable, "bench/hotpath.py", "--json", "--events", str(events), "--input", str(path)],
+                    timeout=1800, env=env)

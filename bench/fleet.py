@@ -20,10 +20,7 @@ of many sellers.
 
 from __future__ import annotations
 
-import sys
-
-import common
-from common import ROOT, log, run_json, simulator_cache, spread
+from common import ROOT, BenchError, hotpath, log, simulator_cache, spread
 
 # name -> (sellers, simulated duration, events replayed: None for all)
 SHAPES = {
@@ -44,25 +41,16 @@ def _shapes(sizes: dict) -> dict:
             for name, (sellers, duration, events) in shapes.items()}
 
 
-def _hotpath(path, events: int | None) -> dict:
-    env = {}
-    if common.WORKER_SOURCE is not None:
-        env["PYTHONPATH"] = str(common.WORKER_SOURCE / "streams")
-    command = [sys.executable, "bench/hotpath.py", "--json", "--input", str(path),
-               "--events", str(events or ALL_EVENTS)]
-    return run_json(command, timeout=1800, env=env)
-
-
 def run(sizes: dict, workdir) -> dict:
-    if common.WORKER_SOURCE is not None and not (common.WORKER_SOURCE / "streams" / "cancelwatch").is_dir():
-        raise common.BenchError("the workers' commit has no streams/cancelwatch/: bench/hotpath.py cannot drive it")
     shapes = _shapes(sizes)
     paths = {name: simulator_cache(sellers, duration) for name, (sellers, duration, _) in shapes.items()}
     runs: dict[str, list[dict]] = {name: [] for name in shapes}
     for repetition in range(sizes["fleet_runs"]):
         log(f"fleet shapes, run {repetition + 1}/{sizes['fleet_runs']}")
         for name, (_, _, events) in shapes.items():
-            result = _hotpath(paths[name], events)
+            result = hotpath(paths[name], events or ALL_EVENTS)
+            if result is None:
+                raise BenchError("the workers' commit has no streams/cancelwatch/: bench/hotpath.py cannot drive it")
             runs[name].append(result)
             log(f"  {name}: {result['us_per_event']:.1f} us/event, {result['buckets_opened_per_event']:.2f} "
                 f"buckets opened and {result['sellers_touched_per_event']:.2f} sellers touched per event")

@@ -30,9 +30,8 @@ from pathlib import Path
 
 import answers
 import pyspy
-import common
-from common import (BOOTSTRAP, Worker, delete_topics, delete_topics_tagged, log, prefilled, run_json,
-                    simulator_cache, spread, tag, wait_processed)
+from common import (BOOTSTRAP, Worker, delete_topics, delete_topics_tagged, hotpath, log, prefilled,
+                    run_json, simulator_cache, spread, tag, wait_processed)
 
 VARIANTS = ("raw_aiokafka", "naive_faust", "cancelwatch_worker", "quix_streams", "quix_peer")
 # The fair peer is sampled from this many seconds after its start (its start-up is not measured either).
@@ -112,16 +111,9 @@ def _lines(sizes: dict, total: int) -> list[bytes]:
 
 def _hotpath(sizes: dict, total: int) -> list[float]:
     """[us per event] of bench/hotpath.py on the topics' events with the code the workers run;
-    [] for a commit of the older layout (no streams/cancelwatch/), which it cannot drive."""
-    env = {}
-    if common.WORKER_SOURCE is not None:
-        if not (common.WORKER_SOURCE / "streams" / "cancelwatch").is_dir():
-            return []
-        env["PYTHONPATH"] = str(common.WORKER_SOURCE / "streams")
-    result = run_json([sys.executable, "bench/hotpath.py", "--json", "--events", str(total),
-                       "--input", str(simulator_cache(sizes["sellers"], sizes["duration"]))],
-                      timeout=900, env=env)
-    return [result["us_per_event"]]
+    [] for a commit of the older layout, which it cannot drive."""
+    result = hotpath(simulator_cache(sizes["sellers"], sizes["duration"]), total)
+    return [result["us_per_event"]] if result else []
 
 
 def _raw(orders: str, cancellations: str, total: int, cap: float) -> dict:

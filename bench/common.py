@@ -391,7 +391,7 @@ def run_json(command: list[str], timeout: float, env: dict | None = None, starte
     return json.loads(stdout.strip().splitlines()[-1])
 
 
-def hotpath(path: Path, events: int) -> dict | None:
+def hotpath(path: Path, events: int, timeout: float) -> dict | None:
     """bench/hotpath.py --json on the first `events` events of `path`, with the code the workers
     run; None for a workers' commit of the older layout (no streams/cancelwatch/), which it
     cannot drive."""
@@ -401,4 +401,4 @@ def hotpath(path: Path, events: int) -> dict | None:
             return None
         env["PYTHONPATH"] = str(WORKER_SOURCE / "streams")
     return run_json([sys.executable, "bench/hotpath.py", "--json", "--events", str(events), "--input", str(path)],
-                    timeout=1800, env=env)
+                    timeout=timeout, env=env)

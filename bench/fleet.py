@@ -48,7 +48,7 @@ def run(sizes: dict, workdir) -> dict:
     for repetition in range(sizes["fleet_runs"]):
         log(f"fleet shapes, run {repetition + 1}/{sizes['fleet_runs']}")
         for name, (_, _, events) in shapes.items():
-            result = hotpath(paths[name], events or ALL_EVENTS)
+            result = hotpath(paths[name], events or ALL_EVENTS, timeout=1800)
             if result is None:
                 raise BenchError("the workers' commit has no streams/cancelwatch/: bench/hotpath.py cannot drive it")
             runs[name].append(result)

@@ -112,7 +112,7 @@ def _lines(sizes: dict, total: int) -> list[bytes]:
 def _hotpath(sizes: dict, total: int) -> list[float]:
     """[us per event] of bench/hotpath.py on the topics' events with the code the workers run;
     [] for a commit of the older layout, which it cannot drive."""
-    result = hotpath(simulator_cache(sizes["sellers"], sizes["duration"]), total)
+    result = hotpath(simulator_cache(sizes["sellers"], sizes["duration"]), total, timeout=900)
     return [result["us_per_event"]] if result else []
 
 

@@ -61,6 +61,10 @@ def outcome(raw: bytes, now: datetime | None = NOW):
     # The worker's per-topic decoder answers exactly as decode() followed by check_topic().
     for role in (names.ORDERS_TOPIC, names.CANCELLATIONS_TOPIC):
         assert answer(events.decode_on, role, raw, now) == answer(checked_on, role, raw, now), (role, raw[:200])
+        # the worker's quick path: the event decode_on gives without a clock, or None
+        unchecked = answer(events.decode_on, role, raw, None)
+        quick = events.decode_quick(role, raw)
+        assert quick == (unchecked if isinstance(unchecked, events.Event.__args__) else None), (role, raw[:200])
     try:
         event = events.decode(raw, now)
     except events.BadEvent as bad:

@@ -13,7 +13,7 @@ from hypothesis import given, settings as hyp_settings, strategies as st
 from cancelwatch import names
 
 from cancelwatch.core import alerting, events, ledger, policy as policy_module, state, window
-from cancelwatch.core.state import Book
+from cancelwatch.core.state import Book, with_purchase
 from tests import oracle
 
 POLICY = policy_module.load("streams/cancelwatch/core/policy.yaml")
@@ -229,7 +229,7 @@ def test_a_group_fed_in_slices_writes_each_bucket_once_and_matches_the_oracle(ca
     for start in range(0, len(slices), 3):
         pending = book.begin()
         for batch in slices[start:start + 3]:
-            book.feed(pending, [(events.TOPIC_OF_TYPE[type(e)], e) for e in batch], now)
+            book.feed(pending, with_purchase((events.TOPIC_OF_TYPE[type(e)], e) for e in batch), now)
         before = dict(writes)
         book.finish(pending)
         assert all(count - before.get(key, 0) <= 1 for key, count in writes.items()), \
@@ -252,7 +252,7 @@ def test_a_group_dropped_before_it_is_written_leaves_the_cache_as_the_store(case
         book.apply(batch, now)
     dropped = book.begin()
     for batch in batches[half:]:
-        book.feed(dropped, batch, now)     # never finished
+        book.feed(dropped, with_purchase(batch), now)     # never finished
     for batch in batches[half:]:
         book.apply(batch, now)
     assert book_answers(book, now) == oracle.compute(stream, now, POLICY)

@@ -104,3 +104,44 @@ def test_every_sellers_summary_equals_its_windows_walked():
             checked += 1
             quiet += not any(w.cancelled for w in walked)
     assert checked > 500 and quiet > 50, (checked, quiet)
+
+
+def test_the_workers_clock_check_dead_letters_exactly_what_the_decoder_does(monkeypatch):
+    # The worker checks a well-formed event's times against the wall clock on their epoch
+    # seconds and leaves those near the limit to events.decode_on: around the 5-minute limit,
+    # to the microsecond, it must dead-letter exactly the events the decoder rejects.
+    from cancelwatch.worker import runtime as runtime_module
+
+    settings = settings_module.load({**os.environ, "CANCELWATCH_CLOCK": "event"})
+    policy = policy_module.load(settings.policy_path)
+    wall = datetime(2026, 11, 20, 12, 0, 0, 123456, tzinfo=timezone.utc)
+    monkeypatch.setattr(runtime_module.time, "time", lambda: wall.timestamp())
+    offsets = [timedelta(seconds=-60), timedelta(seconds=299), timedelta(seconds=300) - timedelta(microseconds=1),
+               timedelta(seconds=300), timedelta(seconds=300, microseconds=1), timedelta(seconds=300, microseconds=999),
+               timedelta(seconds=301), timedelta(hours=2)]
+    raws = []
+    for number, offset in enumerate(offsets):
+        for field in ("occurred_at", "purchase_date"):
+            base = wall - timedelta(hours=1)
+            times = {"purchase_date": base, "occurred_at": base, field: wall + offset}
+            if times["purchase_date"] > times["occurred_at"] and field == "purchase_date":
+                times["occurred_at"] = wall - timedelta(hours=1)
+            raws.append(events.encode(events.OrderPlaced(
+                schema_version=1, event_id=f"e-{number}-{field}", order_id=f"O-{number}-{field}",
+                seller_id="S1", marketplace="US", fulfillment_channel="MFN", order_status="Unshipped", **times)))
+    rejected = set()
+    for raw in raws:
+        try:
+            events.decode(raw, wall)
+        except events.BadEvent as bad:
+            assert bad.kind == "future"
+            rejected.add(raw)
+    assert 0 < len(rejected) < len(raws)
+    runtime = dict_runtime.runtime(settings, policy)
+    runtime.process(dict_runtime.messages(raws, settings))
+    assert {message.value for message, _ in runtime.group.dead} == rejected
+    assert all(bad.kind == "future" for _, bad in runtime.group.dead)
+    result = runtime.commit()
+    assert runtime.book.seller("S1", "US") is not None
+    assert sum(count for (topic, outcome), count in result.outcomes.items() if outcome == "applied") \
+        == len(raws) - len(rejected)

@@ -113,10 +113,12 @@ def _merge_skus(current: tuple[str, ...], items: Iterable[events.Item] | None) -
     return current
 
 
-def apply(policy: Policy, record: Record | None, event: events.Event) -> Record:
+def apply(policy: Policy, record: Record | None, event: events.Event, purchase: int | None = None) -> Record:
     """The record after `event` (a new Record; `record` is not changed). An event that adds
-    nothing to a record (a status change, a duplicate) returns `record` itself."""
-    purchase = int(event.purchase_date.timestamp())
+    nothing to a record (a status change, a duplicate) returns `record` itself. `purchase`:
+    the event's purchase_date in whole epoch seconds, when the caller has it already."""
+    if purchase is None:
+        purchase = int(event.purchase_date.timestamp())
     items = getattr(event, "items", None)
     if type(event) is not events.OrderCancelled:
         # an order event adds only skus and an earlier purchase date

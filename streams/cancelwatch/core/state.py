@@ -404,6 +404,11 @@ class SellerState:
         return dropped
 
 
+def with_purchase(batch: Iterable[tuple[str, events.Event]]) -> list[tuple[str, events.Event, float]]:
+    """(topic_role, event) pairs as `Book.feed` takes them, each with its purchase_date in epoch seconds."""
+    return [(role, event, event.purchase_date.timestamp()) for role, event in batch]
+
+
 # An open bucket of a batch: (key, seller state, bucket, its records with the batch applied,
 # {order_id: record before the batch, None when the order was not in this bucket}).
 OpenBucket = tuple
@@ -538,15 +543,16 @@ class Book:
     def apply(self, batch: Iterable[tuple[str, events.Event]], now: float) -> BatchResult:
         """Apply (topic_role, event) pairs with `now` as the clock; write each touched bucket once."""
         pending = self.begin()
-        self.feed(pending, batch, now)
+        self.feed(pending, with_purchase(batch), now)
         return self.finish(pending)
 
     def begin(self) -> Pending:
         """A batch that `feed` fills over several slices of events and `finish` writes at once."""
         return Pending(BatchResult(Counter(), set(), Counter(), Counter(), Counter()), {})
 
-    def feed(self, pending: Pending, batch: Iterable[tuple[str, events.Event]], now: float) -> None:
-        """Apply events to the batch's private copies of their buckets (nothing is written yet).
+    def feed(self, pending: Pending, batch: Iterable[tuple[str, events.Event, float]], now: float) -> None:
+        """Apply (topic_role, event, its purchase_date in epoch seconds) triples to the batch's
+        private copies of their buckets (nothing is written yet; `with_purchase` makes them).
 
         The common case costs one lookup in the event's open bucket; only an order that
         bucket does not hold is looked up in the order index (the batch's own entries first)."""
@@ -558,13 +564,13 @@ class Book:
         outcomes = pending.result.outcomes
         open_buckets = pending.buckets
         rate_buckets = self._rate_buckets
-        for role, event in batch:
+        for role, event, purchase in batch:
             seller_id, marketplace = event.seller_id, event.marketplace
             if event.fulfillment_channel == "AFN":
                 self._state(seller_id, marketplace, mark=True)
                 outcomes[(role, "afn")] += 1
                 continue
-            bucket = int(event.purchase_date.timestamp() // bucket_seconds)
+            bucket = int(purchase // bucket_seconds)
             if bucket <= oldest_kept:
                 self._state(seller_id, marketplace, mark=True)
                 outcomes[(role, "late")] += 1
@@ -586,7 +592,7 @@ class Book:
                     pending.index[order] = bucket
                     if order_id not in opened[4]:
                         opened[4][order_id] = None
-            new = apply(policy, old, event)
+            new = apply(policy, old, event, int(purchase))
             late = opened[2] <= now_bucket - rate_buckets[marketplace]
             if new == old:
                 outcomes[(role, "late" if late else "unchanged")] += 1

@@ -410,7 +410,8 @@ def with_purchase(batch: Iterable[tuple[str, events.Event]]) -> list[tuple[str, 
 
 
 # An open bucket of a batch: (key, seller state, bucket, its records with the batch applied,
-# {order_id: record before the batch, None when the order was not in this bucket}).
+# {order_id: record before the batch, None when the order was not in this bucket}, the prefix
+# of its orders' index keys).
 OpenBucket = tuple
 
 
@@ -563,6 +564,7 @@ class Book:
         oldest_kept = now_bucket - self._keep_buckets
         outcomes = pending.result.outcomes
         open_buckets = pending.buckets
+        pending_index, index = pending.index, self.index
         rate_buckets = self._rate_buckets
         for role, event, purchase in batch:
             seller_id, marketplace = event.seller_id, event.marketplace
@@ -581,15 +583,26 @@ class Book:
             order_id = event.order_id
             old = opened[3].get(order_id)
             if old is None:
-                order = order_key(seller_id, marketplace, order_id)
-                home = self._home(pending, seller_id, marketplace, order_id, order)
+                order = opened[5] + order_id.encode()
+                home = None
+                at = pending_index.get(order)
+                if at is None:
+                    raw = index.get(order)
+                    if raw is not None:
+                        at = int(raw)
+                if at is not None:
+                    home = open_buckets.get((seller_id, marketplace, at))
+                    if home is None:
+                        home = self._open(pending, seller_id, marketplace, at)
+                    if order_id not in home[3]:
+                        home = None     # an index entry whose bucket does not hold the order: stale
                 if home is None:
-                    pending.index[order] = bucket
+                    pending_index[order] = bucket
                 elif home[2] < bucket:      # stored at an earlier purchase date: updated there
                     opened, old = home, home[3][order_id]
                 else:                       # this event's purchase date is earlier: the record moves here
                     old = self._move_out(pending, home, (seller_id, marketplace, order_id))
-                    pending.index[order] = bucket
+                    pending_index[order] = bucket
                     if order_id not in opened[4]:
                         opened[4][order_id] = None
             new = apply(policy, old, event, int(purchase))
@@ -614,7 +627,7 @@ class Book:
             raw = self.store.get(key)
             orders = ledger.decode_bucket(raw) if raw else {}
         opened = pending.buckets[(seller_id, marketplace, bucket)] = (
-            key, self._state(seller_id, marketplace), bucket, orders, {})
+            key, self._state(seller_id, marketplace), bucket, orders, {}, order_key(seller_id, marketplace, ""))
         return opened
 
     def _remember(self, key: bytes, orders: ledger.Bucket | None, changed: bool = True) -> None:
@@ -639,21 +652,6 @@ class Book:
         self._cache = OrderedDict()
         self._cached_records = 0
 
-    def _home(self, pending: Pending, seller_id: str, marketplace: str, order_id: str,
-              order: bytes) -> OpenBucket | None:
-        """The open bucket holding the order's record, found through the order index; None
-        when the order is unknown (an index entry whose bucket does not hold it is stale)."""
-        bucket = pending.index.get(order)
-        if bucket is None:
-            raw = self.index.get(order)
-            if raw is None:
-                return None
-            bucket = int(raw)
-        opened = pending.buckets.get((seller_id, marketplace, bucket))
-        if opened is None:
-            opened = self._open(pending, seller_id, marketplace, bucket)
-        return opened if order_id in opened[3] else None
-
     @staticmethod
     def _move_out(pending: Pending, home: OpenBucket, order: tuple[str, str, str]) -> Record:
         """Take an order's record out of its bucket (it moves to an earlier one); returns it."""
@@ -673,7 +671,7 @@ class Book:
         store = self.store
         changed = []
         for opened in pending.buckets.values():
-            key, _, _, orders, originals = opened
+            key, _, _, orders, originals, _ = opened
             if not originals:
                 self._remember(key, orders, changed=False)     # read, not changed: as stored
                 continue
@@ -693,7 +691,7 @@ class Book:
         moved = pending.moved
         now_bucket = pending.now_bucket
         refills: dict[tuple[SellerState, str], int] = {}
-        for _, state, bucket, orders, originals in changed:
+        for _, state, bucket, orders, originals, _ in changed:
             marketplace = state.marketplace
             counted = bucket > now_bucket - self._rate_buckets[marketplace]
             depth = self._listing_depth(marketplace)

@@ -44,7 +44,7 @@ from cancelwatch.worker.mailbox import Mailbox
 from cancelwatch.settings import Settings
 from cancelwatch.worker import web
 from cancelwatch.worker.ownership import Ownership, faust_assignment, faust_recovering
-from cancelwatch.worker.runtime import HEALTH_ROLE, KIND_HEADER, Runtime
+from cancelwatch.worker.runtime import HEALTH_ROLE, KIND_HEADER, Runtime, pin_mmap_threshold
 from cancelwatch.worker.table_store import Failpoints, TableStore
 from cancelwatch.worker.targets_feed import TargetsFeed
 from cancelwatch.tools import target_cli
@@ -428,6 +428,7 @@ def main(argv: list[str]) -> int:
     # objects; with the default thresholds the collector walks them every few batches.
     gc.freeze()
     gc.set_threshold(GC_THRESHOLD, 20, 20)
+    pin_mmap_threshold()    # a burst's large buffers go back to the system when freed
     worker = faust.Worker(app, loglevel=settings.log_level, quiet=True)
     worker.execute_from_commandline()
     return 0

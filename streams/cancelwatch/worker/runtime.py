@@ -43,7 +43,7 @@ SUMMARY_POOL_SIZE = 100_000                    # distinct seller summaries kept 
 MOVE_SCAN_BUCKETS = 48                         # clock steps looked up per seller in a full pass, at most
 REPLAY_QUIET_SECONDS = 5.0                     # a backfill is over once its partition is quiet this long
 
-_libc_trim = None
+_libc_handle = None
 _firing_encoder = msgspec.msgpack.Encoder()
 _firing_decoder = msgspec.msgpack.Decoder(list[tuple[str, str, str, float, dict[str, str]]])
 _health_encoder = msgspec.msgpack.Encoder()
@@ -52,19 +52,40 @@ HEALTH_ROLE = "account-health"
 KIND_HEADER = "cancelwatch.kind"
 
 
+M_MMAP_THRESHOLD = -3                          # glibc's mallopt parameter
+MMAP_THRESHOLD_BYTES = 128 * 1024              # blocks this large or larger: mapped on their own
+
+
+def _libc():
+    """glibc's functions, or None where the C library is not glibc."""
+    global _libc_handle
+    if _libc_handle is None:
+        try:
+            handle = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+            _libc_handle = handle if hasattr(handle, "malloc_trim") and hasattr(handle, "mallopt") else False
+        except OSError:
+            _libc_handle = False          # not glibc: nothing to do
+    return _libc_handle or None
+
+
 def release_memory() -> None:
     """Hand the heap's free pages back to the system (glibc's malloc_trim).
 
     A fetch of 20,000 events allocates tens of MiB of short-lived objects; once
     freed they stay in the process unless trimmed."""
-    global _libc_trim
-    if _libc_trim is None:
-        try:
-            _libc_trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
-        except (OSError, AttributeError):
-            _libc_trim = False          # not glibc: nothing to do
-    if _libc_trim:
-        _libc_trim(0)
+    libc = _libc()
+    if libc is not None:
+        libc.malloc_trim(0)
+
+
+def pin_mmap_threshold() -> bool:
+    """Keep glibc's mmap threshold at MMAP_THRESHOLD_BYTES. glibc raises it to the size of
+    each large block freed (up to 32 MiB), after which the large buffers of a burst (fetch
+    responses, grown dicts) come from the heap and keep its pages resident after the burst;
+    pinned, each is its own mapping and goes back to the system when freed. Returns True
+    when set (glibc)."""
+    libc = _libc()
+    return libc is not None and libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES) == 1
 
 
 class Summaries:

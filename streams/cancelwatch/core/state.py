@@ -320,7 +320,10 @@ class SellerState:
 
     def change(self, bucket: int, old: Record | None, new: Record | None) -> None:
         """Move the bucket's totals from `old` to `new` (None: not in this bucket)."""
-        before, after = ledger.Contribution.of(old), ledger.Contribution.of(new)
+        self.change_by(bucket, ledger.Contribution.of(old), ledger.Contribution.of(new))
+
+    def change_by(self, bucket: int, before: ledger.Contribution, after: ledger.Contribution) -> None:
+        """Move the bucket's totals from one record's contribution to another's."""
         if before is after:     # shared per distinct contribution
             return
         bucket = _BUCKET_NUMBERS.setdefault(bucket, bucket)
@@ -358,15 +361,25 @@ class SellerState:
         orders may now miss an order left out earlier (this order left a full list, or fell
         to its end): `Book` completes those from the buckets."""
         refill: list[tuple[str, int]] = []
-        eligible = record.in_denominator
+        flags, purchase = record.flags, record.purchase
+        eligible = not flags & ledger.PENDING_CANCELLED         # record.in_denominator
+        counted = flags & (ledger.PENDING_CANCELLED | ledger.SELLER_FAULT) == ledger.SELLER_FAULT
+        whole = bool(flags & ledger.WHOLE_ORDER_FAULT)
+        listing = self.listing
         for sku in record.skus:
-            latest = self.listing.get(sku, ()) if self.listing is not None else ()
+            latest = listing.get(sku, ()) if listing is not None else ()
             if eligible:
-                entry = (record.purchase, order_id, record.sku_faulted(sku))
-                if not latest or entry[:2] > latest[0][:2] and all(e[1] != order_id for e in latest):
-                    # the newest order of the sku, not listed before (orders mostly come in time order)
-                    self.set_latest(sku, (entry,) + latest[:depth - 1], depth)
-                    continue
+                entry = (purchase, order_id, counted and (whole or sku in record.fault_skus))  # sku_faulted
+                newest = latest[0] if latest else None
+                if newest is None or purchase > newest[0] or purchase == newest[0] and order_id > newest[1]:
+                    # the newest order of the sku (orders mostly come in time order), if not listed before
+                    for listed in latest:
+                        if listed[1] == order_id:
+                            break
+                    else:
+                        self.set_latest(sku, (entry,) + latest[:depth - 1], depth)
+                        listing = self.listing
+                        continue
             others = [entry for entry in latest if entry[1] != order_id]
             present = len(others) < len(latest)
             full = len(latest) >= depth
@@ -691,18 +704,22 @@ class Book:
         moved = pending.moved
         now_bucket = pending.now_bucket
         refills: dict[tuple[SellerState, str], int] = {}
+        contribution_of = ledger.Contribution.of
         for _, state, bucket, orders, originals, _ in changed:
             marketplace = state.marketplace
             counted = bucket > now_bucket - self._rate_buckets[marketplace]
             depth = self._listing_depth(marketplace)
             for order_id, old in originals.items():
                 new = orders.get(order_id)
-                state.change(bucket, old, new)
+                before, after = contribution_of(old), contribution_of(new)
+                state.change_by(bucket, before, after)
                 if new is None:
                     continue        # moved to an earlier bucket: counted there
                 if counted:
-                    before = moved.get((state.seller_id, marketplace, order_id)) if old is None and moved else old
-                    self._count_news(marketplace, before, new, result)
+                    if old is None and moved:
+                        before = contribution_of(moved.get((state.seller_id, marketplace, order_id)))
+                    if before is not after:
+                        self._count_news(marketplace, before, after, result)
                 if depth and new.skus:
                     for sku, oldest in state.relist(order_id, new, depth):
                         refills[(state, sku)] = max(oldest, refills.get((state, sku), oldest))
@@ -734,14 +751,17 @@ class Book:
             state.set_latest(sku, tuple(sorted(chosen.values(), reverse=True)[:depth]), depth)
 
     @staticmethod
-    def _count_news(marketplace: str, old: Record | None, new: Record, result: BatchResult) -> None:
-        before, after = ledger.Contribution.of(old), ledger.Contribution.of(new)
+    def _count_news(marketplace: str, before: ledger.Contribution, after: ledger.Contribution,
+                    result: BatchResult) -> None:
+        """Count an order that entered a denominator, became seller-fault or was newly excluded
+        for a cause, from its contributions before and after."""
         if after.orders and not before.orders:
             result.new_orders[marketplace] += 1
         if after.cancelled and not before.cancelled:
             result.new_faults[(marketplace, after.reason)] += 1
-        for cause in set(after.causes) - set(before.causes):
-            result.new_excluded[(marketplace, cause)] += 1
+        for cause in after.causes:
+            if cause not in before.causes:
+                result.new_excluded[(marketplace, cause)] += 1
 
     # -- expiry ----------------------------------------------------------------
     def expire(self, now: float) -> int:

@@ -37,6 +37,9 @@ class DictStore(dict):
         for items in items_by_partition.values():
             self.local.update(items)
 
+    def flush(self) -> None:
+        """No write buffers to write out."""
+
 
 def runtime(settings, policy) -> Runtime:
     """A runtime with its state rebuilt (empty) and its lag known: ready to process."""

@@ -59,12 +59,12 @@ class Data:
 
     def __init__(self, directory) -> None:
         self.directory = directory
-        self.dbs: dict[int, Rdict] = {}
+        self._dbs: dict[int, Rdict] = {}      # faust's name: its store's open databases
 
     def _db_for_partition(self, partition: int) -> Rdict:
-        if partition not in self.dbs:
-            self.dbs[partition] = Rdict(str(self.directory / f"p{partition}"), Options(raw_mode=True))
-        return self.dbs[partition]
+        if partition not in self._dbs:
+            self._dbs[partition] = Rdict(str(self.directory / f"p{partition}"), Options(raw_mode=True))
+        return self._dbs[partition]
 
 
 class Table:
@@ -95,7 +95,7 @@ def store(tmp_path):
     log: list = []
     table = Table(tmp_path, log)
     yield TableStore(table, partition_of), table, log
-    for db in table.data.dbs.values():
+    for db in table.data._dbs.values():
         db.close()
 
 
@@ -170,3 +170,20 @@ def test_abandon_drops_what_is_staged_and_not_being_committed(store):
     assert b"a1" not in store and not store.staged
     asyncio.run(store.commit())
     assert log == []
+
+
+def test_flush_empties_the_write_buffers_and_keeps_every_value(store):
+    # At rest the worker writes RocksDB's write buffers (memtables) out to its files, so they
+    # hold no memory; every value stays readable.
+    store, table, _ = store
+    keys = [bytes([97 + n % 4]) + b"%d" % n for n in range(40)]
+    for key in keys:
+        store[key] = key * 3
+    asyncio.run(store.commit())
+    in_memtables = sum(db.property_int_value("rocksdb.num-entries-active-mem-table")
+                       for db in table.data._dbs.values())
+    assert in_memtables >= len(keys)
+    store.flush()
+    assert [db.property_int_value("rocksdb.num-entries-active-mem-table")
+            for db in table.data._dbs.values()] == [0, 0]
+    assert all(store[key] == key * 3 for key in keys)

@@ -321,6 +321,8 @@ class Runtime:
         memory at rest holds the state and not the working set of the last burst."""
         if self.book is not None:
             self.book.drop_cache()
+        if self.store is not None:
+            self.store.flush()
         release_memory()
 
     # -- applying --------------------------------------------------------------

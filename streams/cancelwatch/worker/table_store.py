@@ -219,6 +219,12 @@ class TableStore(MutableMapping):
                 batch.put(key, value)
             self._partition_db(partition).write(batch)
 
+    def flush(self) -> None:
+        """Write each open partition's RocksDB write buffers (memtables) to its files and free
+        them, so memory at rest holds no write buffers (`Runtime.rest`)."""
+        for db in list(self.table.data._dbs.values()):
+            db.flush(True)
+
     def changelog_offset(self, partition: int) -> int | None:
         from faust.types import TP
 

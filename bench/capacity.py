@@ -75,8 +75,8 @@ def memory(sizes: dict, workdir: Path) -> dict:
         per_seller = [load["rss_bytes_per_seller"] for load in runs]
         loads.append({**runs[(len(runs) - 1) // 2], "runs_rss_bytes_per_seller": per_seller})
     worst = max(load["rss_bytes_per_seller"] for load in loads)
-    # What one more seller costs, the worker's fixed costs (RocksDB write buffers, the heap
-    # a burst leaves behind) taken out: the slope between the smallest and the largest load.
+    # What one more seller costs, the worker's fixed costs (the heap a burst leaves behind)
+    # taken out: the slope between the smallest and the largest load.
     small, large = min(loads, key=lambda l: l["sellers"]), max(loads, key=lambda l: l["sellers"])
     marginal = None
     if large["sellers"] > small["sellers"]:

@@ -326,10 +326,10 @@ def render(results: dict) -> str:
                 f"What one more seller costs, from the slope between {low:,} and {high:,} sellers "
                 f"(loaded RSS difference over seller difference): "
                 f"**{mem['marginal_bytes_per_seller']:,.0f} B**. The rest of the figures above is the "
-                "worker's fixed cost once it has seen traffic: RocksDB's write buffers (up to 512 KiB x 2 "
-                "per partition) and the heap a burst leaves resident (a group holds at most 4,000 "
-                "decoded buckets, and two fetches of 1,000 records are alive); divided by few sellers "
-                "it weighs most.",
+                "worker's fixed cost once it has seen traffic, mostly the heap a burst leaves resident "
+                "(a group holds at most 4,000 decoded buckets, and two fetches of 1,000 records are "
+                "alive; Python keeps an arena while any object in it lives); RocksDB's write buffers "
+                "are written out once fetches pause. Divided by few sellers it weighs most.",
                 "",
             ]
     if "state" in done:

@@ -145,3 +145,17 @@ def test_the_workers_clock_check_dead_letters_exactly_what_the_decoder_does(monk
     assert runtime.book.seller("S1", "US") is not None
     assert sum(count for (topic, outcome), count in result.outcomes.items() if outcome == "applied") \
         == len(raws) - len(rejected)
+
+
+def test_rest_survives_a_store_that_cannot_write_its_buffers_out(caplog):
+    # Rest runs in the alert loop: a failed flush of RocksDB's write buffers (a full disk, say)
+    # is logged and costs memory only; the loop, and the alerts, go on.
+    settings = settings_module.load({**os.environ, "CANCELWATCH_CLOCK": "event"})
+    runtime = dict_runtime.runtime(settings, policy_module.load(settings.policy_path))
+
+    def failing_flush():
+        raise OSError("No space left on device")
+    runtime.store.flush = failing_flush
+    with caplog.at_level("WARNING", logger="cancelwatch.worker"):
+        runtime.rest()
+    assert any("No space left on device" in record.getMessage() for record in caplog.records)

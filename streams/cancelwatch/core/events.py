@@ -137,16 +137,10 @@ def _not_ahead(event: Event, now: datetime) -> bool:
 
 def decode_on(topic_role: str, raw: bytes, now: datetime | None = None) -> Event:
     """decode() and check_topic() in one step, for a message of a source topic."""
-    if raw is not None and len(raw) <= MAX_MESSAGE_BYTES:
-        decoder, types = _role_decoders[topic_role]
-        try:
-            event = decoder.decode(raw)
-        except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError, RecursionError):
-            pass     # decoded again below, for the reason that explains it
-        else:
-            if type(event) in types and (now is None or _not_ahead(event, now)):
-                return event
-    event = decode(raw, now)
+    event = decode_quick(topic_role, raw)
+    if event is not None and (now is None or _not_ahead(event, now)):
+        return event
+    event = decode(raw, now)     # decoded again, for the reason that explains it
     check_topic(event, topic_role)
     return event
 

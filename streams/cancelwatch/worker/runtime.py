@@ -322,7 +322,10 @@ class Runtime:
         if self.book is not None:
             self.book.drop_cache()
         if self.store is not None:
-            self.store.flush()
+            try:
+                self.store.flush()
+            except Exception as error:  # noqa: BLE001 - saving memory must not stop the alert loop
+                log.warning("writing RocksDB's write buffers out at rest failed: %s", error)
         release_memory()
 
     # -- applying --------------------------------------------------------------

@@ -361,15 +361,11 @@ class SellerState:
         orders may now miss an order left out earlier (this order left a full list, or fell
         to its end): `Book` completes those from the buckets."""
         refill: list[tuple[str, int]] = []
-        flags, purchase = record.flags, record.purchase
-        eligible = not flags & ledger.PENDING_CANCELLED         # record.in_denominator
-        counted = flags & (ledger.PENDING_CANCELLED | ledger.SELLER_FAULT) == ledger.SELLER_FAULT
-        whole = bool(flags & ledger.WHOLE_ORDER_FAULT)
-        listing = self.listing
+        purchase, eligible, listing = record.purchase, record.in_denominator, self.listing
         for sku in record.skus:
             latest = listing.get(sku, ()) if listing is not None else ()
             if eligible:
-                entry = (purchase, order_id, counted and (whole or sku in record.fault_skus))  # sku_faulted
+                entry = (purchase, order_id, record.sku_faulted(sku))
                 newest = latest[0] if latest else None
                 if newest is None or purchase > newest[0] or purchase == newest[0] and order_id > newest[1]:
                     # the newest order of the sku (orders mostly come in time order), if not listed before

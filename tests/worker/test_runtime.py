@@ -11,6 +11,7 @@ import pytest
 from cancelwatch import names, settings as settings_module
 from cancelwatch.core import events, policy as policy_module, window
 from cancelwatch.tools import scenarios
+from cancelwatch.worker import mailbox
 from cancelwatch.worker.metrics import rate_band
 from tests import dict_runtime
 
@@ -159,3 +160,105 @@ def test_rest_survives_a_store_that_cannot_write_its_buffers_out(caplog):
     with caplog.at_level("WARNING", logger="cancelwatch.worker"):
         runtime.rest()
     assert any("No space left on device" in record.getMessage() for record in caplog.records)
+
+
+class Consumer:
+    """As much of faust's consumer as `Runtime.refresh_catch_up` reads: the assignment, each
+    partition's high watermark and committed offset."""
+
+    def __init__(self, highwaters: dict) -> None:
+        self.highwaters = highwaters
+        self._committed_offset: dict = {}
+
+    def assignment(self):
+        return set(self.highwaters)
+
+    def highwater(self, tp):
+        return self.highwaters[tp]
+
+
+def test_a_partition_is_caught_up_only_once_the_events_rerouted_to_it_are_delivered_and_applied():
+    # A backlog's last group reroutes events that came in on another partition. From its
+    # acknowledgement on, every source partition reads lag 0 and the reroute partition's high
+    # watermark does not show the events yet: the partition must stay catching up (its alerts
+    # held) until they are delivered and applied, or it pages from partial counts.
+    from aiokafka import TopicPartition
+    from aiokafka.structs import RecordMetadata
+
+    settings = settings_module.load({**os.environ, "CANCELWATCH_CLOCK": "event", "CANCELWATCH_CATCHUP_LAG": "100"})
+    policy = policy_module.load(settings.policy_path)
+    base = datetime(2026, 11, 20, 8, 0, tzinfo=timezone.utc)
+
+    def order(number: int) -> events.OrderPlaced:
+        return events.OrderPlaced(schema_version=1, event_id=f"p-{number}", order_id=f"O-{number}",
+                                  seller_id="S1", marketplace="US", fulfillment_channel="MFN",
+                                  order_status="Unshipped", purchase_date=base + timedelta(minutes=number),
+                                  occurred_at=base + timedelta(minutes=number))
+
+    def cancel(number: int) -> events.OrderCancelled:
+        placed = order(number)
+        return events.OrderCancelled(schema_version=1, event_id=f"c-{number}", order_id=placed.order_id,
+                                     seller_id="S1", marketplace="US", fulfillment_channel="MFN",
+                                     purchase_date=placed.purchase_date,
+                                     occurred_at=placed.occurred_at + timedelta(minutes=1),
+                                     initiator="seller", reason="NoInventory", buyer_requested=False,
+                                     order_status_at_cancel="Unshipped")
+
+    # 60 orders with 2 seller-fault cancels on the seller's own partition warrant alerts (3.3%);
+    # 140 more orders, keyed by something else, bring it to 1% and warrant none. The 202 events
+    # are a backlog at start: more than CANCELWATCH_CATCHUP_LAG behind.
+    own = dict_runtime.messages([events.encode(e) for e in [*map(order, range(60)), cancel(0), cancel(1)]],
+                                settings)
+    elsewhere = dict_runtime.messages([events.encode(order(n)) for n in range(60, 200)], settings)
+    home = own[0].partition
+    other = (home + 1) % settings.partitions
+    for offset, message in enumerate(elsewhere):
+        message.partition, message.offset = other, offset
+    reroute = settings.reroute_topic
+
+    def source(message):
+        return TopicPartition(message.topic, message.partition)
+
+    partial = dict_runtime.runtime(settings, policy)
+    dict_runtime.feed(partial, own, fetch=len(own))
+    assert partial.alerts.get(("S1", "US")), "the partial counts must warrant alerts, or the test proves nothing"
+
+    runtime = dict_runtime.runtime(settings, policy)
+    runtime.lag_known = False
+    runtime.targets_ready = True       # the targets topic read: only the lag holds alerts
+    fetched = own + elsewhere
+    highwaters = {source(m): m.offset + 1 for m in fetched} | {TopicPartition(reroute, p): 0 for p in (home, other)}
+    consumer = Consumer(highwaters)
+    runtime.refresh_catch_up(consumer)
+    assert runtime.catching_up == {home, other}, "a backlog at start"
+    runtime.process(fetched)
+    runtime.group.fetches.append(mailbox.Fetch(generation=1, offsets={
+        tp: [m.offset for m in fetched if source(m) == tp] for tp in {source(m) for m in fetched}}))
+    group = runtime.commit()
+    assert len(group.reroute) == len(elsewhere) and {owner for _, _, owner in group.reroute} == {home}
+
+    sending = runtime.acknowledged(group)          # as the agent does, sends still in flight
+    runtime.refresh_catch_up(consumer)
+    assert runtime.is_catching_up(home)
+    runtime.evaluate()
+    assert not runtime.alerts.get(("S1", "US")), "alerts decided from counts missing the rerouted events"
+
+    runtime.rerouted([RecordMetadata(reroute, home, None, offset, -1, -1, -1)
+                      for offset in range(len(elsewhere))])
+    runtime.sent(sending)
+    runtime.refresh_catch_up(consumer)
+    assert runtime.is_catching_up(home), "delivered but not applied yet"
+
+    arrived = [dict_runtime.Message(reroute, home, offset, m.value) for offset, m in enumerate(elsewhere)]
+    runtime.process(arrived)
+    runtime.group.fetches.append(mailbox.Fetch(generation=1, offsets={
+        TopicPartition(reroute, home): [m.offset for m in arrived]}))
+    group = runtime.commit()
+    runtime.sent(runtime.acknowledged(group))
+    consumer.highwaters[TopicPartition(reroute, home)] = len(arrived)
+    runtime.refresh_catch_up(consumer)
+    assert not runtime.is_catching_up(home)
+    runtime.evaluate()
+    assert runtime.book.seller("S1", "US").summary.status == names.STATUS_OK
+    assert not runtime.alerts.get(("S1", "US"))
+    assert not runtime.in_flight

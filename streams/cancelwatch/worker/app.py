@@ -329,15 +329,18 @@ def build_app(settings: Settings, policy: policy_module.Policy,
             ]
             rerouted.append(await reroute_topic.send(key=seller_id.encode(), value=message.value,
                                                      partition=owner, headers=headers))
-        runtime.acknowledged(group.fetches)
-        outbox = None
-        if runtime.settings.clock == "event":
-            runtime.refresh_catch_up(app.consumer)
-            outbox = runtime.evaluate()
-        await store.commit()
-        if sends or rerouted:
-            await asyncio.gather(*sends)
-            runtime.rerouted(await asyncio.gather(*rerouted))
+        sending = runtime.acknowledged(group)     # its reroutes are in flight until `sent`
+        try:
+            outbox = None
+            if runtime.settings.clock == "event":
+                runtime.refresh_catch_up(app.consumer)
+                outbox = runtime.evaluate()
+            await store.commit()
+            if sends or rerouted:
+                await asyncio.gather(*sends)
+                runtime.rerouted(await asyncio.gather(*rerouted))
+        finally:
+            runtime.sent(sending)
         if epoch != runtime.epoch:
             return     # revoked meanwhile: its writes were dropped, its events are read again
         for applied in group.fetches:

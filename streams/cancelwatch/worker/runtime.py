@@ -176,6 +176,7 @@ class Runtime:
         self.group: Group | None = None
         self.applied: dict = {}             # TP -> last offset applied and committed here
         self.produced: dict[int, int] = {}  # reroute partition -> end offset of what this worker sent
+        self.in_flight: Counter = Counter()  # reroute partition -> events sent there, not yet delivered
         self.replaying: dict[int, float] = {}   # partition -> when it last applied old events (live mode)
         self.lag: dict = {}                 # (topic, partition) -> messages not yet applied
         self.catching_up: set[int] = set()  # owned partitions whose new alerts are held
@@ -504,13 +505,21 @@ class Runtime:
             self.targets_ready = True
 
     # -- catch-up ----------------------------------------------------------------
-    def acknowledged(self, fetches) -> None:
-        """Record the offsets of committed fetches: what this worker's state includes."""
+    def acknowledged(self, group: "Group") -> Counter:
+        """Record the offsets of a committed group's fetches: what this worker's state includes.
+
+        The events it reroutes to their owners' partitions are counted as in flight from here,
+        since their source offsets now count as applied: until they are delivered (`rerouted`)
+        and applied, those partitions have events to catch up on that no high watermark shows
+        yet. Returns that count, to give `sent` once the sends are over."""
         applied = self.applied
-        for fetch in fetches:
+        for fetch in group.fetches:
             for tp, offsets in fetch.offsets.items():
                 if offsets and offsets[-1] > applied.get(tp, -1):
                     applied[tp] = offsets[-1]
+        sending = Counter(owner for _, _, owner in group.reroute)
+        self.in_flight.update(sending)
+        return sending
 
     def rerouted(self, deliveries) -> None:
         """Record where the events this worker rerouted landed: the reroute partitions hold at
@@ -519,6 +528,11 @@ class Runtime:
         for metadata in deliveries:
             if metadata.offset + 1 > produced.get(metadata.partition, 0):
                 produced[metadata.partition] = metadata.offset + 1
+
+    def sent(self, sending: Counter) -> None:
+        """The reroutes `acknowledged` counted are over (delivered and recorded, or failed)."""
+        self.in_flight.subtract(sending)
+        self.in_flight = +self.in_flight
 
     def is_catching_up(self, partition: int) -> bool:
         """Whether new alerts of this partition are held and its unseen sellers answered 503."""
@@ -534,7 +548,8 @@ class Runtime:
         known yet, every owned partition is catching up; so is a partition whose own reroute
         partition is that far behind. A partition that is catching up stays so until it has
         applied everything known (lag 0 on every source partition and on its reroute
-        partition): the last messages of a backlog can still move a seller across a level.
+        partition, events this worker is still sending there included): the last messages of
+        a backlog can still move a seller across a level.
         When one catches up, every seller is evaluated again at once, so what the caught-up
         state warrants (firing or resolving) goes out."""
         if consumer is None:
@@ -561,7 +576,7 @@ class Runtime:
                 else:
                     messages = lag[(tp.topic, tp.partition)] = max(0, highwater - (done + 1))
                 if tp.topic == reroute:
-                    reroute_lag[tp.partition] = messages
+                    reroute_lag[tp.partition] = messages + self.in_flight[tp.partition]
                 else:
                     sources = max(sources, messages)
         except Exception as error:  # the consumer may be mid-rebalance: keep the last view

@@ -177,18 +177,9 @@ class Consumer:
         return self.highwaters[tp]
 
 
-def test_a_partition_is_caught_up_only_once_the_events_rerouted_to_it_are_delivered_and_applied():
-    # A backlog's last group reroutes events that came in on another partition. From its
-    # acknowledgement on, every source partition reads lag 0 and the reroute partition's high
-    # watermark does not show the events yet: the partition must stay catching up (its alerts
-    # held) until they are delivered and applied, or it pages from partial counts.
-    from aiokafka import TopicPartition
-    from aiokafka.structs import RecordMetadata
-
-    settings = settings_module.load({**os.environ, "CANCELWATCH_CLOCK": "event", "CANCELWATCH_CATCHUP_LAG": "100"})
-    policy = policy_module.load(settings.policy_path)
-    base = datetime(2026, 11, 20, 8, 0, tzinfo=timezone.utc)
-
+def scenario_events(base: datetime):
+    """Seller S1: 60 orders with 2 seller-fault cancels (3.3%, alerts warranted), then 140 more
+    orders that bring it to 1% (none warranted)."""
     def order(number: int) -> events.OrderPlaced:
         return events.OrderPlaced(schema_version=1, event_id=f"p-{number}", order_id=f"O-{number}",
                                   seller_id="S1", marketplace="US", fulfillment_channel="MFN",
@@ -203,13 +194,24 @@ def test_a_partition_is_caught_up_only_once_the_events_rerouted_to_it_are_delive
                                      occurred_at=placed.occurred_at + timedelta(minutes=1),
                                      initiator="seller", reason="NoInventory", buyer_requested=False,
                                      order_status_at_cancel="Unshipped")
+    return [*map(order, range(60)), cancel(0), cancel(1)], [order(n) for n in range(60, 200)]
 
-    # 60 orders with 2 seller-fault cancels on the seller's own partition warrant alerts (3.3%);
-    # 140 more orders, keyed by something else, bring it to 1% and warrant none. The 202 events
-    # are a backlog at start: more than CANCELWATCH_CATCHUP_LAG behind.
-    own = dict_runtime.messages([events.encode(e) for e in [*map(order, range(60)), cancel(0), cancel(1)]],
-                                settings)
-    elsewhere = dict_runtime.messages([events.encode(order(n)) for n in range(60, 200)], settings)
+
+def test_a_partition_is_caught_up_only_once_the_events_rerouted_to_it_are_delivered_and_applied():
+    # A backlog's last group reroutes events that came in on another partition. From its
+    # acknowledgement on, every source partition reads lag 0 and the reroute partition's high
+    # watermark does not show the events yet: the partition must stay catching up (its alerts
+    # held) until they are delivered and applied, or it pages from partial counts.
+    from aiokafka import TopicPartition
+    from aiokafka.structs import RecordMetadata
+
+    settings = settings_module.load({**os.environ, "CANCELWATCH_CLOCK": "event", "CANCELWATCH_CATCHUP_LAG": "100"})
+    policy = policy_module.load(settings.policy_path)
+    base = datetime(2026, 11, 20, 8, 0, tzinfo=timezone.utc)
+
+    first, rest = scenario_events(base)
+    own = dict_runtime.messages([events.encode(e) for e in first], settings)
+    elsewhere = dict_runtime.messages([events.encode(e) for e in rest], settings)
     home = own[0].partition
     other = (home + 1) % settings.partitions
     for offset, message in enumerate(elsewhere):
@@ -262,3 +264,78 @@ def test_a_partition_is_caught_up_only_once_the_events_rerouted_to_it_are_delive
     assert runtime.book.seller("S1", "US").summary.status == names.STATUS_OK
     assert not runtime.alerts.get(("S1", "US"))
     assert not runtime.in_flight
+
+
+def test_events_another_worker_rerouted_while_catching_up_hold_this_workers_alerts_until_they_stop():
+    # Two workers: the other one catches up on a backlog that holds events of this worker's
+    # seller under other keys, and reroutes them here as it reads them. This worker is caught
+    # up on its own partitions, but its counts are partial until that backlog is read: the
+    # marked events hold its alerts until none has come for REPLAY_QUIET_SECONDS.
+    from aiokafka import TopicPartition
+    from cancelwatch.worker import runtime as runtime_module
+
+    settings = settings_module.load({**os.environ, "CANCELWATCH_CLOCK": "event"})
+    policy = policy_module.load(settings.policy_path)
+    first, rest = scenario_events(datetime(2026, 11, 20, 8, 0, tzinfo=timezone.utc))
+    runtime = dict_runtime.runtime(settings, policy)
+    runtime.targets_ready = True
+    own = dict_runtime.messages([events.encode(e) for e in first], settings)
+    home = own[0].partition
+    reroute = settings.reroute_topic
+    assignment = {TopicPartition(topic, home) for topic in (*settings.source_topics.values(), reroute)}
+    consumer = Consumer({tp: 0 for tp in assignment})
+
+    def apply(messages):
+        runtime.process(messages)
+        runtime.group.fetches.append(mailbox.Fetch(generation=1, offsets={
+            tp: [m.offset for m in messages if (m.topic, m.partition) == (tp.topic, tp.partition)]
+            for tp in assignment}))
+        runtime.sent(runtime.acknowledged(runtime.commit()))
+        for m in messages:
+            tp = TopicPartition(m.topic, m.partition)
+            consumer.highwaters[tp] = max(consumer.highwaters[tp], m.offset + 1)
+        runtime.refresh_catch_up(consumer)
+        runtime.evaluate()
+
+    runtime.refresh_catch_up(consumer)
+    apply(own)
+    assert not runtime.is_catching_up(home)
+    assert runtime.alerts.get(("S1", "US")), "the partial counts must warrant alerts, or the test proves nothing"
+    fired = set(runtime.alerts[("S1", "US")])
+
+    def rerouted(events_, offset, token):
+        out = []
+        for number, event in enumerate(events_):
+            message = dict_runtime.Message(reroute, home, offset + number, events.encode(event))
+            message.headers = [("cancelwatch.source.topic", b"orders"), (runtime_module.REPLAY_HEADER, token)]
+            out.append(message)
+        return out
+
+    # This worker's own marked reroutes: its own lag already accounts for them.
+    apply(rerouted(rest[:1], 0, runtime.token))
+    assert not runtime.is_catching_up(home) and not runtime.peer_replay
+    # Another worker's: held, though every partition here reads lag 0.
+    apply(rerouted(rest[1:70], 1, b"another-worker"))
+    assert runtime.is_catching_up(home) and not any(runtime.lag.values())
+    assert set(runtime.alerts[("S1", "US")]) == fired, "nothing resolves while the other backlog is read"
+    apply(rerouted(rest[70:], 70, b"another-worker"))
+    assert runtime.is_catching_up(home)
+    assert set(runtime.alerts[("S1", "US")]) == fired
+    # Quiet for REPLAY_QUIET_SECONDS: caught up, and the whole counts decide.
+    runtime.peer_replay = {p: when - runtime_module.REPLAY_QUIET_SECONDS - 0.1
+                           for p, when in runtime.peer_replay.items()}
+    runtime.refresh_catch_up(consumer)
+    assert not runtime.is_catching_up(home)
+    runtime.evaluate()
+    assert runtime.book.seller("S1", "US").summary.status == names.STATUS_OK
+    assert not runtime.alerts.get(("S1", "US"))
+
+
+def test_an_event_is_marked_rerouted_during_a_catch_up_only_while_its_partition_catches_up():
+    settings = settings_module.load({**os.environ, "CANCELWATCH_CLOCK": "event"})
+    runtime = dict_runtime.runtime(settings, policy_module.load(settings.policy_path))
+    runtime.catching_up = {1}
+    assert runtime.reroute_headers(1) == [("cancelwatch.replay", runtime.token)]
+    assert runtime.reroute_headers(0) == []
+    runtime.lag_known = False              # nothing known yet: every partition may be behind
+    assert runtime.reroute_headers(0) == [("cancelwatch.replay", runtime.token)]

@@ -326,6 +326,7 @@ def build_app(settings: Settings, policy: policy_module.Policy,
                 (HEADER_PREFIX + "source.topic", message.topic.encode()),
                 (HEADER_PREFIX + "source.partition", str(message.partition).encode()),
                 (HEADER_PREFIX + "source.offset", str(message.offset).encode()),
+                *runtime.reroute_headers(message.partition),
             ]
             rerouted.append(await reroute_topic.send(key=seller_id.encode(), value=message.value,
                                                      partition=owner, headers=headers))

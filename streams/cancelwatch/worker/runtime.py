@@ -17,6 +17,7 @@ import dataclasses
 import importlib.metadata
 import logging
 import time
+import uuid
 from collections import Counter, defaultdict
 from datetime import datetime, timezone
 from typing import Iterator
@@ -50,6 +51,9 @@ _health_encoder = msgspec.msgpack.Encoder()
 _health_decoder = msgspec.msgpack.Decoder(tuple[float, account_health.MarketplaceHealth])
 HEALTH_ROLE = "account-health"
 KIND_HEADER = "cancelwatch.kind"
+# On an event rerouted by a worker that was catching up on the partition it read it from: that
+# worker's token. The receiving partition's counts are partial until that catch-up is over.
+REPLAY_HEADER = "cancelwatch.replay"
 
 
 M_MMAP_THRESHOLD = -3                          # glibc's mallopt parameter
@@ -106,7 +110,7 @@ class Group:
     """Fetches applied together: their events go into one batch of the book, which is
     written (each touched bucket once), committed and acknowledged as one."""
 
-    __slots__ = ("pending", "fetches", "records", "clocks", "outcomes", "dead", "reroute")
+    __slots__ = ("pending", "fetches", "records", "clocks", "outcomes", "dead", "reroute", "replayed")
 
     def __init__(self, pending) -> None:
         self.pending = pending
@@ -116,6 +120,7 @@ class Group:
         self.outcomes: Counter = Counter()      # (topic, outcome) -> events
         self.dead: list = []                    # (record, BadEvent)
         self.reroute: list = []                 # (record, seller_id, owner partition)
+        self.replayed: set[int] = set()         # partitions sent events by another worker catching up
 
     def complete(self) -> bool:
         """Large enough to commit without waiting for more fetches."""
@@ -178,6 +183,9 @@ class Runtime:
         self.produced: dict[int, int] = {}  # reroute partition -> end offset of what this worker sent
         self.in_flight: Counter = Counter()  # reroute partition -> events sent there, not yet delivered
         self.replaying: dict[int, float] = {}   # partition -> when it last applied old events (live mode)
+        # partition -> when it last applied an event another worker rerouted while catching up
+        self.peer_replay: dict[int, float] = {}
+        self.token = uuid.uuid4().hex[:16].encode()   # names this worker on the events it reroutes
         self.lag: dict = {}                 # (topic, partition) -> messages not yet applied
         self.catching_up: set[int] = set()  # owned partitions whose new alerts are held
         self.lag_known = False              # False until the lag is looked at after each rebuild
@@ -231,6 +239,7 @@ class Runtime:
         self.dirty = set()
         self.applied = {}
         self.replaying = {}
+        self.peer_replay = {}
         self.health = {}
         if self.store is not None:
             self.store.abandon()
@@ -363,6 +372,8 @@ class Runtime:
                 try:
                     if role == names.REROUTE_TOPIC:
                         event = events.decode(message.value, wall_dt)
+                        if message.headers and self._peer_replayed(message):
+                            group.replayed.add(owners[event.seller_id])
                     else:
                         event = events.decode_on(role, message.value, wall_dt)
                 except events.BadEvent as bad:
@@ -469,6 +480,13 @@ class Runtime:
                     self.replaying[partition] = time.monotonic()
                 else:
                     self.replaying.pop(partition, None)
+        if group.replayed:
+            if not group.replayed <= self.peer_replay.keys():
+                log.info("partitions %s apply events another worker rerouted while catching up: their counts "
+                         "are partial, their alerts held until it is over", sorted(group.replayed - self.peer_replay.keys()))
+            now = time.monotonic()
+            for partition in group.replayed:
+                self.peer_replay[partition] = now
         if self.settings.clock == "event":
             for partition, clock in group.clocks.items():
                 key = state_module.clock_key(partition)
@@ -529,6 +547,17 @@ class Runtime:
             if metadata.offset + 1 > produced.get(metadata.partition, 0):
                 produced[metadata.partition] = metadata.offset + 1
 
+    def reroute_headers(self, partition: int) -> list[tuple[str, bytes]]:
+        """Headers that mark an event read on `partition` as rerouted during a catch-up there."""
+        return [(REPLAY_HEADER, self.token)] if self.is_catching_up(partition) else []
+
+    def _peer_replayed(self, message) -> bool:
+        """Rerouted by another worker while it was catching up (by this worker: its own lag says)."""
+        for key, value in message.headers:
+            if key == REPLAY_HEADER:
+                return value != self.token
+        return False
+
     def sent(self, sending: Counter) -> None:
         """The reroutes `acknowledged` counted are over (delivered and recorded, or failed)."""
         self.in_flight.subtract(sending)
@@ -549,7 +578,9 @@ class Runtime:
         partition is that far behind. A partition that is catching up stays so until it has
         applied everything known (lag 0 on every source partition and on its reroute
         partition, events this worker is still sending there included): the last messages of
-        a backlog can still move a seller across a level.
+        a backlog can still move a seller across a level. Events another worker reroutes here
+        while it catches up (marked `REPLAY_HEADER`) hold every owned partition too, until
+        none came for REPLAY_QUIET_SECONDS: the rest of that backlog may hold more of them.
         When one catches up, every seller is evaluated again at once, so what the caught-up
         state warrants (firing or resolving) goes out."""
         if consumer is None:
@@ -584,10 +615,11 @@ class Runtime:
             return
         self.lag = lag
         quiet_since = time.monotonic() - REPLAY_QUIET_SECONDS
-        for partition in [p for p, last in self.replaying.items() if last < quiet_since]:
-            del self.replaying[partition]
+        for replays in (self.replaying, self.peer_replay):
+            for partition in [p for p, last in replays.items() if last < quiet_since]:
+                del replays[partition]
         threshold = self.settings.catchup_lag
-        if sources > threshold or self.replaying or not self.targets_ready:
+        if sources > threshold or self.replaying or self.peer_replay.keys() & owned or not self.targets_ready:
             behind = set(owned)
         else:
             behind = {p for p in owned if reroute_lag.get(p, float("inf")) > threshold}

@@ -39,3 +39,20 @@ def test_the_producer_writes_with_acks_all_and_idempotence(built):
         finally:
             await client.stop()
     assert asyncio.run(client_side())
+
+
+@pytest.mark.parametrize("session", ["6", "60", "120", "1800"])
+def test_every_session_timeout_the_settings_allow_starts_the_consumer(tmp_path, session):
+    # faust checks the session against the request timeout only when its consumer thread
+    # starts: a session the settings accept must not crash the worker there.
+    from faust.transport.drivers import aiokafka as driver
+
+    loaded = settings.load({"CANCELWATCH_DATA_DIR": str(tmp_path / "state"), "CANCELWATCH_ALERTMANAGER_URL": "",
+                            "CANCELWATCH_SESSION_TIMEOUT_SECONDS": session})
+    app, _ = worker_app.build_app(loaded, policy.load(loaded.policy_path), topics.Replication(1))
+    assert app.conf.broker_session_timeout == float(session)
+
+    async def create():
+        thread = driver.AIOKafkaConsumerThread(app.consumer, loop=asyncio.get_running_loop())
+        return thread._create_worker_consumer(app.transport)     # raises if faust refuses the settings
+    assert asyncio.run(create()) is not None

@@ -201,6 +201,8 @@ def build_app(settings: Settings, policy: policy_module.Policy,
         producer_max_request_size=CHANGELOG_BATCH_BYTES + 64 * 1024,
         logging_config=None,
         broker_session_timeout=settings.session_timeout_seconds,
+        # faust refuses a session longer than a request may take (90 s by default).
+        broker_request_timeout=max(90.0, settings.session_timeout_seconds + 30.0),
         # faust lets generic variables (WEB_BIND, WEB_PORT, BROKER_URL, ...) override the
         # arguments above; the worker is configured by CANCELWATCH_* settings only.
         env={},

@@ -4,6 +4,7 @@ sellers whose evaluation cannot have moved leaves every seller as evaluating all
 from __future__ import annotations
 
 import os
+import time
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -164,10 +165,11 @@ def test_rest_survives_a_store_that_cannot_write_its_buffers_out(caplog):
 
 class Consumer:
     """As much of faust's consumer as `Runtime.refresh_catch_up` reads: the assignment, each
-    partition's high watermark and committed offset."""
+    partition's high watermark, when a fetch response last brought it, and committed offsets."""
 
     def __init__(self, highwaters: dict) -> None:
         self.highwaters = highwaters
+        self.polled: float | None = None       # epoch ms of the last fetch response
         self._committed_offset: dict = {}
 
     def assignment(self):
@@ -175,6 +177,20 @@ class Consumer:
 
     def highwater(self, tp):
         return self.highwaters[tp]
+
+    def last_poll_timestamp(self, tp):
+        return self.polled
+
+
+def refresh_confirmed(runtime, consumer: Consumer) -> None:
+    """`refresh_catch_up`, and again once a fetch response read CONFIRM_SECONDS later confirms
+    the high watermarks, if partitions read caught up."""
+    from cancelwatch.worker import runtime as runtime_module
+
+    runtime.refresh_catch_up(consumer)
+    if runtime.confirming is not None:
+        consumer.polled = (runtime.confirming + runtime_module.CONFIRM_SECONDS) * 1000
+        runtime.refresh_catch_up(consumer)
 
 
 def scenario_events(base: datetime):
@@ -258,7 +274,7 @@ def test_a_partition_is_caught_up_only_once_the_events_rerouted_to_it_are_delive
     group = runtime.commit()
     runtime.sent(runtime.acknowledged(group))
     consumer.highwaters[TopicPartition(reroute, home)] = len(arrived)
-    runtime.refresh_catch_up(consumer)
+    refresh_confirmed(runtime, consumer)
     assert not runtime.is_catching_up(home)
     runtime.evaluate()
     assert runtime.book.seller("S1", "US").summary.status == names.STATUS_OK
@@ -294,7 +310,7 @@ def test_events_another_worker_rerouted_while_catching_up_hold_this_workers_aler
         for m in messages:
             tp = TopicPartition(m.topic, m.partition)
             consumer.highwaters[tp] = max(consumer.highwaters[tp], m.offset + 1)
-        runtime.refresh_catch_up(consumer)
+        refresh_confirmed(runtime, consumer)
         runtime.evaluate()
 
     runtime.refresh_catch_up(consumer)
@@ -324,7 +340,7 @@ def test_events_another_worker_rerouted_while_catching_up_hold_this_workers_aler
     # Quiet for REPLAY_QUIET_SECONDS: caught up, and the whole counts decide.
     runtime.peer_replay = {p: when - runtime_module.REPLAY_QUIET_SECONDS - 0.1
                            for p, when in runtime.peer_replay.items()}
-    runtime.refresh_catch_up(consumer)
+    refresh_confirmed(runtime, consumer)
     assert not runtime.is_catching_up(home)
     runtime.evaluate()
     assert runtime.book.seller("S1", "US").summary.status == names.STATUS_OK
@@ -339,3 +355,33 @@ def test_an_event_is_marked_rerouted_during_a_catch_up_only_while_its_partition_
     assert runtime.reroute_headers(0) == []
     runtime.lag_known = False              # nothing known yet: every partition may be behind
     assert runtime.reroute_headers(0) == [("cancelwatch.replay", runtime.token)]
+
+
+def test_lag_read_0_from_high_watermarks_older_than_the_decision_does_not_end_a_catch_up():
+    # A worker stopped for a while (SIGSTOP, a lost connection) holds the high watermarks of its
+    # last fetch: they show lag 0 while a backlog waits. A catch-up ends only once a fetch
+    # response read CONFIRM_SECONDS after the lag first read 0 says so too.
+    from aiokafka import TopicPartition
+    from cancelwatch.worker import runtime as runtime_module
+
+    settings = settings_module.load({**os.environ, "CANCELWATCH_CLOCK": "event"})
+    runtime = dict_runtime.runtime(settings, policy_module.load(settings.policy_path))
+    runtime.targets_ready = True
+    runtime.lag_known = False
+    assignment = [TopicPartition(topic, 0) for topic in (*settings.source_topics.values(), settings.reroute_topic)]
+    consumer = Consumer({tp: 0 for tp in assignment})
+    consumer.polled = time.time() * 1000        # the last response, read before the decision
+    runtime.refresh_catch_up(consumer)
+    assert runtime.is_catching_up(0) and runtime.confirming is not None
+    started = runtime.confirming
+    consumer.polled = (started + runtime_module.CONFIRM_SECONDS) * 1000 - 1
+    runtime.refresh_catch_up(consumer)
+    assert runtime.is_catching_up(0), "a response read too soon after may have been requested before"
+    # The confirming response shows the backlog: still catching up, and the wait starts over.
+    consumer.polled = (started + runtime_module.CONFIRM_SECONDS) * 1000
+    consumer.highwaters[assignment[0]] = 5_000
+    runtime.refresh_catch_up(consumer)
+    assert runtime.is_catching_up(0) and runtime.confirming is None
+    runtime.applied[assignment[0]] = 4_999      # applied it
+    refresh_confirmed(runtime, consumer)
+    assert not runtime.is_catching_up(0)

@@ -88,6 +88,10 @@ class BatchingConsumer(aiokafka_driver.Consumer):
         self.seeks = 0              # seeks so far: a fetch read after the last one is read only once
         self._acked_max: dict = {}  # TP -> the highest offset acknowledged by this consumer
 
+    def last_poll_timestamp(self, tp) -> int | None:
+        """When a fetch response last gave `tp`'s high watermark (epoch ms; None: none yet)."""
+        return self._thread._ensure_consumer().last_poll_timestamp(tp)
+
     @classmethod
     def for_topics(cls, topics: Sequence[str], mailbox: Mailbox,
                    on_read_again: Callable[[str], None] | None = None) -> type["BatchingConsumer"]:

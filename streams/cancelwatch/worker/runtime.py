@@ -43,6 +43,9 @@ BUCKET_CACHE_RECORDS = 100_000                 # decoded order records kept betw
 SUMMARY_POOL_SIZE = 100_000                    # distinct seller summaries kept for sharing
 MOVE_SCAN_BUCKETS = 48                         # clock steps looked up per seller in a full pass, at most
 REPLAY_QUIET_SECONDS = 5.0                     # a backfill is over once its partition is quiet this long
+# A fetch response's high watermarks are fresh for a catch-up decision taken this long before it
+# was read: longer than the broker holds a fetch (faust: 1.5 s), so the request went out after.
+CONFIRM_SECONDS = 2.0
 
 _libc_handle = None
 _firing_encoder = msgspec.msgpack.Encoder()
@@ -189,6 +192,7 @@ class Runtime:
         self.lag: dict = {}                 # (topic, partition) -> messages not yet applied
         self.catching_up: set[int] = set()  # owned partitions whose new alerts are held
         self.lag_known = False              # False until the lag is looked at after each rebuild
+        self.confirming: float | None = None  # when partitions first read caught up (epoch s), unconfirmed
         self.targets: dict[tuple[str, str], targets.Target] = {}   # the sellers' own limits
         self.targets_ready = False          # the targets topic was read to its end once
         # (seller, marketplace) -> (fetched_at, the latest account-health report's entry)
@@ -578,7 +582,9 @@ class Runtime:
         partition is that far behind. A partition that is catching up stays so until it has
         applied everything known (lag 0 on every source partition and on its reroute
         partition, events this worker is still sending there included): the last messages of
-        a backlog can still move a seller across a level. Events another worker reroutes here
+        a backlog can still move a seller across a level; and only once a fetch response read
+        CONFIRM_SECONDS after the lag first read 0 confirms it (a high watermark is only as
+        fresh as the response that brought it). Events another worker reroutes here
         while it catches up (marked `REPLAY_HEADER`) hold every owned partition too, until
         none came for REPLAY_QUIET_SECONDS: the rest of that backlog may hold more of them.
         When one catches up, every seller is evaluated again at once, so what the caught-up
@@ -586,6 +592,7 @@ class Runtime:
         if consumer is None:
             return
         lag: dict[tuple[str, int], int] = {}
+        polled: list[float] = []    # when each source partition's high watermark was fetched (epoch s)
         owned: set[int] = set()
         sources = 0                 # the largest lag of a source partition (inf: unknown)
         reroute_lag: dict[int, float] = {}
@@ -596,6 +603,7 @@ class Runtime:
                     continue
                 owned.add(tp.partition)
                 highwater = consumer.highwater(tp)
+                polled.append((consumer.last_poll_timestamp(tp) or 0) / 1000)
                 if tp.topic == reroute and tp.partition in self.produced:
                     highwater = max(highwater or 0, self.produced[tp.partition])
                 done = self.applied.get(tp)
@@ -627,6 +635,20 @@ class Runtime:
             if behind and self.settings.clock == "event":
                 behind = set(owned)     # one event clock for all: a partition behind still moves it
         caught_up = (self.catching_up if self.lag_known else owned) - behind
+        if caught_up:
+            # High watermarks are as old as the fetch response that brought them: after a pause
+            # (a stopped process, a lost connection) they can show lag 0 with a backlog waiting.
+            # Caught up only once every partition's is confirmed by a response read well after.
+            now = time.time()
+            if self.confirming is None:
+                self.confirming = now
+            if min(polled, default=0.0) < self.confirming + CONFIRM_SECONDS:
+                behind |= caught_up
+                caught_up = set()
+            else:
+                self.confirming = None
+        else:
+            self.confirming = None
         self.lag_known = True
         if caught_up and self.book is not None:
             log.info("partitions %s caught up: evaluating their sellers", sorted(caught_up))

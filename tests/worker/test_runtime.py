@@ -358,9 +358,10 @@ def test_an_event_is_marked_rerouted_during_a_catch_up_only_while_its_partition_
 
 
 def test_lag_read_0_from_high_watermarks_older_than_the_decision_does_not_end_a_catch_up():
-    # A worker stopped for a while (SIGSTOP, a lost connection) holds the high watermarks of its
+    # A worker stopped for a while (SIGSTOP, a frozen machine) holds the high watermarks of its
     # last fetch: they show lag 0 while a backlog waits. A catch-up ends only once a fetch
-    # response read CONFIRM_SECONDS after the lag first read 0 says so too.
+    # response read CONFIRM_SECONDS after the lag first read 0 says so too, and a pause starts
+    # a catch-up.
     from aiokafka import TopicPartition
     from cancelwatch.worker import runtime as runtime_module
 
@@ -377,11 +378,31 @@ def test_lag_read_0_from_high_watermarks_older_than_the_decision_does_not_end_a_
     consumer.polled = (started + runtime_module.CONFIRM_SECONDS) * 1000 - 1
     runtime.refresh_catch_up(consumer)
     assert runtime.is_catching_up(0), "a response read too soon after may have been requested before"
-    # The confirming response shows the backlog: still catching up, and the wait starts over.
+    # The confirming response shows the backlog: still catching up...
     consumer.polled = (started + runtime_module.CONFIRM_SECONDS) * 1000
     consumer.highwaters[assignment[0]] = 5_000
     runtime.refresh_catch_up(consumer)
-    assert runtime.is_catching_up(0) and runtime.confirming is None
-    runtime.applied[assignment[0]] = 4_999      # applied it
-    refresh_confirmed(runtime, consumer)
+    assert runtime.is_catching_up(0)
+    # ... until it is applied; the high watermarks are fresh by then.
+    runtime.applied[assignment[0]] = 4_999
+    runtime.refresh_catch_up(consumer)
+    assert not runtime.is_catching_up(0)
+
+    # Stopped for a minute while caught up: every partition catches up again, until a fetch
+    # response read since the pause confirms the lag (here, a backlog first).
+    runtime.last_look -= 60
+    runtime.refresh_catch_up(consumer)
+    assert runtime.is_catching_up(0), "a pause leaves high watermarks as old as the pause"
+    resumed = runtime.confirming
+    consumer.polled = (resumed + runtime_module.CONFIRM_SECONDS) * 1000
+    consumer.highwaters[assignment[0]] = 9_000
+    runtime.refresh_catch_up(consumer)
+    assert runtime.is_catching_up(0)
+    runtime.applied[assignment[0]] = 8_999
+    runtime.refresh_catch_up(consumer)
+    assert not runtime.is_catching_up(0)
+    # A long evaluation is the worker's own work, not a pause.
+    runtime.last_look -= 60
+    runtime.evaluate()
+    runtime.refresh_catch_up(consumer)
     assert not runtime.is_catching_up(0)

@@ -193,6 +193,7 @@ class Runtime:
         self.catching_up: set[int] = set()  # owned partitions whose new alerts are held
         self.lag_known = False              # False until the lag is looked at after each rebuild
         self.confirming: float | None = None  # when partitions first read caught up (epoch s), unconfirmed
+        self.last_look = 0.0                # monotonic time of the last lag refresh or evaluation
         self.targets: dict[tuple[str, str], targets.Target] = {}   # the sellers' own limits
         self.targets_ready = False          # the targets topic was read to its end once
         # (seller, marketplace) -> (fetched_at, the latest account-health report's entry)
@@ -301,6 +302,7 @@ class Runtime:
         # Every partition counts as catching up until the lag is looked at: a seller not read
         # yet is not answered 404, nor are alerts decided, from a view that may be partial.
         self.lag_known = False
+        self.confirming = None
         if self.group is not None and self.group.records:
             log.info("a group applied to the state just replaced given up: %d records read again", self.group.records)
         self.group = None           # applied to the book just replaced; its fetches are read again
@@ -341,6 +343,8 @@ class Runtime:
             except Exception as error:  # noqa: BLE001 - saving memory must not stop the alert loop
                 log.warning("writing RocksDB's write buffers out at rest failed: %s", error)
         release_memory()
+        if self.last_look:
+            self.last_look = time.monotonic()       # its own work, not a pause
 
     # -- applying --------------------------------------------------------------
     def process(self, records) -> None:
@@ -584,13 +588,16 @@ class Runtime:
         partition, events this worker is still sending there included): the last messages of
         a backlog can still move a seller across a level; and only once a fetch response read
         CONFIRM_SECONDS after the lag first read 0 confirms it (a high watermark is only as
-        fresh as the response that brought it). Events another worker reroutes here
+        fresh as the response that brought it). After a pause (no look at the lag for
+        CONFIRM_SECONDS: a stopped or starved process) every owned partition catches up again. Events another worker reroutes here
         while it catches up (marked `REPLAY_HEADER`) hold every owned partition too, until
         none came for REPLAY_QUIET_SECONDS: the rest of that backlog may hold more of them.
         When one catches up, every seller is evaluated again at once, so what the caught-up
         state warrants (firing or resolving) goes out."""
         if consumer is None:
             return
+        now = time.time()
+        paused = self.last_look and time.monotonic() - self.last_look > CONFIRM_SECONDS
         lag: dict[tuple[str, int], int] = {}
         polled: list[float] = []    # when each source partition's high watermark was fetched (epoch s)
         owned: set[int] = set()
@@ -622,6 +629,14 @@ class Runtime:
             log.debug("lag unavailable: %r", error)
             return
         self.lag = lag
+        if paused and self.lag_known:
+            # Nothing looked at the lag for a while (the process was stopped, or starved): the
+            # high watermarks held may be that old. Every partition catches up again until a
+            # fetch response read since confirms its lag.
+            log.info("the lag was not looked at for %.1fs: partitions %s count as catching up until a fresh "
+                     "fetch confirms it", time.monotonic() - self.last_look, sorted(owned))
+            self.catching_up = set(owned)
+            self.confirming = now
         quiet_since = time.monotonic() - REPLAY_QUIET_SECONDS
         for replays in (self.replaying, self.peer_replay):
             for partition in [p for p, last in replays.items() if last < quiet_since]:
@@ -637,9 +652,9 @@ class Runtime:
         caught_up = (self.catching_up if self.lag_known else owned) - behind
         if caught_up:
             # High watermarks are as old as the fetch response that brought them: after a pause
-            # (a stopped process, a lost connection) they can show lag 0 with a backlog waiting.
-            # Caught up only once every partition's is confirmed by a response read well after.
-            now = time.time()
+            # they can show lag 0 with a backlog waiting. Caught up only once every partition's
+            # comes from a response read CONFIRM_SECONDS after the lag first read 0 (or after
+            # the pause): one requested after it.
             if self.confirming is None:
                 self.confirming = now
             if min(polled, default=0.0) < self.confirming + CONFIRM_SECONDS:
@@ -647,9 +662,8 @@ class Runtime:
                 caught_up = set()
             else:
                 self.confirming = None
-        else:
-            self.confirming = None
         self.lag_known = True
+        self.last_look = time.monotonic()
         if caught_up and self.book is not None:
             log.info("partitions %s caught up: evaluating their sellers", sorted(caught_up))
             self.dirty = set(self.book.states())
@@ -712,7 +726,14 @@ class Runtime:
     def evaluate(self) -> Outbox:
         """Re-evaluate dirty sellers, or all of them when the clock entered a new bucket. The
         firing sets that changed are staged in the store; the caller commits the store, then
-        hands the outbox to `deliver`."""
+        hands the outbox to `deliver`. (A long pass is this worker's own work, not a pause.)"""
+        try:
+            return self._evaluate()
+        finally:
+            if self.last_look:
+                self.last_look = time.monotonic()
+
+    def _evaluate(self) -> Outbox:
         outbox = Outbox(self.epoch)
         if self.book is None:
             return outbox

@@ -164,7 +164,8 @@ METRICS = {
     "cancelwatch_partition_catching_up": (
         "gauge", ("partition",),
         "1 while a partition this worker owns is catching up on a backlog (lag above "
-        "CANCELWATCH_CATCHUP_LAG on a source topic): its new alerts are held; 0 once caught up.",
+        "CANCELWATCH_CATCHUP_LAG on a source topic, events another worker reroutes while it "
+        "catches up, or a pause of this worker): its new alerts are held; 0 once caught up.",
     ),
     "cancelwatch_sellers": (
         "gauge", ("marketplace", "status"),

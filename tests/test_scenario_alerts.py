@@ -10,6 +10,7 @@ decided on has been accepted.
 
 from __future__ import annotations
 
+import time
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -26,6 +27,8 @@ from tests.workers import Topics, WorkerProcess
 pytestmark = pytest.mark.stack
 
 # The incident ramps up over the last hours of the span; its events go out in
+# How long a worker's metrics must show it settled (clock, caught up, nothing queued).
+SETTLED_SECONDS = 0.5
 # slices of this much event time, each one settled before the next.
 SLICE = timedelta(minutes=15)
 
@@ -57,15 +60,26 @@ class Run:
             self.producer.send(topic, key=event.seller_id.encode(), value=events.encode(event))
         self.producer.flush()
         until = max(event.occurred_at for event in stream).timestamp()
+        self._settled_at = None
         wait_for(lambda: self._caught_up(until),
-                 f"the worker's clock reaching {until} with its alert queue empty", 180)
+                 f"the worker's clock reaching {until}, caught up, with its alert queue empty", 180)
 
     def _caught_up(self, until: float) -> bool:
         if self.worker.process.poll() is not None:
             pytest.fail(f"the worker exited with {self.worker.process.returncode}; "
                         f"log {self.worker.log_path}:\n{self.worker.tail()}")
-        return (self.worker.metric("cancelwatch_clock_seconds") >= until - 0.001
-                and self.worker.metric("cancelwatch_alert_queue_alerts") == 0)
+        # A slice is a backlog (more than CANCELWATCH_CATCHUP_LAG deep): its alerts are decided
+        # once the worker has confirmed it caught up, in the evaluation that follows at once
+        # (and is committed before it is queued): settled when all this holds for a while.
+        settled = (self.worker.metric("cancelwatch_clock_seconds") >= until - 0.001
+                   and self.worker.metric("cancelwatch_partition_catching_up") == 0
+                   and self.worker.metric("cancelwatch_alert_queue_alerts") == 0)
+        if not settled:
+            self._settled_at = None
+            return False
+        if self._settled_at is None:
+            self._settled_at = time.monotonic()
+        return time.monotonic() - self._settled_at >= SETTLED_SECONDS
 
     def alerts(self, seller: str | None = None) -> list[dict]:
         return self.alertmanager.active(seller)

@@ -305,8 +305,8 @@ def fail_still_active(left: dict, since: float, breached: dict[int, list[Seller]
                 f"s ago, ends {alert['endsAt']})" for (seller, _), alert in sorted(left.items())[:3]]
     pytest.fail(f"{len(left)} seller alerts active in Alertmanager {since:.1f}s after every worker had applied "
                 f"the orders that cleared them (due resolved within two re-sends of {RESEND_SECONDS}s + "
-                f"{CLEAR_SLACK_SECONDS}s + a catch-up's hold of {CATCH_UP_HOLD_SECONDS}s, and to stay so); partitions per worker before {owned_before}, after "
-                f"{owned_after}; e.g. {'; '.join(examples)}")
+                f"{CLEAR_SLACK_SECONDS}s + a catch-up's hold of {CATCH_UP_HOLD_SECONDS}s, and to stay so); "
+                f"partitions per worker before {owned_before}, after {owned_after}; e.g. {'; '.join(examples)}")
 
 
 # --- 2. more workers than partitions ---------------------------------------------------------

@@ -489,9 +489,10 @@ class Runtime:
                 else:
                     self.replaying.pop(partition, None)
         if group.replayed:
-            if not group.replayed <= self.peer_replay.keys():
+            started = group.replayed - self.peer_replay.keys()
+            if started:
                 log.info("partitions %s apply events another worker rerouted while catching up: their counts "
-                         "are partial, their alerts held until it is over", sorted(group.replayed - self.peer_replay.keys()))
+                         "are partial, their alerts held until it is over", sorted(started))
             now = time.monotonic()
             for partition in group.replayed:
                 self.peer_replay[partition] = now
@@ -589,9 +590,10 @@ class Runtime:
         a backlog can still move a seller across a level; and only once a fetch response read
         CONFIRM_SECONDS after the lag first read 0 confirms it (a high watermark is only as
         fresh as the response that brought it). After a pause (no look at the lag for
-        CONFIRM_SECONDS: a stopped or starved process) every owned partition catches up again. Events another worker reroutes here
-        while it catches up (marked `REPLAY_HEADER`) hold every owned partition too, until
-        none came for REPLAY_QUIET_SECONDS: the rest of that backlog may hold more of them.
+        CONFIRM_SECONDS: a stopped or starved process) every owned partition catches up
+        again. Events another worker reroutes here while it catches up (marked
+        `REPLAY_HEADER`) hold every owned partition too, until none came for
+        REPLAY_QUIET_SECONDS: the rest of that backlog may hold more of them.
         When one catches up, every seller is evaluated again at once, so what the caught-up
         state warrants (firing or resolving) goes out."""
         if consumer is None:
@@ -599,7 +601,7 @@ class Runtime:
         now = time.time()
         paused = self.last_look and time.monotonic() - self.last_look > CONFIRM_SECONDS
         lag: dict[tuple[str, int], int] = {}
-        polled: list[float] = []    # when each source partition's high watermark was fetched (epoch s)
+        polled: list[float] = []    # when each partition's high watermark was fetched (epoch s)
         owned: set[int] = set()
         sources = 0                 # the largest lag of a source partition (inf: unknown)
         reroute_lag: dict[int, float] = {}

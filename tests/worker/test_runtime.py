@@ -193,6 +193,16 @@ def refresh_confirmed(runtime, consumer: Consumer) -> None:
         runtime.refresh_catch_up(consumer)
 
 
+def fetch_of(messages) -> mailbox.Fetch:
+    """The fetch that brought `messages`, as the agent appends it to the open group (offsets only)."""
+    from aiokafka import TopicPartition
+
+    offsets: dict = {}
+    for message in messages:
+        offsets.setdefault(TopicPartition(message.topic, message.partition), []).append(message.offset)
+    return mailbox.Fetch(generation=1, offsets=offsets)
+
+
 def scenario_events(base: datetime):
     """Seller S1: 60 orders with 2 seller-fault cancels (3.3%, alerts warranted), then 140 more
     orders that bring it to 1% (none warranted)."""
@@ -250,8 +260,7 @@ def test_a_partition_is_caught_up_only_once_the_events_rerouted_to_it_are_delive
     runtime.refresh_catch_up(consumer)
     assert runtime.catching_up == {home, other}, "a backlog at start"
     runtime.process(fetched)
-    runtime.group.fetches.append(mailbox.Fetch(generation=1, offsets={
-        tp: [m.offset for m in fetched if source(m) == tp] for tp in {source(m) for m in fetched}}))
+    runtime.group.fetches.append(fetch_of(fetched))
     group = runtime.commit()
     assert len(group.reroute) == len(elsewhere) and {owner for _, _, owner in group.reroute} == {home}
 
@@ -269,8 +278,7 @@ def test_a_partition_is_caught_up_only_once_the_events_rerouted_to_it_are_delive
 
     arrived = [dict_runtime.Message(reroute, home, offset, m.value) for offset, m in enumerate(elsewhere)]
     runtime.process(arrived)
-    runtime.group.fetches.append(mailbox.Fetch(generation=1, offsets={
-        TopicPartition(reroute, home): [m.offset for m in arrived]}))
+    runtime.group.fetches.append(fetch_of(arrived))
     group = runtime.commit()
     runtime.sent(runtime.acknowledged(group))
     consumer.highwaters[TopicPartition(reroute, home)] = len(arrived)
@@ -303,9 +311,7 @@ def test_events_another_worker_rerouted_while_catching_up_hold_this_workers_aler
 
     def apply(messages):
         runtime.process(messages)
-        runtime.group.fetches.append(mailbox.Fetch(generation=1, offsets={
-            tp: [m.offset for m in messages if (m.topic, m.partition) == (tp.topic, tp.partition)]
-            for tp in assignment}))
+        runtime.group.fetches.append(fetch_of(messages))
         runtime.sent(runtime.acknowledged(runtime.commit()))
         for m in messages:
             tp = TopicPartition(m.topic, m.partition)
@@ -378,29 +384,26 @@ def test_lag_read_0_from_high_watermarks_older_than_the_decision_does_not_end_a_
     consumer.polled = (started + runtime_module.CONFIRM_SECONDS) * 1000 - 1
     runtime.refresh_catch_up(consumer)
     assert runtime.is_catching_up(0), "a response read too soon after may have been requested before"
-    # The confirming response shows the backlog: still catching up...
-    consumer.polled = (started + runtime_module.CONFIRM_SECONDS) * 1000
-    consumer.highwaters[assignment[0]] = 5_000
-    runtime.refresh_catch_up(consumer)
-    assert runtime.is_catching_up(0)
-    # ... until it is applied; the high watermarks are fresh by then.
-    runtime.applied[assignment[0]] = 4_999
-    runtime.refresh_catch_up(consumer)
-    assert not runtime.is_catching_up(0)
+
+    def backlog_confirmed(since: float, end: int) -> None:
+        """A response read CONFIRM_SECONDS after `since` shows a backlog up to `end`: still
+        catching up until it is applied (the high watermarks are fresh by then)."""
+        consumer.polled = (since + runtime_module.CONFIRM_SECONDS) * 1000
+        consumer.highwaters[assignment[0]] = end
+        runtime.refresh_catch_up(consumer)
+        assert runtime.is_catching_up(0)
+        runtime.applied[assignment[0]] = end - 1
+        runtime.refresh_catch_up(consumer)
+        assert not runtime.is_catching_up(0)
+
+    backlog_confirmed(started, 5_000)
 
     # Stopped for a minute while caught up: every partition catches up again, until a fetch
     # response read since the pause confirms the lag (here, a backlog first).
     runtime.last_look -= 60
     runtime.refresh_catch_up(consumer)
     assert runtime.is_catching_up(0), "a pause leaves high watermarks as old as the pause"
-    resumed = runtime.confirming
-    consumer.polled = (resumed + runtime_module.CONFIRM_SECONDS) * 1000
-    consumer.highwaters[assignment[0]] = 9_000
-    runtime.refresh_catch_up(consumer)
-    assert runtime.is_catching_up(0)
-    runtime.applied[assignment[0]] = 8_999
-    runtime.refresh_catch_up(consumer)
-    assert not runtime.is_catching_up(0)
+    backlog_confirmed(runtime.confirming, 9_000)
     # A long evaluation is the worker's own work, not a pause.
     runtime.last_look -= 60
     runtime.evaluate()

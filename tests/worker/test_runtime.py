@@ -169,7 +169,7 @@ class Consumer:
 
     def __init__(self, highwaters: dict) -> None:
         self.highwaters = highwaters
-        self.polled: float | None = None       # epoch ms of the last fetch response
+        self.polled: int | None = None         # epoch ms of the last fetch response (aiokafka's: whole ms)
         self._committed_offset: dict = {}
 
     def assignment(self):
@@ -182,6 +182,12 @@ class Consumer:
         return self.polled
 
 
+def ms_after(instant: float) -> int:
+    """The first whole epoch ms after `instant` (epoch s), as aiokafka stamps a fetch response.
+    Not `instant * 1000`: divided back by 1000, that can fall an ulp short of `instant`."""
+    return int(instant * 1000) + 1
+
+
 def refresh_confirmed(runtime, consumer: Consumer) -> None:
     """`refresh_catch_up`, and again once a fetch response read CONFIRM_SECONDS later confirms
     the high watermarks, if partitions read caught up."""
@@ -189,7 +195,7 @@ def refresh_confirmed(runtime, consumer: Consumer) -> None:
 
     runtime.refresh_catch_up(consumer)
     if runtime.confirming is not None:
-        consumer.polled = (runtime.confirming + runtime_module.CONFIRM_SECONDS) * 1000
+        consumer.polled = ms_after(runtime.confirming + runtime_module.CONFIRM_SECONDS)
         runtime.refresh_catch_up(consumer)
 
 
@@ -377,18 +383,18 @@ def test_lag_read_0_from_high_watermarks_older_than_the_decision_does_not_end_a_
     runtime.lag_known = False
     assignment = [TopicPartition(topic, 0) for topic in (*settings.source_topics.values(), settings.reroute_topic)]
     consumer = Consumer({tp: 0 for tp in assignment})
-    consumer.polled = time.time() * 1000        # the last response, read before the decision
+    consumer.polled = int(time.time() * 1000)   # the last response, read before the decision
     runtime.refresh_catch_up(consumer)
     assert runtime.is_catching_up(0) and runtime.confirming is not None
     started = runtime.confirming
-    consumer.polled = (started + runtime_module.CONFIRM_SECONDS) * 1000 - 1
+    consumer.polled = ms_after(started + runtime_module.CONFIRM_SECONDS) - 2
     runtime.refresh_catch_up(consumer)
     assert runtime.is_catching_up(0), "a response read too soon after may have been requested before"
 
     def backlog_confirmed(since: float, end: int) -> None:
         """A response read CONFIRM_SECONDS after `since` shows a backlog up to `end`: still
         catching up until it is applied (the high watermarks are fresh by then)."""
-        consumer.polled = (since + runtime_module.CONFIRM_SECONDS) * 1000
+        consumer.polled = ms_after(since + runtime_module.CONFIRM_SECONDS)
         consumer.highwaters[assignment[0]] = end
         runtime.refresh_catch_up(consumer)
         assert runtime.is_catching_up(0)
@@ -401,6 +407,7 @@ def test_lag_read_0_from_high_watermarks_older_than_the_decision_does_not_end_a_
     # Stopped for a minute while caught up: every partition catches up again, until a fetch
     # response read since the pause confirms the lag (here, a backlog first).
     runtime.last_look -= 60
+    consumer.polled = int((time.time() - 60) * 1000)   # the last response, read before the pause
     runtime.refresh_catch_up(consumer)
     assert runtime.is_catching_up(0), "a pause leaves high watermarks as old as the pause"
     backlog_confirmed(runtime.confirming, 9_000)

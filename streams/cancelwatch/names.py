@@ -165,7 +165,8 @@ METRICS = {
         "gauge", ("partition",),
         "1 while a partition this worker owns is catching up on a backlog (lag above "
         "CANCELWATCH_CATCHUP_LAG on a source topic, events another worker reroutes while it "
-        "catches up, or a pause of this worker): its new alerts are held; 0 once caught up.",
+        "catches up, a pause of this worker, or no fetch response for 10 s): its new alerts are held; "
+        "0 once caught up.",
     ),
     "cancelwatch_sellers": (
         "gauge", ("marketplace", "status"),

@@ -170,6 +170,7 @@ class Consumer:
     def __init__(self, highwaters: dict) -> None:
         self.highwaters = highwaters
         self.polled: int | None = None         # epoch ms of the last fetch response (aiokafka's: whole ms)
+        self.polled_at: dict = {}              # a partition's own, where it differs
         self._committed_offset: dict = {}
 
     def assignment(self):
@@ -179,7 +180,7 @@ class Consumer:
         return self.highwaters[tp]
 
     def last_poll_timestamp(self, tp):
-        return self.polled
+        return self.polled_at.get(tp, self.polled)
 
 
 def ms_after(instant: float) -> int:
@@ -416,3 +417,45 @@ def test_lag_read_0_from_high_watermarks_older_than_the_decision_does_not_end_a_
     runtime.evaluate()
     runtime.refresh_catch_up(consumer)
     assert not runtime.is_catching_up(0)
+
+
+def test_a_partition_with_no_fetch_response_for_a_while_catches_up_until_one_confirms_its_lag():
+    # A broker down or unreachable: no fetch response brings the partitions it leads their high
+    # watermarks, so their lag is unknown, while with the wall clock orders age out of the
+    # windows. They hold their alerts until a response read after the outage was noticed
+    # confirms their lag; the other partitions go on.
+    from aiokafka import TopicPartition
+    from cancelwatch.worker import runtime as runtime_module
+
+    settings = settings_module.load({**os.environ, "CANCELWATCH_CLOCK": "wall"})
+    runtime = dict_runtime.runtime(settings, policy_module.load(settings.policy_path))
+    runtime.targets_ready = True
+    topics = (*settings.source_topics.values(), settings.reroute_topic)
+    consumer = Consumer({TopicPartition(topic, partition): 0 for topic in topics for partition in (0, 1)})
+    refresh_confirmed(runtime, consumer)
+    assert not runtime.is_catching_up(0) and not runtime.is_catching_up(1)
+
+    def fetched(partition: int, seconds_ago: float) -> None:
+        for topic in topics:
+            consumer.polled_at[TopicPartition(topic, partition)] = int((time.time() - seconds_ago) * 1000)
+
+    fetched(0, 0.5)
+    fetched(1, runtime_module.STALE_FETCH_SECONDS - 1)
+    runtime.refresh_catch_up(consumer)
+    assert not runtime.is_catching_up(0) and not runtime.is_catching_up(1), "a response that recent is no outage"
+    fetched(1, runtime_module.STALE_FETCH_SECONDS + 1)
+    runtime.refresh_catch_up(consumer)
+    assert runtime.is_catching_up(1), "no response for that long: the lag of partition 1 is unknown"
+    assert not runtime.is_catching_up(0), "a partition whose leader answers goes on"
+    fetched(0, 0.5)
+    runtime.refresh_catch_up(consumer)
+    assert runtime.is_catching_up(1) and not runtime.is_catching_up(0)
+    # The leader is back, and its first response shows lag 0: caught up once one read
+    # CONFIRM_SECONDS after the outage was noticed says so.
+    fetched(1, 0)
+    runtime.refresh_catch_up(consumer)
+    assert runtime.is_catching_up(1), "a response may have been requested before the outage was noticed"
+    consumer.polled_at = {}
+    consumer.polled = ms_after(runtime.confirming + runtime_module.CONFIRM_SECONDS)
+    runtime.refresh_catch_up(consumer)
+    assert not runtime.is_catching_up(1) and not runtime.is_catching_up(0)

@@ -46,6 +46,9 @@ REPLAY_QUIET_SECONDS = 5.0                     # a backfill is over once its par
 # A fetch response's high watermarks are fresh for a catch-up decision taken this long before it
 # was read: longer than the broker holds a fetch (faust: 1.5 s), so the request went out after.
 CONFIRM_SECONDS = 2.0
+# A partition with no fetch response for this long (its leader unreachable: every response,
+# empty ones included, brings its high watermark) has an unknown lag: it catches up again.
+STALE_FETCH_SECONDS = 10.0
 
 _libc_handle = None
 _firing_encoder = msgspec.msgpack.Encoder()
@@ -562,10 +565,8 @@ class Runtime:
 
     def _peer_replayed(self, message) -> bool:
         """Rerouted by another worker while it was catching up (by this worker: its own lag says)."""
-        for key, value in message.headers:
-            if key == REPLAY_HEADER:
-                return value != self.token
-        return False
+        replayed_by = _header(message, REPLAY_HEADER)
+        return replayed_by is not None and replayed_by != self.token
 
     def sent(self, sending: Counter) -> None:
         """The reroutes `acknowledged` counted are over (delivered and recorded, or failed)."""
@@ -591,7 +592,8 @@ class Runtime:
         CONFIRM_SECONDS after the lag first read 0 confirms it (a high watermark is only as
         fresh as the response that brought it). After a pause (no look at the lag for
         CONFIRM_SECONDS: a stopped or starved process) every owned partition catches up
-        again. Events another worker reroutes here while it catches up (marked
+        again; so does a partition with no fetch response for STALE_FETCH_SECONDS (its
+        leader down or unreachable: its lag is unknown). Events another worker reroutes here while it catches up (marked
         `REPLAY_HEADER`) hold every owned partition too, until none came for
         REPLAY_QUIET_SECONDS: the rest of that backlog may hold more of them.
         When one catches up, every seller is evaluated again at once, so what the caught-up
@@ -602,6 +604,7 @@ class Runtime:
         paused = self.last_look and time.monotonic() - self.last_look > CONFIRM_SECONDS
         lag: dict[tuple[str, int], int] = {}
         polled: list[float] = []    # when each partition's high watermark was fetched (epoch s)
+        stale: set[int] = set()     # partitions with no fetch response for STALE_FETCH_SECONDS
         owned: set[int] = set()
         sources = 0                 # the largest lag of a source partition (inf: unknown)
         reroute_lag: dict[int, float] = {}
@@ -612,7 +615,10 @@ class Runtime:
                     continue
                 owned.add(tp.partition)
                 highwater = consumer.highwater(tp)
-                polled.append((consumer.last_poll_timestamp(tp) or 0) / 1000)
+                fetched = (consumer.last_poll_timestamp(tp) or 0) / 1000
+                polled.append(fetched)
+                if 0 < fetched < now - STALE_FETCH_SECONDS:
+                    stale.add(tp.partition)
                 if tp.topic == reroute and tp.partition in self.produced:
                     highwater = max(highwater or 0, self.produced[tp.partition])
                 done = self.applied.get(tp)
@@ -638,6 +644,15 @@ class Runtime:
             log.info("the lag was not looked at for %.1fs: partitions %s count as catching up until a fresh "
                      "fetch confirms it", time.monotonic() - self.last_look, sorted(owned))
             self.catching_up = set(owned)
+            self.confirming = now
+        elif self.lag_known and stale - self.catching_up:
+            # No fetch response for a while (the broker leading them is down or unreachable): the
+            # lag is unknown, and acting on counts that old (orders ageing out of the windows,
+            # nothing new applied) may resolve an alert the backlog behind the outage fires
+            # again. They catch up again until a fetch response read since confirms their lag.
+            log.warning("no fetch response for partitions %s in %.0fs: they count as catching up until one "
+                        "confirms their lag", sorted(stale - self.catching_up), STALE_FETCH_SECONDS)
+            self.catching_up |= stale
             self.confirming = now
         quiet_since = time.monotonic() - REPLAY_QUIET_SECONDS
         for replays in (self.replaying, self.peer_replay):
@@ -876,9 +891,17 @@ def _alert(firing: alerting.Firing) -> Alert:
     return Alert(firing.labels, firing.annotations, datetime.fromtimestamp(firing.starts_at, timezone.utc))
 
 
+def _header(message, key: str) -> bytes | None:
+    """The value of a message's first header named `key` (None: it has none)."""
+    for name, value in message.headers or ():
+        if name == key:
+            return value
+    return None
+
+
 def _is_health(message) -> bool:
     """A rerouted account-health report (the reroute topic also carries events)."""
-    return any(key == KIND_HEADER and value == HEALTH_ROLE.encode() for key, value in message.headers or ())
+    return _header(message, KIND_HEADER) == HEALTH_ROLE.encode()
 
 
 def _listing_faults(state) -> bool:

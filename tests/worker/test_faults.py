@@ -9,7 +9,9 @@ measurements in docs/faults.json, from which docs/faults.md is rendered.
   of 200,000 events (shared broker).
 - The broker stopped and started again mid-stream: a Kafka of this test's own
   (stack/stack.sh with its own STACK_DIR and ports), so the shared one is
-  never touched.
+  never touched. Before that, with the worker caught up and idle: stopped
+  until the worker's partitions catch up again (no fetch response for
+  STALE_FETCH_SECONDS), which they do not while it is connected.
 - Alertmanager down while alerts should fire: an Alertmanager of this test's
   own, started only after the worker has tried and failed to deliver.
 - Two workers in one consumer group, one SIGKILLed: the survivor takes over
@@ -33,6 +35,7 @@ import pytest
 import requests
 
 from cancelwatch import names
+from cancelwatch.worker import runtime as runtime_module
 from cancelwatch.worker.ownership import owner_partition
 from tests import faults_table
 from tests.worker.test_worker import expected_answers, publish, simulated_stream, strip_listing, wait_for_answers
@@ -188,6 +191,7 @@ def test_broker_restarted_mid_stream(tmp_path):
             sent = publish(bootstrap, topics, first, seed=1)
             _, expected = expected_answers(first)
             assert_exact(worker, strip_listing(expected), timeout=180)
+            stale_after, back_after = outage_is_a_catch_up(worker, env)
 
             sent += publish(bootstrap, topics, second, seed=2)
             stack("stop", "kafka", env)                 # while the worker is still applying `second`
@@ -204,7 +208,46 @@ def test_broker_restarted_mid_stream(tmp_path):
     faults_table.record_fault(
         "broker", fault="Kafka broker stopped for 10 s mid-stream and started again (same worker process)",
         injected=1, events=len(stream), lost=lost, double_counted=double, sellers=len(expected),
-        seconds=time.monotonic() - started, checked=f"{sent:,} messages sent; worker never restarted")
+        seconds=time.monotonic() - started,
+        checked=f"{sent:,} messages sent; worker never restarted; before that, caught up and idle: no partition "
+                f"catching up in {runtime_module.STALE_FETCH_SECONDS + 3:.0f} s connected, all catching up "
+                f"{stale_after:.0f} s after the broker stopped (no fetch response), caught up "
+                f"{back_after:.0f} s after it started again")
+
+
+def catching_up(worker: WorkerProcess) -> float:
+    return worker.metric("cancelwatch_partition_catching_up")
+
+
+def outage_is_a_catch_up(worker: WorkerProcess, env: dict) -> tuple[float, float]:
+    """A caught-up worker stays caught up while idle and connected (an empty fetch response
+    brings the high watermarks too); with the broker down, its partitions catch up again once
+    no response came for STALE_FETCH_SECONDS, and are caught up again once it is back.
+    Returns the seconds from the stop to the catch-up, and from the start to its end."""
+    held = runtime_module.STALE_FETCH_SECONDS
+    deadline = time.monotonic() + 60
+    while catching_up(worker) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert catching_up(worker) == 0, "the worker did not catch up on the first part:\n" + worker.tail()
+    quiet_until = time.monotonic() + held + 3
+    while time.monotonic() < quiet_until:
+        assert catching_up(worker) == 0, "an idle, connected worker read its partitions stale:\n" + worker.tail()
+        time.sleep(0.5)
+    stopped = time.monotonic()      # the last response may be a fetch wait (1.5 s) older
+    stack("stop", "kafka", env)
+    while catching_up(worker) < worker.partitions and time.monotonic() < stopped + held + 30:
+        time.sleep(0.5)
+    assert catching_up(worker) == worker.partitions, \
+        "the broker is down and its partitions do not all catch up:\n" + worker.tail()
+    stale_after = time.monotonic() - stopped
+    assert stale_after >= held - 2, "catching up before the responses were that old"
+    assert "no fetch response for partitions" in worker.tail(400)
+    stack("start", "kafka", env)
+    started = time.monotonic()
+    while catching_up(worker) and time.monotonic() < started + 120:
+        time.sleep(0.5)
+    assert catching_up(worker) == 0, "the broker is back and the partitions still catch up:\n" + worker.tail()
+    return stale_after, time.monotonic() - started
 
 
 def alertmanager_alerts(url: str) -> list[dict]:

@@ -593,9 +593,9 @@ class Runtime:
         fresh as the response that brought it). After a pause (no look at the lag for
         CONFIRM_SECONDS: a stopped or starved process) every owned partition catches up
         again; so does a partition with no fetch response for STALE_FETCH_SECONDS (its
-        leader down or unreachable: its lag is unknown). Events another worker reroutes here while it catches up (marked
-        `REPLAY_HEADER`) hold every owned partition too, until none came for
-        REPLAY_QUIET_SECONDS: the rest of that backlog may hold more of them.
+        leader down or unreachable: its lag is unknown). Events another worker reroutes here
+        while it catches up (marked `REPLAY_HEADER`) hold every owned partition too, until
+        none came for REPLAY_QUIET_SECONDS: the rest of that backlog may hold more of them.
         When one catches up, every seller is evaluated again at once, so what the caught-up
         state warrants (firing or resolving) goes out."""
         if consumer is None:

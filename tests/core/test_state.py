@@ -440,6 +440,52 @@ def test_an_order_moving_below_the_kept_ones_lets_a_left_out_order_back():
     assert oracle.compute(stream + [moved], NOW.timestamp(), POLICY)[("S1", "DE")]["listing"] == {"SKU-1"}
 
 
+def test_a_sku_is_listed_from_its_first_seller_fault_order_on_and_read_off_the_buckets_then():
+    # Three orders of SKU-1, none seller-fault: the listing rule cannot fire, and nothing is listed.
+    placed = [placed_at(NOW - timedelta(hours=h), order_id=oid, marketplace="DE", items=SKU)
+              for oid, h in (("O1", 5), ("O2", 4), ("O3", 3))]
+    store: dict = {}
+    book = Book(POLICY, store)
+    book.apply([("orders", e) for e in placed], NOW.timestamp())
+    assert book.seller("S1", "DE").listing is None
+    # The first seller-fault cancel (of an order below the newest) lists the sku's latest orders.
+    book.apply([("cancellations", cancelled_at(NOW - timedelta(hours=4), order_id="O2", marketplace="DE"))],
+               NOW.timestamp())
+    assert [entry[1:] for entry in book.seller("S1", "DE").listing["SKU-1"]] == [("O3", False), ("O2", True)]
+    assert listing_alerts(book) == set()
+    # A restart lists the tracked sku alone.
+    book.apply([("orders", placed_at(NOW - timedelta(hours=2), order_id="O4", marketplace="DE",
+                                     items=[events.Item(sku="SKU-2", quantity=1)]))], NOW.timestamp())
+    restored = Book(POLICY, dict(store))
+    restored.load(store.items())
+    assert list(restored.seller("S1", "DE").listing) == ["SKU-1"]
+    assert restored.seller("S1", "DE").listing == book.seller("S1", "DE").listing
+
+
+def test_older_seller_fault_orders_fire_the_listing_rule_once_the_newer_ones_are_cancelled_while_pending():
+    # O1, O2 seller-fault; O3, O4 newer and Pending. Cancelling O3 and O4 while Pending leaves
+    # O2, O1 as the sku's last orders, before and after a restart.
+    stream = [placed_at(NOW - timedelta(hours=h), order_id=oid, marketplace="DE", items=SKU,
+                        status="Pending" if h < 4 else "Unshipped")
+              for oid, h in (("O1", 6), ("O2", 5), ("O3", 3), ("O4", 2))]
+    stream += [cancelled_at(NOW - timedelta(hours=h), order_id=oid, marketplace="DE") for oid, h in (("O1", 6), ("O2", 5))]
+    unpaid = [cancelled_at(NOW - timedelta(hours=h), order_id=oid, marketplace="DE", status_at_cancel="Pending",
+                           initiator="amazon", reason="PaymentNotCompleted") for oid, h in (("O3", 3), ("O4", 2))]
+    for restart in (False, True):
+        store: dict = {}
+        book = Book(POLICY, store)
+        book.apply([(events.TOPIC_OF_TYPE[type(e)], e) for e in stream], NOW.timestamp())
+        assert listing_alerts(book) == set()
+        if restart:
+            book = Book(POLICY, dict(store))
+            book.load(store.items())
+        for cancel in unpaid:
+            book.apply([("cancellations", cancel)], NOW.timestamp())
+        assert listing_alerts(book) == {"SKU-1"}
+        assert [entry[1] for entry in book.seller("S1", "DE").listing["SKU-1"]] == ["O2", "O1"]
+    assert oracle.compute(stream + unpaid, NOW.timestamp(), POLICY)[("S1", "DE")]["listing"] == {"SKU-1"}
+
+
 @hyp_settings(max_examples=100, deadline=None)
 @given(order_streams(), st.integers(0, 30))
 def test_a_book_restored_without_its_index_rebuilds_it_and_goes_on(case, split):

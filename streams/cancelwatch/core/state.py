@@ -14,8 +14,11 @@ is derived from the durable buckets (`Book.load` rewrites it) and consulted
 only when the event's own bucket does not hold the order.
 
 Derived, in memory: per seller and marketplace, the totals of each bucket
-(orders, seller-fault cancels, reasons, excluded causes) and, per sku, the
-latest orders for the listing rule. They are rebuilt from the durable
+(orders, seller-fault cancels, reasons, excluded causes) and, per sku that
+has a seller-fault order, the latest orders for the listing rule (a sku
+without one cannot fire it, so its orders cost nothing there until its first
+seller-fault cancel, when its list is read off the buckets). They are rebuilt
+from the durable
 buckets on start (`Book.load`), so they are exact after any crash: the
 durable records are idempotent, and the totals are a function of them.
 
@@ -250,6 +253,11 @@ class WindowSums(BucketTotals):
                                    dict(self.causes) if self.causes else {})
 
 
+def _later(oldest: int | None, other: int | None) -> int | None:
+    """The later of two refill starts (`SellerState.relist`); None, from the newest bucket, wins."""
+    return None if oldest is None or other is None else max(oldest, other)
+
+
 def _bump(counts: dict[str, int] | None, key: str, sign: int) -> dict[str, int] | None:
     counts = {} if counts is None else counts
     value = counts.get(key, 0) + sign
@@ -270,8 +278,10 @@ class SellerState:
         self.marketplace = _MARKETPLACES.get(marketplace, marketplace)   # one str per marketplace
         self.buckets: dict[int, BucketTotals | int] = {}
         self.summary = None     # the worker's last evaluation (metrics.SellerSummary), shared
-        # sku -> latest orders containing it, newest first: (purchase, order_id, seller-fault for this sku).
-        # Orders cancelled while Pending never were orders: they take no place here.
+        # sku -> latest orders containing it, newest first: (purchase, order_id, seller-fault for this sku),
+        # for the skus with a seller-fault order (tracked skus; `relist`): a list of orders none of
+        # which is seller-fault cannot fire the listing rule, nor can one made of orders older than
+        # every seller-fault one. Orders cancelled while Pending never were orders: no place here.
         self.listing: dict[str, tuple[tuple[int, str, bool], ...]] | None = None
         # skus whose latest orders are a full list (the listing rule's depth), all seller-fault:
         # the only ones the listing rule can fire for (None: no such sku)
@@ -354,16 +364,26 @@ class SellerState:
         elif not (totals.cancelled or totals.reasons or totals.causes):
             self.buckets[bucket] = totals.orders
 
-    def relist(self, order_id: str, record: Record, depth: int) -> list[tuple[str, int]]:
-        """Bring the order's place among the latest `depth` orders of each of its skus up to date.
+    def relist(self, order_id: str, record: Record, depth: int,
+               every: bool = False) -> list[tuple[str, int | None]]:
+        """Bring the order's place among the latest `depth` orders of each of its tracked skus
+        up to date (a sku is tracked from its first seller-fault order on).
 
         Returns (sku, purchase of the oldest order kept before) for each sku whose latest
         orders may now miss an order left out earlier (this order left a full list, or fell
-        to its end): `Book` completes those from the buckets."""
-        refill: list[tuple[str, int]] = []
+        to its end), and (sku, None) for a sku this order makes tracked (its first seller-fault
+        order): `Book` completes those from the buckets. `every`: every sku is listed, tracked
+        or not (`Book.load`, which then forgets the untracked ones)."""
+        refill: list[tuple[str, int | None]] = []
         purchase, eligible, listing = record.purchase, record.in_denominator, self.listing
         for sku in record.skus:
-            latest = listing.get(sku, ()) if listing is not None else ()
+            latest = listing.get(sku) if listing is not None else None
+            if latest is None:
+                if not every:
+                    if eligible and record.sku_faulted(sku):
+                        refill.append((sku, None))      # tracked from now on: its list is read off the buckets
+                    continue
+                latest = ()
             if eligible:
                 entry = (purchase, order_id, record.sku_faulted(sku))
                 newest = latest[0] if latest else None
@@ -521,13 +541,15 @@ class Book:
     # -- rebuilding from durable state ---------------------------------------
     def load(self, items: Iterable[tuple[bytes, bytes]],
              index: bool | MutableMapping[bytes, bytes] = True) -> int:
-        """Rebuild derived totals from durable (key, value) pairs; returns orders loaded.
+        """Rebuild derived totals from durable (key, value) pairs, on a fresh book; returns
+        orders loaded.
 
         `index`: where to (re)write each order's index entry: True for the book's own
         index, a mapping to collect them (to write them in bulk), False for nowhere.
         Alert sets and order index keys among `items` are skipped."""
         target = self.index if index is True else None if index is False else index
         orders = 0
+        tracked: set[tuple[SellerState, str]] = set()     # skus with a seller-fault order
         for key, value in items:
             parsed = parse_key(key)
             if parsed is None or parsed.kind in (KIND_ALERTS, KIND_ORDER, KIND_HEALTH):
@@ -543,10 +565,16 @@ class Book:
             for order_id, record in ledger.decode_bucket(value).items():
                 state.change(bucket, None, record)
                 if depth and record.skus:
-                    state.relist(order_id, record, depth)
+                    state.relist(order_id, record, depth, every=True)
+                    if record.counted:
+                        tracked.update((state, sku) for sku in record.skus if record.sku_faulted(sku))
                 if target is not None:
                     target[order_key(seller_id, marketplace, order_id)] = where
                 orders += 1
+        for state in self.states():         # every sku was listed: the untracked ones are forgotten
+            if state.listing:
+                for sku in [sku for sku in state.listing if (state, sku) not in tracked]:
+                    state.set_latest(sku, (), self.listing_depth)
         return orders
 
     # -- applying events -----------------------------------------------------
@@ -699,7 +727,7 @@ class Book:
             index[order] = b"%d" % bucket
         moved = pending.moved
         now_bucket = pending.now_bucket
-        refills: dict[tuple[SellerState, str], int] = {}
+        refills: dict[tuple[SellerState, str], int | None] = {}
         contribution_of = ledger.Contribution.of
         for _, state, bucket, orders, originals, _ in changed:
             marketplace = state.marketplace
@@ -718,7 +746,7 @@ class Book:
                         self._count_news(marketplace, before, after, result)
                 if depth and new.skus:
                     for sku, oldest in state.relist(order_id, new, depth):
-                        refills[(state, sku)] = max(oldest, refills.get((state, sku), oldest))
+                        refills[(state, sku)] = _later(oldest, refills.get((state, sku), oldest))
             result.touched.add(state)
         for (state, sku), oldest in refills.items():
             self._refill(state, sku, oldest, now_bucket - self._listing_buckets)
@@ -727,14 +755,15 @@ class Book:
         moved.clear()
         return result
 
-    def _refill(self, state: SellerState, sku: str, oldest: int, outside: int) -> None:
+    def _refill(self, state: SellerState, sku: str, oldest: int | None, outside: int) -> None:
         """Complete the latest orders of a sku from the seller's buckets, newest first, from the
-        bucket of `oldest` (the oldest order the list kept) down to the listing window's edge
-        (`outside`: the newest bucket out of it)."""
+        bucket of `oldest` (the oldest order the list kept; None: from the newest bucket, for a
+        sku tracked from now on) down to the listing window's edge (`outside`: the newest
+        bucket out of it)."""
         depth = self._listing_depth(state.marketplace)
         bucket_seconds = self.policy.bucket_seconds
         chosen = {entry[1]: entry for entry in (state.listing or {}).get(sku, ())}
-        start = window.bucket_of(oldest, bucket_seconds)
+        start = max(state.buckets, default=outside) if oldest is None else window.bucket_of(oldest, bucket_seconds)
         for bucket in sorted((b for b in state.buckets if outside < b <= start), reverse=True):
             raw = self.store.get(bucket_key(state.seller_id, state.marketplace, bucket))
             for order_id, record in (ledger.decode_bucket(raw) if raw else {}).items():

@@ -602,7 +602,8 @@ class Book:
         outcomes = pending.result.outcomes
         open_buckets = pending.buckets
         pending_index, index = pending.index, self.index
-        rate_buckets = self._rate_buckets
+        # marketplace -> the newest bucket out of its longest rate window: events there are "late"
+        late_edges = {marketplace: now_bucket - length for marketplace, length in self._rate_buckets.items()}
         for role, event, purchase in batch:
             seller_id, marketplace = event.seller_id, event.marketplace
             if event.fulfillment_channel == "AFN":
@@ -643,7 +644,7 @@ class Book:
                     if order_id not in opened[4]:
                         opened[4][order_id] = None
             new = apply(policy, old, event, int(purchase))
-            late = opened[2] <= now_bucket - rate_buckets[marketplace]
+            late = opened[2] <= late_edges[marketplace]
             if new == old:
                 outcomes[(role, "late" if late else "unchanged")] += 1
                 continue
@@ -744,7 +745,8 @@ class Book:
                         before = contribution_of(moved.get((state.seller_id, marketplace, order_id)))
                     if before is not after:
                         self._count_news(marketplace, before, after, result)
-                if depth and new.skus:
+                if depth and new.skus and (state.listing is not None or new.counted):
+                    # (an order that is not seller-fault changes nothing for a seller with no listing)
                     for sku, oldest in state.relist(order_id, new, depth):
                         refills[(state, sku)] = _later(oldest, refills.get((state, sku), oldest))
             result.touched.add(state)

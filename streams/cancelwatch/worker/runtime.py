@@ -373,7 +373,8 @@ class Runtime:
             event = quick(role, message.value) if role in source_roles else None
             if event is not None:
                 occurred = event.occurred_at.timestamp()
-                purchase = event.purchase_date.timestamp()
+                # an order is mostly placed when it is purchased: the same instant, read once
+                purchase = occurred if event.purchase_date == event.occurred_at else event.purchase_date.timestamp()
                 if occurred > limit or purchase > limit:
                     event = None
             if event is None:

@@ -468,7 +468,8 @@ def test_older_seller_fault_orders_fire_the_listing_rule_once_the_newer_ones_are
     stream = [placed_at(NOW - timedelta(hours=h), order_id=oid, marketplace="DE", items=SKU,
                         status="Pending" if h < 4 else "Unshipped")
               for oid, h in (("O1", 6), ("O2", 5), ("O3", 3), ("O4", 2))]
-    stream += [cancelled_at(NOW - timedelta(hours=h), order_id=oid, marketplace="DE") for oid, h in (("O1", 6), ("O2", 5))]
+    stream += [cancelled_at(NOW - timedelta(hours=h), order_id=oid, marketplace="DE")
+               for oid, h in (("O1", 6), ("O2", 5))]
     unpaid = [cancelled_at(NOW - timedelta(hours=h), order_id=oid, marketplace="DE", status_at_cancel="Pending",
                            initiator="amazon", reason="PaymentNotCompleted") for oid, h in (("O3", 3), ("O4", 2))]
     for restart in (False, True):

@@ -17,10 +17,10 @@ Derived, in memory: per seller and marketplace, the totals of each bucket
 (orders, seller-fault cancels, reasons, excluded causes) and, per sku that
 has a seller-fault order, the latest orders for the listing rule (a sku
 without one cannot fire it, so its orders cost nothing there until its first
-seller-fault cancel, when its list is read off the buckets). They are rebuilt
-from the durable
-buckets on start (`Book.load`), so they are exact after any crash: the
-durable records are idempotent, and the totals are a function of them.
+seller-fault cancel, when its list is read off the buckets). They are
+rebuilt from the durable buckets on start (`Book.load`), so they are exact
+after any crash: the durable records are idempotent, and the totals are a
+function of them.
 
 Keys: one ASCII kind character, the UTF-8 length of the seller id in three
 digits, the seller id, "/" and the marketplace, then "/" and the bucket

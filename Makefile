@@ -29,8 +29,8 @@ stack-clean: ## Stop everything and wipe local data (.stack/ except jars, .state
 test: ## Install, start what the tests need, run pytest (PYTEST_ARGS=...), stop what it started
 	@stack/test.sh
 
-test-unit: install ## Run the tests that need no service (-m "not stack", on every core; PYTEST_ARGS=...); starts nothing
-	@.venv/bin/python -m pytest -m "not stack" -n auto -q $(PYTEST_ARGS)
+test-unit: install ## Run the quick tests that need no service (-m "not stack and not slow", on every core; PYTEST_ARGS=...); starts nothing
+	@.venv/bin/python -m pytest -m "not stack and not slow" -n auto -q $(PYTEST_ARGS)
 
 demo: ## Install, start the stack, the worker and the simulator; print where to look
 	@stack/demo.sh

@@ -8,9 +8,16 @@ own code decides, in CPU seconds, so a change to the hot path can be judged
 in seconds; the fastest of `--repeat` runs is reported.
 
     .venv/bin/python bench/hotpath.py [--events N] [--repeat N] [--profile out.prof] [--json]
+    .venv/bin/python bench/hotpath.py --instructions [--events N] [--json]
 
 The throughput benchmark runs it beside the worker in each repetition (`--json`), so the
 worker's cost per event splits into its own work and the rest (Kafka, RocksDB, changelog).
+
+`--instructions` counts the CPU instructions of one run instead (valgrind's callgrind, with a
+fixed hash seed): the same count for the same code and events however busy the machine is,
+so two versions of the hot path compare in one figure each, measured one after the other
+(run it in each version's tree). The events' decoding into fetched records before the run is
+counted in a second process that stops there, and taken off.
 """
 
 from __future__ import annotations
@@ -20,6 +27,8 @@ import cProfile
 import gc
 import json
 import os
+import re
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -70,12 +79,19 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=1, help="runs; the fastest is reported")
     parser.add_argument("--profile", help="write a cProfile of the runs to this file")
     parser.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    parser.add_argument("--instructions", action="store_true",
+                        help="count the CPU instructions of one run with valgrind instead of timing it")
+    parser.add_argument("--no-run", action="store_true", help=argparse.SUPPRESS)   # --instructions' baseline
     args = parser.parse_args()
+    if args.instructions:
+        return instructions(args)
     settings = settings_module.load({**os.environ, "CANCELWATCH_CLOCK": "event"})
     policy = policy_module.load(settings.policy_path)
     with open(args.input, "rb") as file:
         lines = [line.rstrip(b"\n") for _, line in zip(range(args.events), file)]
     records = dict_runtime.messages(lines, settings)
+    if args.no_run:
+        return 0
     profiler = cProfile.Profile() if args.profile else None
     if profiler:
         profiler.enable()
@@ -95,6 +111,36 @@ def main() -> int:
         return 0
     print(f"{len(records)} events in {seconds:.2f} CPU s: {len(records) / seconds:,.0f} events/s, "
           f"{seconds / len(records) * 1e6:.1f} us/event{touched}")
+    return 0
+
+
+def instructions(args) -> int:
+    """Count the instructions of one run over `args.events` events: a process that decodes the
+    events and runs, less one that only decodes them, both under callgrind at once."""
+    command = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null",
+               sys.executable, __file__, "--events", str(args.events), "--input", args.input]
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    try:
+        processes = [subprocess.Popen(command + extra, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                      text=True, env=env) for extra in ([], ["--no-run"])]
+    except FileNotFoundError:
+        print("hotpath: --instructions needs valgrind (Debian's package valgrind)", file=sys.stderr)
+        return 2
+    counts = []
+    for process in processes:
+        _, stderr = process.communicate()
+        found = re.search(r"I\s+refs:\s+([\d,]+)", stderr)
+        if process.returncode != 0 or found is None:
+            print(f"hotpath: valgrind failed ({process.returncode}):\n{stderr[-2000:]}", file=sys.stderr)
+            return 2
+        counts.append(int(found.group(1).replace(",", "")))
+    with open(args.input, "rb") as file:
+        events = sum(1 for _ in zip(range(args.events), file))
+    per_event = (counts[0] - counts[1]) / events
+    if args.json:
+        print(json.dumps({"events": events, "instructions_per_event": round(per_event)}))
+    else:
+        print(f"{events} events: {per_event:,.0f} instructions per event (callgrind)")
     return 0
 
 

@@ -218,7 +218,10 @@ def render(results: dict) -> str:
         "`--only NAME` for one benchmark (names: " + ", ".join(results["benchmarks_available"]) + ").",
         "The worker's own work per event without Kafka (decode, apply, write, evaluate; CPU seconds),",
         "which the throughput benchmark also measures: `.venv/bin/python bench/hotpath.py --events 1100000",
-        "--repeat 2` (after a throughput run, which generates its events).",
+        "--repeat 2` (after a throughput run, which generates its events). The same work counted in CPU",
+        "instructions (valgrind; the same count however busy the machine, so two versions compare one",
+        "after the other, each run in its own tree): `.venv/bin/python bench/hotpath.py --instructions",
+        "--events 40000`.",
         "",
     ]
     done = results["results"]

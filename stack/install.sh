@@ -24,6 +24,7 @@ declare -A PACKAGE_OF=(
     [curl]=curl
     [ss]=iproute2
     [setsid]=util-linux
+    [valgrind]=valgrind     # bench/hotpath.py --instructions, and its test
 )
 
 missing=()
@@ -33,7 +34,7 @@ done
 if (( ${#missing[@]} )); then
     mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
     command -v apt-get > /dev/null \
-        || die "missing: ${missing[*]}. This machine has no apt-get: install these with its package manager (Java 17+, Maven, Prometheus 2.x with promtool, Alertmanager with amtool, curl, ss)."
+        || die "missing: ${missing[*]}. This machine has no apt-get: install these with its package manager (Java 17+, Maven, Prometheus 2.x with promtool, Alertmanager with amtool, curl, ss, valgrind)."
     [[ "$(id -u)" == 0 ]] \
         || die "missing: ${missing[*]}. Install them as root: sudo apt-get install -y ${missing[*]}"
     say "installing Debian packages: ${missing[*]}"

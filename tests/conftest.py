@@ -7,10 +7,11 @@ stack test never skips.
 
 A test that uses a service is marked `stack` (a test asking for one of the
 fixtures below without the mark stops the run); `make test-unit` runs the
-others (`-m "not stack"`). Under such a mark expression a module whose
-`pytestmark` is `pytest.mark.stack` is not even imported, and no fixture here
-imports a Kafka client before a test asks for it: collecting the unit tier loads
-only the Kafka clients that the modules under test import themselves.
+others but the `slow` ones (`-m "not stack and not slow"`). Under such a mark
+expression a module whose `pytestmark` is `pytest.mark.stack` is not even
+imported, and no fixture here imports a Kafka client before a test asks for
+it: collecting the unit tier loads only the Kafka clients that the modules
+under test import themselves.
 """
 
 from __future__ import annotations

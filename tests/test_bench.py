@@ -408,3 +408,18 @@ def test_the_report_shows_each_fleet_shape_beside_the_throughput_replay():
     page = report.render(results)
     assert "## Fleet shape: the worker's own work per event" in page
     assert "| many sellers, each seldom | 20,000 | 4h | 718,307 | 25.0 (24.0, 26.0) | 0.46 | 0.45 | 2.00× |" in page
+
+
+@pytest.mark.slow
+def test_hotpath_counts_the_instructions_of_the_run_alone(tmp_path):
+    # Real valgrind on a small simulator stream: the Python start-up and the decoding into fetched
+    # records (billions of instructions) are taken off, so what is left is the run's tens of
+    # thousands of instructions per event.
+    lines = _peer_stream(tmp_path)[:1000]
+    events = tmp_path / "events.jsonl"
+    events.write_bytes(b"\n".join(lines) + b"\n")
+    result = subprocess.run([sys.executable, str(BENCH / "hotpath.py"), "--instructions", "--events", "1000",
+                             "--input", str(events), "--json"], check=True, capture_output=True, text=True)
+    found = json.loads(result.stdout)
+    assert found["events"] == 1000
+    assert 5_000 < found["instructions_per_event"] < 500_000

@@ -1,6 +1,6 @@
 """The test suite's own rules: the unit tier (`make test-unit`) and the tests' tables.
 
-`make test-unit` runs `pytest -m "not stack"`: tests/conftest.py then skips
+`make test-unit` runs `pytest -m "not stack and not slow"`: tests/conftest.py then skips
 the modules marked `stack` as a whole without importing them, and imports no
 Kafka client itself. Tables of cases in the tests are dict literals; a key
 written twice silently drops a case, so none may repeat one.

@@ -36,7 +36,7 @@ from kafka.partitioner import DefaultPartitioner
 from tests.delivery.test_alerting_e2e import (ALERTMANAGER_CONFIG, PROJECT_WEBHOOK, Oncall, Seller, _warning_group_wait,
                                      wait_for)
 from tests.delivery.test_alertmanager import LocalAlertmanager
-from tests.worker.test_faults import settled_answers
+from tests.worker.test_faults import assert_exact
 from tests.worker.test_worker import expected_answers, publish, simulated_stream, strip_listing
 from tests.test_scaleout import sellers_on_each_partition, spread_over
 from tests.workers import Topics, WorkerProcess
@@ -123,7 +123,7 @@ def warranted(expected: dict) -> set[tuple[str, str, str]]:
 def settle(receiver: Receiver, worker: WorkerProcess, expected: dict) -> set:
     """Wait until the worker answers the oracle's counts and Alertmanager holds exactly what they
     warrant; then long enough for any resolution to reach the receiver."""
-    settled_answers(worker, strip_listing(expected), timeout=300)
+    assert_exact(worker, strip_listing(expected), timeout=300)
     want = warranted(expected)
     wait_for(lambda: receiver.active() == want,
              f"Alertmanager holding the {len(want)} alerts the oracle warrants", seconds=90)
@@ -177,7 +177,7 @@ def test_a_restart_after_sigkill_with_a_backlog_pages_nobody_falsely(kafka_boots
     try:
         worker.wait_ready(timeout=180)
         _, expected = expected_answers(stream[:half])
-        settled_answers(worker, strip_listing(expected), timeout=300)
+        assert_exact(worker, strip_listing(expected), timeout=300)
         assert receiver.flapped() == [], "alerts fired and resolved during the first catch-up"
         worker.kill()
         publish(kafka_bootstrap, topics, stream[half:], seed=4)     # the backlog built while it was down
@@ -202,7 +202,7 @@ def test_a_takeover_with_a_backlog_pages_nobody_falsely(kafka_bootstrap, receive
     try:
         first.wait_ready(timeout=180)
         _, expected = expected_answers(stream[:half])
-        settled_answers(first, strip_listing(expected), timeout=300)
+        assert_exact(first, strip_listing(expected), timeout=300)
         # The first worker hangs (SIGSTOP) while the rest arrives, then dies: the second worker
         # joins, waits out the first one's session and takes every partition over with a backlog.
         assert receiver.flapped() == [], "alerts fired and resolved during the first catch-up"
@@ -249,7 +249,7 @@ def test_another_workers_backlog_pages_nobody_falsely(kafka_bootstrap, receiver,
         partitions = hung.partitions
         hung_owns, _ = spread_over([hung, other], topics, partitions)
         _, expected = expected_answers(stream[:half])
-        settled_answers(other, strip_listing(expected), timeout=300)
+        assert_exact(other, strip_listing(expected), timeout=300)
         assert receiver.flapped() == [], "alerts fired and resolved during the first catch-up"
 
         hung.process.send_signal(signal.SIGSTOP)

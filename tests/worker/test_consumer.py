@@ -52,8 +52,11 @@ class OffsetsOnly(BatchingConsumer.for_topics(["orders"], Mailbox())):
         return {SOURCE}
 
     def ack(self, offsets) -> None:
+        offsets = list(offsets)
         self._acked[SOURCE].extend(offsets)
         self._acked_index[SOURCE].update(offsets)
+        if offsets:
+            self._acked_max[SOURCE] = max(self._acked_max.get(SOURCE, -1), max(offsets))
 
     def fetched(self, offsets) -> list[int]:
         batch = asyncio.run(self._new_source_records(SOURCE, [Record(o) for o in offsets], acks=True))
@@ -202,3 +205,90 @@ def test_only_a_fetch_whose_records_were_never_applied_and_no_seek_followed_is_t
     assert consumer.only_copy(Fetch(0, offsets={SOURCE: [3, 4]}, seeks=consumer.seeks))
     consumer.seeks += 1
     assert not consumer.only_copy(Fetch(0, offsets={SOURCE: [3, 4]}, seeks=consumer.seeks - 1))
+
+
+class SeekingThread:
+    """The consumer's thread for `seek_to_committed`: the committed offsets, and a fail point
+    inside the seek, where the worker's thread handles fetches meanwhile."""
+
+    def __init__(self, committed: dict, during) -> None:
+        self.committed, self.during = committed, during
+
+    async def seek_to_committed(self) -> dict:
+        if self.during is not None:
+            await self.during()
+        return dict(self.committed)
+
+
+@pytest.mark.parametrize("previous", [None, 420], ids=["new-worker", "position-of-a-previous-assignment"])
+def test_a_fetch_handled_while_the_committed_offsets_are_sought_is_read_again_from_them(previous):
+    # faust resumes the partitions, then seeks them to the committed offsets on the consumer's
+    # thread, while the worker's thread handles fetches. The previous owner committed 500; this
+    # worker's fetches of 500-999 were dropped while the partition was paused for recovery,
+    # so the fetch handled during the seek starts at 1000. Applied, with 500 expected only once
+    # the seek returns and no fetch after it (the end of the partition), 500-999 were lost:
+    # the commit stays at 500 and nothing reads them again.
+    consumer = OffsetsOnly()
+    if previous is not None:
+        consumer._next[SOURCE] = previous
+    handled = []
+
+    async def fetch_meanwhile() -> None:
+        batch = await consumer._new_source_records(SOURCE, [Record(o) for o in range(1000, 1016)], acks=True)
+        handled.append([record.offset for record in batch])
+    consumer._thread = SeekingThread({SOURCE: 500}, fetch_meanwhile)
+    asyncio.run(consumer.seek_to_committed())
+    assert handled == [[]]                              # not applied: its position was not known
+    assert consumer.sought == [(SOURCE, 500)]           # sought again once the committed offset is known
+    assert consumer._next[SOURCE] == 500
+    assert consumer.fetched(range(500, 1016)) == list(range(500, 1016))
+    consumer._committed_offset[SOURCE] = 500
+    consumer.ack(range(500, 1016))
+    assert consumer._new_offset(SOURCE) == 1016
+
+
+def test_a_seek_to_committed_offsets_with_no_fetch_meanwhile_seeks_nothing_more():
+    consumer = OffsetsOnly()
+    consumer._thread = SeekingThread({SOURCE: 500}, None)
+    asyncio.run(consumer.seek_to_committed())
+    assert consumer.sought == [] and consumer._next[SOURCE] == 500
+    assert consumer.fetched(range(500, 510)) == list(range(500, 510))
+
+
+@pytest.mark.parametrize("skipped, sought", [([10, 11, 12], [(SOURCE, 10)]), ([7, 8, 9], [])],
+                         ids=["past-the-next-offset", "all-read-already"])
+def test_a_fetch_given_up_unapplied_is_read_again_at_once(skipped, sought):
+    # A paused partition's fetch is dropped by the drain loop. Its fetch position moved past
+    # the records: waiting for a later fetch to show the skip waits forever at the end of the
+    # partition. Records all below the next offset expected were applied already.
+    consumer = fresh(start=0)
+    assert consumer.fetched(range(0, 10)) == list(range(10))
+    asyncio.run(consumer._skipped(SOURCE, [Record(o) for o in skipped]))
+    assert consumer.sought == sought
+    assert consumer._next[SOURCE] == 10
+
+
+def test_a_fetch_given_up_while_the_position_is_sought_is_sought_again():
+    consumer = fresh(start=0)
+    consumer._thread = SeekingThread({SOURCE: 500},
+                                     lambda: consumer._skipped(SOURCE, [Record(o) for o in range(1000, 1016)]))
+    asyncio.run(consumer.seek_to_committed())
+    assert consumer.sought == [(SOURCE, 500)]
+
+
+def test_records_applied_past_a_commit_that_does_not_move_are_read_again(monkeypatch):
+    # Records past the commit position were applied and the fetch position was later set back
+    # to the commit position (a seek) with no fetch since: the held commit still shows.
+    clock = [1000.0]
+    monkeypatch.setattr(consumer_module.time, "monotonic", lambda: clock[0])
+    consumer = fresh()
+    consumer._committed_offset[SOURCE] = 500
+    consumer.ack(range(1000, 1016))
+    consumer._next[SOURCE] = 500
+    assert consumer._new_offset(SOURCE) is None
+    consumer._check_held()
+    clock[0] += consumer_module.HELD_REREAD_SECONDS
+    consumer._check_held()
+    assert consumer._reread == {SOURCE}
+    asyncio.run(consumer._read_again())
+    assert consumer.sought == [(SOURCE, 500)]

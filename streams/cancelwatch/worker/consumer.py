@@ -85,6 +85,7 @@ class BatchingConsumer(aiokafka_driver.Consumer):
         self._start: dict = {}      # TP -> the first offset of a partition without a committed offset
         self._held: dict = {}       # TP -> (commit position, since): commit held by records not applied
         self._reread: set = set()   # TPs to read again from their commit position
+        self._unsought: set = set() # TPs whose records came while their position was not known
         self.seeks = 0              # seeks so far: a fetch read after the last one is read only once
         self._acked_max: dict = {}  # TP -> the highest offset acknowledged by this consumer
 
@@ -131,6 +132,7 @@ class BatchingConsumer(aiokafka_driver.Consumer):
             for positions in (self._next, self._verify, self._start, self._held):
                 positions.pop(tp, None)
             self._reread.discard(tp)
+            self._unsought.discard(tp)
 
     async def on_partitions_revoked(self, revoked) -> None:
         self._forget(revoked)
@@ -151,8 +153,16 @@ class BatchingConsumer(aiokafka_driver.Consumer):
         partition paused for recovery, or one given up for a rebalance. faust's commit then
         takes the first run of acknowledged offsets, so those records would be skipped for
         good. Such a partition is read again from its beginning (what a group without a
-        committed offset does), and re-applying records changes nothing."""
+        committed offset does), and re-applying records changes nothing.
+
+        faust resumes the partitions before it seeks, and the seek runs on the consumer's
+        thread while this one goes on handling fetches: a fetch handled meanwhile may come
+        from before the seek or after it. So the positions are forgotten first: such a fetch
+        is not applied (`_new_source_records`), and its partition is sought again once the
+        committed offsets are known, since its fetch position may have moved past records
+        that are then never handed over."""
         self.seeks += 1
+        self._forget([tp for tp in self.assignment() if tp.topic in self.batch_topics])
         committed = await super().seek_to_committed()
         fresh = [tp for tp, offset in committed.items()
                  if tp.topic in self.batch_topics and not (offset and offset > 0)]
@@ -167,12 +177,16 @@ class BatchingConsumer(aiokafka_driver.Consumer):
         for tp, offset in committed.items():
             if tp.topic not in self.batch_topics:
                 continue
-            self._forget([tp])
             tp = TP(tp.topic, tp.partition)
             if offset and offset > 0:
                 self._next[tp] = offset
             else:
                 self._next[tp] = self._start[tp] = starts.get(tp, 0) or 0
+        unsought, self._unsought = self._unsought, set()
+        for tp in sorted(unsought & self._next.keys()):
+            log.info("%s: records fetched while its position was being sought were not applied: "
+                     "reading from %d again", tp, self._next[tp])
+            await self.seek(tp, self._next[tp])
         return committed
 
     # -- committing ------------------------------------------------------------
@@ -216,7 +230,9 @@ class BatchingConsumer(aiokafka_driver.Consumer):
         for tp, expected in self._next.items():
             committed = self._committed_offset[tp]
             start = committed if committed is not None else self._start.get(tp)
-            if start is None or expected <= start:
+            # Read past the commit position: by the fetch position, or by records applied past
+            # it (a seek may have moved the fetch position back to it since).
+            if start is None or max(expected, self._acked_max.get(tp, -1) + 1) <= start:
                 self._held.pop(tp, None)
                 continue
             held = self._held.get(tp)
@@ -278,6 +294,8 @@ class BatchingConsumer(aiokafka_driver.Consumer):
                 for tp, batch in records.items():
                     if not batch or not (active is None or tp in active or tp in self._buffered_partitions):
                         self._verify.pop(tp, None)   # skipped: the next fetch past it is not a hole
+                        if batch and tp.topic in batch_topics:
+                            await self._skipped(tp, batch)
                         continue
                     if tp.topic in batch_topics:
                         batch = await self._new_source_records(tp, batch, acks_enabled_for(tp.topic))
@@ -348,11 +366,27 @@ class BatchingConsumer(aiokafka_driver.Consumer):
         recovery.active_offsets[tp] = batch[-2].offset
         return batch[-1:]
 
+    async def _skipped(self, tp, batch: list) -> None:
+        """Records of a source partition given up unapplied (paused): read them again from the
+        next offset expected, rather than wait for a later fetch to show the skip; there may
+        be none (the end of the partition). A partition whose position is being sought is
+        sought again when it is known."""
+        expected = self._next.get(tp)
+        if expected is None:
+            self._unsought.add(tp)
+        elif batch[-1].offset >= expected:
+            await self.seek(tp, expected)
+
     async def _new_source_records(self, tp, batch: list, acks: bool) -> list:
         """The records of a source partition from the next offset expected on: a fetch that
         starts past it is read again from it (it crossed a seek, or records were skipped);
-        offsets missing from a fetch that starts there, or inside a fetch, are holes."""
+        offsets missing from a fetch that starts there, or inside a fetch, are holes. A fetch
+        of a partition whose position is not known (not sought since its assignment, or being
+        sought) is not applied: it is read again once the position is known."""
         expected = self._next.get(tp)
+        if expected is None:
+            self._unsought.add(tp)
+            return []
         if expected is not None and batch[0].offset < expected:
             batch = [record for record in batch if record.offset >= expected]
             if not batch:

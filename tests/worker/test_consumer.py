@@ -295,3 +295,12 @@ def test_records_applied_past_a_commit_that_does_not_move_are_read_again(monkeyp
     assert consumer._reread == {SOURCE}
     asyncio.run(consumer._read_again())
     assert consumer.sought == [(SOURCE, 500)]
+
+
+def test_a_fetch_given_up_for_a_partition_no_longer_assigned_seeks_nothing():
+    # aiokafka refuses to seek a partition it does not hold (a rebalance took it meanwhile).
+    consumer = fresh(start=0)
+    gone = TP("orders", 1)
+    consumer._next[gone] = 0
+    asyncio.run(consumer._skipped(gone, [Record(o) for o in range(0, 10)]))
+    assert consumer.sought == []

@@ -183,7 +183,7 @@ class BatchingConsumer(aiokafka_driver.Consumer):
             else:
                 self._next[tp] = self._start[tp] = starts.get(tp, 0) or 0
         unsought, self._unsought = self._unsought, set()
-        for tp in sorted(unsought & self._next.keys()):
+        for tp in sorted(unsought & self._next.keys() & self.assignment()):
             log.info("%s: records fetched while its position was being sought were not applied: "
                      "reading from %d again", tp, self._next[tp])
             await self.seek(tp, self._next[tp])
@@ -374,7 +374,7 @@ class BatchingConsumer(aiokafka_driver.Consumer):
         expected = self._next.get(tp)
         if expected is None:
             self._unsought.add(tp)
-        elif batch[-1].offset >= expected:
+        elif batch[-1].offset >= expected and tp in self.assignment():
             await self.seek(tp, expected)
 
     async def _new_source_records(self, tp, batch: list, acks: bool) -> list:

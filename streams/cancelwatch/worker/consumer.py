@@ -190,6 +190,12 @@ class BatchingConsumer(aiokafka_driver.Consumer):
         return committed
 
     # -- committing ------------------------------------------------------------
+    def _commit_position(self, tp) -> int | None:
+        """The committed offset, or the first offset of a partition without one; None while
+        the partition has not been sought since its assignment."""
+        committed = self._committed_offset.get(tp)
+        return committed if committed is not None else self._start.get(tp)
+
     def _new_offset(self, tp) -> int | None:
         """The offset to commit for `tp`: the end of the run of applied records (or holes) that
         starts at the commit position; None while the record there is not applied."""
@@ -198,8 +204,7 @@ class BatchingConsumer(aiokafka_driver.Consumer):
         acked = self._acked[tp]
         if not acked:
             return None
-        committed = self._committed_offset[tp]
-        start = committed if committed is not None else self._start.get(tp)
+        start = self._commit_position(tp)
         if start is None:
             return None     # not sought since the assignment: its commit position is not known yet
         gaps = self._gap[tp]
@@ -227,8 +232,7 @@ class BatchingConsumer(aiokafka_driver.Consumer):
         records past it are (a run missing below applied records: read again when the commit
         has not moved for HELD_REREAD_SECONDS); None otherwise. The highest offset applied
         alone would read such a partition as caught up."""
-        committed = self._committed_offset.get(tp)
-        start = committed if committed is not None else self._start.get(tp)
+        start = self._commit_position(tp)
         if start is None or self._acked_max.get(tp, -1) < start or start in self._acked_index[tp]:
             return None
         gaps = self._gap.get(tp)
@@ -240,8 +244,7 @@ class BatchingConsumer(aiokafka_driver.Consumer):
         seconds), so it is read again from its commit position."""
         now = time.monotonic()
         for tp, expected in self._next.items():
-            committed = self._committed_offset[tp]
-            start = committed if committed is not None else self._start.get(tp)
+            start = self._commit_position(tp)
             # Read past the commit position: by the fetch position, or by records applied past
             # it (a seek may have moved the fetch position back to it since).
             if start is None or max(expected, self._acked_max.get(tp, -1) + 1) <= start:
@@ -399,18 +402,18 @@ class BatchingConsumer(aiokafka_driver.Consumer):
         if expected is None:
             self._unsought.add(tp)
             return []
-        if expected is not None and batch[0].offset < expected:
+        if batch[0].offset < expected:
             batch = [record for record in batch if record.offset >= expected]
             if not batch:
                 return batch
-        if acks and expected is not None and batch[0].offset > expected and self._verify.get(tp) != expected:
+        if acks and batch[0].offset > expected and self._verify.get(tp) != expected:
             self._verify[tp] = expected
             self.log.info("%s: fetch at %d, past the next record expected (%d): reading from it again",
                           tp, batch[0].offset, expected)
             await self.seek(tp, expected)
             return []
         self._verify.pop(tp, None)
-        previous = batch[0].offset - 1 if expected is None else expected - 1
+        previous = expected - 1
         if acks and batch[-1].offset - previous != len(batch):    # not every offset from `expected` on
             gaps = self._gap[tp]
             for record in batch:   # holes the broker returned: transaction markers, compaction

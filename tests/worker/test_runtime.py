@@ -165,13 +165,15 @@ def test_rest_survives_a_store_that_cannot_write_its_buffers_out(caplog):
 
 class Consumer:
     """As much of faust's consumer as `Runtime.refresh_catch_up` reads: the assignment, each
-    partition's high watermark, when a fetch response last brought it, and committed offsets."""
+    partition's high watermark, when a fetch response last brought it, committed offsets, and
+    where a run is missing below the records applied (`missing`)."""
 
     def __init__(self, highwaters: dict) -> None:
         self.highwaters = highwaters
         self.polled: int | None = None         # epoch ms of the last fetch response (aiokafka's: whole ms)
         self.polled_at: dict = {}              # a partition's own, where it differs
         self._committed_offset: dict = {}
+        self.missing: dict = {}                # TP -> commit position of a run missing there
 
     def assignment(self):
         return set(self.highwaters)
@@ -181,6 +183,9 @@ class Consumer:
 
     def last_poll_timestamp(self, tp):
         return self.polled_at.get(tp, self.polled)
+
+    def unapplied_from(self, tp):
+        return self.missing.get(tp)
 
 
 def ms_after(instant: float) -> int:
@@ -477,10 +482,9 @@ def test_a_run_missing_below_the_records_applied_is_a_backlog():
     dropped = assignment[0]
     consumer.highwaters[dropped] = 1016
     runtime.applied[dropped] = 1015
-    missing = {dropped: 500}
-    consumer.unapplied_from = missing.get
+    consumer.missing[dropped] = 500
     refresh_confirmed(runtime, consumer)
     assert runtime.is_catching_up(0) and runtime.lag[(dropped.topic, 0)] == 516
-    missing.clear()                               # read again and applied
+    consumer.missing.clear()                      # read again and applied
     refresh_confirmed(runtime, consumer)
     assert not runtime.is_catching_up(0)

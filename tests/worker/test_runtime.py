@@ -165,15 +165,13 @@ def test_rest_survives_a_store_that_cannot_write_its_buffers_out(caplog):
 
 class Consumer:
     """As much of faust's consumer as `Runtime.refresh_catch_up` reads: the assignment, each
-    partition's high watermark, when a fetch response last brought it, committed offsets, and
-    where a run is missing below the records applied (`missing`)."""
+    partition's high watermark, when a fetch response last brought it, and committed offsets."""
 
     def __init__(self, highwaters: dict) -> None:
         self.highwaters = highwaters
         self.polled: int | None = None         # epoch ms of the last fetch response (aiokafka's: whole ms)
         self.polled_at: dict = {}              # a partition's own, where it differs
         self._committed_offset: dict = {}
-        self.missing: dict = {}                # TP -> commit position of a run missing there
 
     def assignment(self):
         return set(self.highwaters)
@@ -183,9 +181,6 @@ class Consumer:
 
     def last_poll_timestamp(self, tp):
         return self.polled_at.get(tp, self.polled)
-
-    def unapplied_from(self, tp):
-        return self.missing.get(tp)
 
 
 def ms_after(instant: float) -> int:
@@ -482,9 +477,10 @@ def test_a_run_missing_below_the_records_applied_is_a_backlog():
     dropped = assignment[0]
     consumer.highwaters[dropped] = 1016
     runtime.applied[dropped] = 1015
-    consumer.missing[dropped] = 500
+    missing = {dropped: 500}
+    consumer.unapplied_from = missing.get
     refresh_confirmed(runtime, consumer)
     assert runtime.is_catching_up(0) and runtime.lag[(dropped.topic, 0)] == 516
-    consumer.missing.clear()                      # read again and applied
+    missing.clear()                               # read again and applied
     refresh_confirmed(runtime, consumer)
     assert not runtime.is_catching_up(0)

@@ -613,6 +613,7 @@ class Runtime:
         sources = 0                 # the largest lag of a source partition (inf: unknown)
         reroute_lag: dict[int, float] = {}
         reroute = self.settings.reroute_topic
+        unapplied_from = getattr(consumer, "unapplied_from", None)
         try:
             for tp in consumer.assignment():
                 if tp.topic not in self.role:
@@ -629,7 +630,7 @@ class Runtime:
                 if done is None:
                     committed = consumer._committed_offset.get(tp)
                     done = committed - 1 if committed is not None else -1
-                missing = consumer.unapplied_from(tp)
+                missing = unapplied_from(tp) if unapplied_from is not None else None
                 if missing is not None and missing <= done:
                     done = missing - 1      # a run missing below the records applied
                 if highwater is None:

@@ -304,18 +304,3 @@ def test_a_fetch_given_up_for_a_partition_no_longer_assigned_seeks_nothing():
     consumer._next[gone] = 0
     asyncio.run(consumer._skipped(gone, [Record(o) for o in range(0, 10)]))
     assert consumer.sought == []
-
-
-@pytest.mark.parametrize("acked, holes, missing", [
-    (range(0), [], None),                       # nothing applied past the commit position
-    (range(500, 510), [], None),                # applied from the commit position on
-    (range(1000, 1016), [], 500),               # a run missing below applied records
-    (range(501, 510), [(500, 501)], None),      # the record there is a hole (a transaction marker)
-], ids=["nothing-applied", "applied-from-the-commit", "run-missing", "hole-at-the-commit"])
-def test_a_run_missing_below_applied_records_shows_from_the_commit_position(acked, holes, missing):
-    consumer = fresh()
-    consumer._committed_offset[SOURCE] = 500
-    for begin, end in holes:
-        consumer._gap[SOURCE].addi(begin, end)
-    consumer.ack(acked)
-    assert consumer.unapplied_from(SOURCE) == missing

@@ -227,17 +227,6 @@ class BatchingConsumer(aiokafka_driver.Consumer):
         self._acked_index[tp].difference_update(run)
         return run[-1] + 1
 
-    def unapplied_from(self, tp) -> int | None:
-        """The commit position of a source partition whose record there is not applied while
-        records past it are (a run missing below applied records: read again when the commit
-        has not moved for HELD_REREAD_SECONDS); None otherwise. The highest offset applied
-        alone would read such a partition as caught up."""
-        start = self._commit_position(tp)
-        if start is None or self._acked_max.get(tp, -1) < start or start in self._acked_index[tp]:
-            return None
-        gaps = self._gap.get(tp)
-        return None if gaps and gaps.overlaps(start) else start
-
     def _check_held(self) -> None:
         """A source partition read past its commit position whose commit has not moved for
         HELD_REREAD_SECONDS: records read were never applied (applied ones are committed within

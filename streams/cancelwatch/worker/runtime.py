@@ -597,9 +597,6 @@ class Runtime:
         leader down or unreachable: its lag is unknown). Events another worker reroutes here
         while it catches up (marked `REPLAY_HEADER`) hold every owned partition too, until
         none came for REPLAY_QUIET_SECONDS: the rest of that backlog may hold more of them.
-        A partition's lag counts from the first record not applied below records applied
-        (the consumer's `unapplied_from`), not from the highest applied: a run missing
-        there (records dropped, read again once the commit is seen held) is a backlog too.
         When one catches up, every seller is evaluated again at once, so what the caught-up
         state warrants (firing or resolving) goes out."""
         if consumer is None:
@@ -613,7 +610,6 @@ class Runtime:
         sources = 0                 # the largest lag of a source partition (inf: unknown)
         reroute_lag: dict[int, float] = {}
         reroute = self.settings.reroute_topic
-        unapplied_from = getattr(consumer, "unapplied_from", None)
         try:
             for tp in consumer.assignment():
                 if tp.topic not in self.role:
@@ -630,9 +626,6 @@ class Runtime:
                 if done is None:
                     committed = consumer._committed_offset.get(tp)
                     done = committed - 1 if committed is not None else -1
-                missing = unapplied_from(tp) if unapplied_from is not None else None
-                if missing is not None and missing <= done:
-                    done = missing - 1      # a run missing below the records applied
                 if highwater is None:
                     messages = float("inf")
                 else:

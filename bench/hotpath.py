@@ -7,8 +7,13 @@ changelog, no broker). What it measures is the part of the worker's time its
 own code decides, in CPU seconds, so a change to the hot path can be judged
 in seconds; the fastest of `--repeat` runs is reported.
 
-    .venv/bin/python bench/hotpath.py [--events N] [--repeat N] [--profile out.prof] [--json]
-    .venv/bin/python bench/hotpath.py --instructions [--events N] [--json]
+    .venv/bin/python bench/hotpath.py [--events N] [--repeat N] [--profile out.prof] [--json] [--rocksdb]
+    .venv/bin/python bench/hotpath.py --instructions [--events N] [--json] [--rocksdb]
+
+`--rocksdb` keeps the table in RocksDB instead, as the worker does: the worker's own
+`TableStore` over one RocksDB database per partition with the worker's options
+(`app.ROCKSDB_OPTIONS`), each group written in one write batch per partition; only the
+changelog (a broker) is left out. Its reads and writes are then counted too.
 
 The throughput benchmark runs it beside the worker in each repetition (`--json`), so the
 worker's cost per event splits into its own work and the rest (Kafka, RocksDB, changelog).
@@ -28,8 +33,10 @@ import gc
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -44,11 +51,75 @@ from tests import dict_runtime  # noqa: E402
 FETCH = 1_000     # records per fetch, as the worker's consumer hands them over (app.FETCH_MAX_RECORDS)
 
 
-def run(records: list, settings, policy, counts: dict | None = None) -> float:
-    """CPU seconds to apply `records` to a fresh runtime. `counts`, when given, receives the
-    groups, the buckets they opened and the sellers they left to evaluate (counted once a
-    group, outside the events' work)."""
-    runtime = dict_runtime.runtime(settings, policy)
+class _Partitions:
+    """What `TableStore` reads of a faust table's data: one RocksDB database per partition,
+    opened as faust opens them, with the worker's options."""
+
+    offset_key = b"__faust\0offset__"
+
+    def __init__(self, directory: Path) -> None:
+        from faust.stores.rocksdb import RocksDBOptions
+
+        self.directory = directory
+        self.options = RocksDBOptions(**app_module.ROCKSDB_OPTIONS)
+        self._dbs: dict = {}
+
+    def _db_for_partition(self, partition: int):
+        db = self._dbs.get(partition)
+        if db is None:
+            db = self._dbs[partition] = self.options.open(self.directory / f"partition-{partition}")
+        return db
+
+    def close(self) -> None:
+        for db in self._dbs.values():
+            db.close()
+        self._dbs = {}
+
+
+class _RocksTable:
+    """The state table as `TableStore` and `Runtime.rebuild` see it, without its changelog."""
+
+    def __init__(self, directory: Path) -> None:
+        self.data = _Partitions(directory)
+
+    def items(self):
+        for db in self.data._dbs.values():
+            for key, value in db.items():
+                if key != _Partitions.offset_key:
+                    yield key, value
+
+    def keys(self):
+        return (key for key, _ in self.items())
+
+
+def _rocksdb_runtime(settings, policy, directory: Path):
+    """A runtime whose table is the worker's TableStore over RocksDB in `directory`; returns it
+    and the function that writes a group's staged writes (the commit less the changelog)."""
+    from cancelwatch.worker.runtime import Runtime
+    from cancelwatch.worker.table_store import TableStore
+
+    runtime = Runtime(settings, policy)
+    table = _RocksTable(directory)
+    runtime.store = store = TableStore(table, runtime.partition_of)
+    runtime.rebuild()
+    runtime.lag_known = True
+
+    def write(_outbox) -> None:
+        staged, store._staged = store._staged, {}
+        store._write_local(staged, {})
+    return runtime, write, table.data.close
+
+
+def run(records: list, settings, policy, counts: dict | None = None, rocksdb: bool = False) -> float:
+    """CPU seconds to apply `records` to a fresh runtime (its table a dict, or RocksDB in a
+    fresh directory). `counts`, when given, receives the groups, the buckets they opened and
+    the sellers they left to evaluate (counted once a group, outside the events' work)."""
+    directory = Path(tempfile.mkdtemp(prefix="hotpath-rocksdb-")) if rocksdb else None
+    on_group = close = None
+    if directory is not None:
+        runtime, on_group, close = _rocksdb_runtime(settings, policy, directory)
+    else:
+        runtime = dict_runtime.runtime(settings, policy)
     if counts is not None:
         counts.update(groups=0, buckets=0, sellers=0)
         commit, evaluate = runtime.commit, runtime.evaluate
@@ -65,9 +136,12 @@ def run(records: list, settings, policy, counts: dict | None = None) -> float:
     gc.freeze()                                  # as the worker's main does
     gc.set_threshold(app_module.GC_THRESHOLD, 20, 20)
     started = time.process_time()
-    dict_runtime.feed(runtime, records, FETCH)
+    dict_runtime.feed(runtime, records, FETCH, on_group)
     elapsed = time.process_time() - started
     gc.unfreeze()
+    if directory is not None:
+        close()
+        shutil.rmtree(directory, ignore_errors=True)
     return elapsed
 
 
@@ -81,6 +155,8 @@ def main() -> int:
     parser.add_argument("--json", action="store_true", help="print the result as one JSON object")
     parser.add_argument("--instructions", action="store_true",
                         help="count the CPU instructions of one run with valgrind instead of timing it")
+    parser.add_argument("--rocksdb", action="store_true",
+                        help="keep the table in RocksDB through the worker's TableStore (no changelog)")
     parser.add_argument("--no-run", action="store_true", help=argparse.SUPPRESS)   # --instructions' baseline
     args = parser.parse_args()
     if args.instructions:
@@ -96,7 +172,7 @@ def main() -> int:
     if profiler:
         profiler.enable()
     counts: dict = {}
-    seconds = min(run(records, settings, policy, counts) for _ in range(args.repeat))
+    seconds = min(run(records, settings, policy, counts, args.rocksdb) for _ in range(args.repeat))
     touched = (f"; {counts['groups']} groups, {counts['buckets'] / len(records):.2f} buckets opened and "
                f"{counts['sellers'] / len(records):.2f} sellers touched per event")
     if profiler:
@@ -118,7 +194,8 @@ def instructions(args) -> int:
     """Count the instructions of one run over `args.events` events: a process that decodes the
     events and runs, less one that only decodes them, both under callgrind at once."""
     command = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null",
-               sys.executable, __file__, "--events", str(args.events), "--input", args.input]
+               sys.executable, __file__, "--events", str(args.events), "--input", args.input,
+               *(["--rocksdb"] if args.rocksdb else [])]
     env = {**os.environ, "PYTHONHASHSEED": "0"}
     try:
         processes = [subprocess.Popen(command + extra, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,

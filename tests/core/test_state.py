@@ -153,6 +153,8 @@ def test_book_matches_oracle_under_duplicates_and_reordering(case, cache_records
     book = Book(POLICY, shared, shared, cache_records=cache_records, cache_min_orders=1)
     for batch in deliver(stream, seed):
         book.apply([(events.TOPIC_OF_TYPE[type(e)], e) for e in batch], now)
+        # what lets Book._open skip the store: a bucket is stored iff its seller has totals for it
+        assert stored_buckets(shared) == {(s.seller_id, s.marketplace, b) for s in book.states() for b in s.buckets}
     expected = oracle.compute(stream, now, POLICY)
     assert book_answers(book, now) == expected
 
@@ -293,6 +295,60 @@ def stored_orders(store: dict) -> dict:
                 assert order_id not in where, f"order {order_id} stored in two buckets"
                 where[order_id] = parsed.bucket
     return where
+
+
+def stored_buckets(store: dict) -> set:
+    """(seller, marketplace, bucket) of every bucket key in the store."""
+    return {(parsed.seller_id, parsed.marketplace, parsed.bucket) for parsed in map(state.parse_key, store)
+            if parsed is not None and parsed.kind == state.KIND_BUCKET}
+
+
+class ReadCounting(dict):
+    """A dict that counts the keys read from it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads: list[bytes] = []
+
+    def get(self, key, default=None):
+        self.reads.append(key)
+        return super().get(key, default)
+
+
+def test_a_new_order_in_a_new_bucket_reads_neither_the_store_nor_the_index():
+    store, index = ReadCounting(), ReadCounting()
+    book = Book(POLICY, store, index)
+    book.apply([("orders", placed_at(NOW - timedelta(hours=3), order_id="O1"))], NOW.timestamp())
+    book.apply([("orders", placed_at(NOW - timedelta(hours=2), order_id=f"O{n}")) for n in range(2, 50)],
+               NOW.timestamp())
+    assert store.reads == [] and index.reads == []
+    assert len(stored_orders(store)) == 49 and len(index) == 49
+
+
+def test_an_order_stored_before_is_found_through_the_index_and_a_stored_bucket_read():
+    store, index = ReadCounting(), ReadCounting()
+    book = Book(POLICY, store, index)
+    later, earlier = NOW - timedelta(days=2), NOW - timedelta(days=5)
+    book.apply([("orders", placed_at(later))], NOW.timestamp())
+    book.apply([("cancellations", cancelled_at(earlier))], NOW.timestamp())
+    later_key = state.bucket_key("S1", "US", window.bucket_of(later.timestamp(), 3600))
+    assert index.reads == [state.order_key("S1", "US", "O1")]
+    assert store.reads == [later_key]       # the order's bucket; the new, earlier one is not read
+    assert stored_orders(store) == {"O1": window.bucket_of(earlier.timestamp(), 3600)}
+
+
+def test_a_loaded_book_finds_the_orders_it_loaded_through_the_index():
+    store: dict = {}
+    first = Book(POLICY, store)
+    later, earlier = NOW - timedelta(days=2), NOW - timedelta(days=5)
+    first.apply([("orders", placed_at(later, order_id=f"O{n}")) for n in range(100)], NOW.timestamp())
+    index = ReadCounting()
+    loaded = Book(POLICY, dict(store), index)
+    loaded.load(list(store.items()))
+    result = loaded.apply([("cancellations", cancelled_at(earlier, order_id="O7"))], NOW.timestamp())
+    assert index.reads == [state.order_key("S1", "US", "O7")]
+    assert result.new_orders == {} and result.new_faults == {("US", "NoInventory"): 1}
+    assert stored_orders(loaded.store)["O7"] == window.bucket_of(earlier.timestamp(), 3600)
 
 
 BEFORE_EIGHT = datetime(2026, 11, 20, 7, 59, 59, 600000, tzinfo=timezone.utc)

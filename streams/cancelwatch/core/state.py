@@ -11,7 +11,14 @@ earlier purchase date moves the record there.
 Local (`index`, not changelogged): per order, the bucket holding its record,
 so an event whose purchase date falls in another bucket finds the order. It
 is derived from the durable buckets (`Book.load` rewrites it) and consulted
-only when the event's own bucket does not hold the order.
+only when the event's own bucket does not hold the order, and the order may be
+in it: a Bloom filter in memory (`OrderFilter`) holds every order key the
+index was given since the book was built, so a new order (nearly every event
+that misses its bucket) costs no read of the index.
+
+A bucket holds records if and only if its seller's state has totals for it
+(every record adds an order or an excluded cause), so a bucket the state has
+no totals for is opened empty, without reading the store.
 
 Derived, in memory: per seller and marketplace, the totals of each bucket
 (orders, seller-fault cancels, reasons, excluded causes) and, per sku that
@@ -42,6 +49,7 @@ from cancelwatch import names
 
 from cancelwatch.core import events, ledger, window
 from cancelwatch.core.ledger import Record
+from cancelwatch.core.order_filter import OrderFilter
 from cancelwatch.core.policy import Policy, Window
 
 KIND_BUCKET = "b"      # a purchase bucket's order records
@@ -65,6 +73,8 @@ CACHE_MIN_ORDERS = 8
 # Sellers with at least this many buckets keep running window totals (`WindowSums`) between
 # evaluations; walking fewer costs about as much as sliding them.
 SUMS_MIN_BUCKETS = 16
+# The order filter's capacity after a load: at least this many keys, and twice those loaded.
+FILTER_MIN_CAPACITY = 1 << 15
 
 
 class KeyLayoutError(ValueError):
@@ -497,6 +507,8 @@ class Book:
         self._cached_records = 0
         self.cache_records = cache_records
         self.cache_min_orders = cache_min_orders
+        # every order key written to the index since this book was built (`load` adds the rest)
+        self.indexed = OrderFilter()
 
     # -- reading -------------------------------------------------------------
     def seller(self, seller_id: str, marketplace: str) -> SellerState | None:
@@ -549,6 +561,7 @@ class Book:
         Alert sets and order index keys among `items` are skipped."""
         target = self.index if index is True else None if index is False else index
         orders = 0
+        keys = []           # every order's index key, for the filter
         tracked: set[tuple[SellerState, str]] = set()     # skus with a seller-fault order
         for key, value in items:
             parsed = parse_key(key)
@@ -568,9 +581,15 @@ class Book:
                     state.relist(order_id, record, depth, every=True)
                     if record.counted:
                         tracked.update((state, sku) for sku in record.skus if record.sku_faulted(sku))
+                order = order_key(seller_id, marketplace, order_id)
+                keys.append(order)
                 if target is not None:
-                    target[order_key(seller_id, marketplace, order_id)] = where
+                    target[order] = where
                 orders += 1
+        if not len(self.indexed):       # sized for the orders loaded, with room to grow
+            self.indexed = OrderFilter(max(len(keys), FILTER_MIN_CAPACITY) * 2)
+        self.indexed.update(keys)
+        del keys
         for state in self.states():         # every sku was listed: the untracked ones are forgotten
             if state.listing:
                 for sku in [sku for sku in state.listing if (state, sku) not in tracked]:
@@ -593,7 +612,8 @@ class Book:
         private copies of their buckets (nothing is written yet; `with_purchase` makes them).
 
         The common case costs one lookup in the event's open bucket; only an order that
-        bucket does not hold is looked up in the order index (the batch's own entries first)."""
+        bucket does not hold is looked up in the batch's own index entries, then, when the
+        filter says it may be there, in the order index."""
         policy = self.policy
         apply = ledger.apply
         bucket_seconds = policy.bucket_seconds
@@ -601,7 +621,7 @@ class Book:
         oldest_kept = now_bucket - self._keep_buckets
         outcomes = pending.result.outcomes
         open_buckets = pending.buckets
-        pending_index, index = pending.index, self.index
+        pending_index, index, indexed = pending.index, self.index, self.indexed
         # marketplace -> the newest bucket out of its longest rate window: events there are "late"
         late_edges = {marketplace: now_bucket - length for marketplace, length in self._rate_buckets.items()}
         for role, event, purchase in batch:
@@ -624,7 +644,7 @@ class Book:
                 order = opened[5] + order_id.encode()
                 home = None
                 at = pending_index.get(order)
-                if at is None:
+                if at is None and order in indexed:
                     raw = index.get(order)
                     if raw is not None:
                         at = int(raw)
@@ -656,16 +676,20 @@ class Book:
 
     def _open(self, pending: Pending, seller_id: str, marketplace: str, bucket: int) -> OpenBucket:
         """Open a bucket for the batch: a private copy of its records, from the cache or decoded
-        from the store. (Records are never changed in place: `ledger.apply` makes new ones.)"""
+        from the store; empty, unread, when the seller's state has no totals for it (see the
+        module's docstring). (Records are never changed in place: `ledger.apply` makes new ones.)"""
         key = bucket_key(seller_id, marketplace, bucket)
+        state = self._state(seller_id, marketplace)
         cached = self._cache.get(key)
         if cached is not None:
             orders = dict(cached)
-        else:
+        elif bucket in state.buckets:
             raw = self.store.get(key)
             orders = ledger.decode_bucket(raw) if raw else {}
+        else:
+            orders = {}
         opened = pending.buckets[(seller_id, marketplace, bucket)] = (
-            key, self._state(seller_id, marketplace), bucket, orders, {}, order_key(seller_id, marketplace, ""))
+            key, state, bucket, orders, {}, order_key(seller_id, marketplace, ""))
         return opened
 
     def _remember(self, key: bytes, orders: ledger.Bucket | None, changed: bool = True) -> None:
@@ -723,9 +747,10 @@ class Book:
                     result.writes += 1
                 self._remember(key, None)
             changed.append(opened)
-        index = self.index
+        index, indexed = self.index, self.indexed
         for order, bucket in pending.index.items():
             index[order] = b"%d" % bucket
+        indexed.update(pending.index)
         moved = pending.moved
         now_bucket = pending.now_bucket
         refills: dict[tuple[SellerState, str], int | None] = {}

@@ -58,6 +58,10 @@ EXPIRY_SECONDS = 300.0
 FETCH_MAX_RECORDS = 1_000                      # records per fetch handed to the agent
 GROUP_WAIT_SECONDS = 0.5                       # longest wait for the next fetch of a group
 FETCH_MAX_PARTITION_BYTES = 8 * 1024 * 1024    # bytes per partition per fetch request
+# The state table's RocksDB options per partition. Faust's defaults (64 MiB x 3 write buffers and
+# a 2 GiB block cache per partition) would dwarf the state itself; the values are small and hot.
+ROCKSDB_OPTIONS = {"write_buffer_size": 512 * 1024, "max_write_buffer_number": 2,
+                   "block_cache_size": 64 * 1024 * 1024, "block_cache_compressed_size": 16 * 1024 * 1024}
 HEADER_PREFIX = "cancelwatch."
 CHANGELOG_BATCH_BYTES = 512 * 1024             # changelog records per produce batch (bytes)
 TRIM_QUIET_SECONDS = 1.0                       # trim the heap once fetches paused this long
@@ -221,11 +225,7 @@ def build_app(settings: Settings, policy: policy_module.Policy,
                                            "segment.bytes": str(16 * 1024 * 1024),
                                            "segment.ms": str(10 * 60 * 1000),
                                            "min.cleanable.dirty.ratio": "0.2"},
-                      # RocksDB's faust defaults (64 MiB x 3 write buffers and a 2 GiB block cache
-                      # per partition) would dwarf the state itself; the values are small and hot.
-                      options={"write_buffer_size": 512 * 1024, "max_write_buffer_number": 2,
-                               "block_cache_size": 64 * 1024 * 1024,
-                               "block_cache_compressed_size": 16 * 1024 * 1024})
+                      options=ROCKSDB_OPTIONS)
     failpoints = Failpoints(settings.failpoint, settings.failpoint_at)
     runtime.store = store = TableStore(table, runtime.partition_of, failpoints)
     runtime.metrics.attach(lambda: runtime.scrape_state(app.consumer))

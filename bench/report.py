@@ -237,7 +237,10 @@ def render(results: dict) -> str:
             f"One pair of 4-partition topics pre-filled with {t['messages']:,} simulator events (realistic",
             "mix, ~2% re-sent duplicates, ~1% late). Each consumer starts from the beginning and runs until",
             "it has processed every message or its time cap is over; the rate is counted from its first",
-            "processed event (start-up excluded). Time caps per run: "
+            "processed event (start-up excluded)"
+            + (f": the others time themselves; the worker's count is read every {t['worker_poll_seconds']} s "
+               "from `/metrics?name[]=cancelwatch_events_total` (one counter, so the poll costs the worker "
+               "next to nothing)" if "worker_poll_seconds" in t else "") + ". Time caps per run: "
             f"{results['sizes']['cap_seconds']:.0f} s for (a) and (d), {results['sizes']['faust_cap_seconds']:.0f} s "
             f"for (b), {results['sizes']['worker_cap_seconds']:.0f} s for (c)"
             + (f", {results['sizes']['peer_cap_seconds']:.0f} s for (e)" if "quix_peer" in r else "") + ". "

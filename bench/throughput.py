@@ -36,6 +36,8 @@ from common import (BOOTSTRAP, Worker, delete_topics, delete_topics_tagged, hotp
 VARIANTS = ("raw_aiokafka", "naive_faust", "cancelwatch_worker", "quix_streams", "quix_peer")
 # The fair peer is sampled from this many seconds after its start (its start-up is not measured either).
 PEER_PROFILE_DELAY = 3.0
+# How often the worker's count of processed events is read (its end is known to within this).
+WORKER_POLL_SECONDS = 0.25
 # How long the worker may go on past its time cap, unmeasured, to process every event for the answers.
 ANSWERS_WAIT_SECONDS = 300
 
@@ -81,7 +83,7 @@ def run(sizes: dict, workdir: Path) -> dict:
     checked = answers.check(expected, found["quix_peer"], found["cancelwatch_worker"])
     log(f"  answers: {checked}")
     return {
-        "messages": total, "topics": [orders, cancellations],
+        "messages": total, "topics": [orders, cancellations], "worker_poll_seconds": WORKER_POLL_SECONDS,
         "events_per_s": rates,
         "ratios": {"c/a": worker / rates["raw_aiokafka"]["median"],
                    "c/b": worker / rates["naive_faust"]["median"],
@@ -184,7 +186,7 @@ def _worker(orders: str, cancellations: str, total: int, cap: float, workdir: Pa
         worker.wait_ready()
         if profile_seconds:
             sampler = pyspy.start(worker.pid, profile_seconds, output)
-        result = wait_processed([worker], total, cap, poll=0.5)
+        result = wait_processed([worker], total, cap, poll=WORKER_POLL_SECONDS)
         profile = pyspy.finish(sampler, output)
         complete = result["reached"]
         if pairs and not complete:      # the answers need every event: wait past the cap, not measured

@@ -173,13 +173,14 @@ class WorkerProcess:
     def get(self, path: str, **params) -> requests.Response:
         return requests.get(self.url + path, params=params, timeout=10)
 
-    def metrics_text(self) -> str:
-        return requests.get(self.url + "/metrics", timeout=30).text
+    def metrics_text(self, *only: str) -> str:
+        """/metrics; `only`: just these sample names (the worker builds no other family)."""
+        return requests.get(self.url + "/metrics", params=[("name[]", name) for name in only], timeout=30).text
 
     def metric(self, name: str, **labels: str) -> float:
         """Sum of a metric's samples matching the labels, from /metrics."""
         total = 0.0
-        for line in self.metrics_text().splitlines():
+        for line in self.metrics_text(name).splitlines():
             if not line.startswith(name) or line.startswith("#"):
                 continue
             head, _, value = line.rpartition(" ")

@@ -27,7 +27,7 @@ def test_false_maybes_stay_near_the_design_rate_as_the_filter_grows():
     strangers = [b"o007S-%d/US/other-%d" % (n % 300, n) for n in range(100_000)]
     false_maybes = sum(1 for key in strangers if key in added) / len(strangers)
     # every layer at most at its capacity: at most FALSE_MAYBE per layer asked
-    assert len(added._layers) == 4          # 1,000 + 4,000 + 16,000 + 64,000 >= 60,000
+    assert added.layers == 4          # 1,000 + 4,000 + 16,000 + 64,000 >= 60,000
     assert false_maybes < 4 * order_filter.FALSE_MAYBE
 
 

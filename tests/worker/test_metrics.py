@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from dashboards import metrics_reference
 from cancelwatch import names, settings
 from cancelwatch.core import policy as policy_module, targets
-from cancelwatch.worker import runtime
+from cancelwatch.worker import metrics as metrics_module, runtime
 from cancelwatch.worker.metrics import Metrics, ScrapeState, SellerSummary, rate_band
 
 POLICY = policy_module.load(settings.load({}).policy_path)
@@ -131,3 +131,34 @@ def test_one_label_set_gives_the_lines_docs_metrics_md_counts():
 def test_the_version_in_build_info_is_the_one_of_pyproject():
     pyproject = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())
     assert runtime.VERSION == pyproject["project"]["version"]
+
+
+def test_an_exposition_asked_for_some_names_serves_those_and_builds_no_other_family():
+    metrics = Metrics("test", "wall", 50)
+    built = []
+
+    def state():
+        built.append(1)
+        return ScrapeState({("S1", "US"): SellerSummary("ok", "low", ((7, 10, 0, 250, 200, None),))},
+                           {("orders", 0): 3}, {"order-buckets": 10}, [], 0, 1.0)
+    metrics.attach(state)
+    metrics.events.labels("orders", "applied").inc(5)
+    text = metrics.exposition(["cancelwatch_events_total"]).decode()
+    families = {family.name: family for family in text_string_to_metric_families(text)}
+    assert list(families) == ["cancelwatch_events"]
+    assert [sample.value for sample in families["cancelwatch_events"].samples] == [5.0]
+    assert built == []                              # the scrape-time families were not built
+    lag = metrics.exposition(["cancelwatch_consumer_lag_messages"]).decode()
+    assert built == [1] and 'cancelwatch_consumer_lag_messages{partition="0",topic="orders"} 3.0' in lag
+    assert "cancelwatch_events_total" not in lag
+
+
+def test_the_state_collector_names_every_family_it_builds():
+    # what it names is what a request by name can reach (prometheus_client asks describe())
+    metrics = Metrics("test", "wall", 50)
+    metrics.attach(lambda: ScrapeState({("S1", "US"): SellerSummary("ok", "low", ((7, 10, 1, 250, 200, 5),))},
+                                       {("orders", 0): 3}, {"order-buckets": 10}, [], 0, 1.0))
+    collector = metrics_module._StateCollector(metrics)
+    built = [family.name for family in collector.collect()]
+    assert sorted(built) == sorted(metrics_module.STATE_GAUGES)
+    assert [family.name for family in collector.describe()] == list(metrics_module.STATE_GAUGES)

@@ -406,7 +406,8 @@ def build_app(settings: Settings, policy: policy_module.Policy,
 
     @app.page("/metrics")
     async def metrics(self_view, request):
-        return self_view.bytes(runtime.metrics.exposition(), content_type="text/plain; version=0.0.4")
+        return self_view.bytes(runtime.metrics.exposition(request.query.getall("name[]", [])),
+                               content_type="text/plain; version=0.0.4")
 
     return app, runtime
 

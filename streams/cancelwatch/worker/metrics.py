@@ -107,8 +107,11 @@ class Metrics:
         self._state = state
         self.registry.register(_StateCollector(self))
 
-    def exposition(self) -> bytes:
-        return generate_latest(self.registry)
+    def exposition(self, only: Iterable[str] = ()) -> bytes:
+        """The text exposition; `only`: just these sample names (`GET /metrics?name[]=...`, as
+        Prometheus' own client serves it), without building the other families."""
+        only = set(only)
+        return generate_latest(self.registry.restricted_registry(only) if only else self.registry)
 
 
 class ScrapeState:
@@ -141,12 +144,23 @@ def _contenders(items, k: int) -> list:
     return cancelling if len(cancelling) >= k else items
 
 
+# The gauges `_StateCollector` builds at each scrape.
+STATE_GAUGES = ("cancelwatch_sellers", "cancelwatch_seller_rate_band", "cancelwatch_fleet_window_orders",
+                "cancelwatch_fleet_window_cancelled", "cancelwatch_seller_rate", "cancelwatch_seller_headroom",
+                "cancelwatch_seller_window_orders", "cancelwatch_seller_window_cancelled",
+                "cancelwatch_seller_limit", "cancelwatch_seller_hours_to_breach",
+                "cancelwatch_consumer_lag_messages", "cancelwatch_partition_catching_up", "cancelwatch_table_keys",
+                "cancelwatch_alerts_active", "cancelwatch_alert_queue_alerts", "cancelwatch_clock_seconds",
+                "cancelwatch_build_info")
+
+
 class _StateCollector:
     def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
 
     def describe(self):
-        return []
+        """Its families' names (a request for other names does not collect them)."""
+        return [_gauge(name) for name in STATE_GAUGES]
 
     def collect(self):
         metrics = self.metrics

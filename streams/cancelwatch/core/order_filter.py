@@ -23,8 +23,8 @@ from __future__ import annotations
 
 from typing import Iterable
 
-BYTES_PER_KEY = 4          # at least; two bits of a byte a key: about 1% false maybes at capacity
-FALSE_MAYBE = 0.011
+BYTES_PER_KEY = 4          # at least; two bits of a byte a key: about 1.2% false maybes at capacity
+FALSE_MAYBE = 0.012
 FIRST_CAPACITY = 1 << 16   # keys of the first layer (256 KiB)
 GROWTH = 4                 # each layer's capacity over the one before
 # the two bits a key sets in its byte, by six bits of its hash: one of the 28 pairs of distinct bits

@@ -8,12 +8,15 @@ every key ever added (never "not there" for one), so only a maybe asks the index
 
 It is a blocked Bloom filter: a key sets two of the eight bits of one byte, both
 chosen by its hash, so a question costs one hash (cached by the key) and one
-byte read. A key is never taken out (the index deletes expired orders, the
-filter keeps their bits: a maybe more, never a wrong answer); the filter is
-built again with every rebuild of the book, sized for the orders loaded. It
-grows by layers: when the newest layer holds its capacity, one `GROWTH` times
-as large is added, so the share of false maybes stays within `FALSE_MAYBE` per
-layer (a few layers) whatever the number of orders.
+byte read per layer. It is built again with every rebuild of the book, sized
+for the orders loaded, and grows by layers: when the newest layer holds its
+capacity, one as large as the keys held so far is added, so the share of
+false maybes stays within `FALSE_MAYBE` per layer. A key is never taken out,
+but each layer remembers the newest purchase bucket among its keys: once the
+order index has expired that bucket (`Book.expire`), every key of the layer is
+gone from the index too, and the layer is dropped. So a worker that runs for
+months holds the layers of about one retention of orders, not every order it
+ever saw.
 
 Pure: the keys are bytes, hashed with Python's `hash` (process-local, as the
 filter is). `BYTES_PER_KEY` to twice that per key of capacity.
@@ -25,8 +28,7 @@ from typing import Iterable
 
 BYTES_PER_KEY = 4          # at least; two bits of a byte a key: about 1.2% false maybes at capacity
 FALSE_MAYBE = 0.012
-FIRST_CAPACITY = 1 << 16   # keys of the first layer (256 KiB)
-GROWTH = 4                 # each layer's capacity over the one before
+FIRST_CAPACITY = 1 << 16   # keys of the first layer (256 KiB), and of any layer at least
 # the two bits a key sets in its byte, by six bits of its hash: one of the 28 pairs of distinct bits
 _PAIRS = [(1 << low) | (1 << high) for high in range(8) for low in range(high)]
 _PATTERNS = tuple(_PAIRS[n % len(_PAIRS)] for n in range(64))
@@ -34,38 +36,52 @@ _PATTERN_SHIFT = 58        # the hash's top bits choose the pattern, its low bit
 
 
 class OrderFilter:
-    """A set of bytes keys that may answer "maybe" for a key never added, never "no" for
-    one that was."""
+    """A set of bytes keys, each added with its purchase bucket, that may answer "maybe" for
+    a key never added, never "no" for one that was (until `forget_before` its bucket)."""
 
-    __slots__ = ("_layers", "_newest", "_capacity", "_count", "_added")
+    __slots__ = ("_layers", "_counts", "_newest_buckets", "_capacity")
 
     def __init__(self, capacity: int = FIRST_CAPACITY) -> None:
         self._layers: list[bytearray] = []
-        self._added = 0         # keys in the layers before the newest
+        self._counts: list[int] = []            # keys in each layer
+        self._newest_buckets: list[int] = []    # the newest purchase bucket among each layer's keys
         self._add_layer(max(1, capacity))
 
     def _add_layer(self, capacity: int) -> None:
-        self._capacity = capacity
-        self._count = 0         # keys in the newest layer
-        self._newest = bytearray(1 << max(3, (capacity * BYTES_PER_KEY - 1).bit_length()))
-        self._layers.append(self._newest)
+        self._capacity = capacity               # of the newest layer
+        self._layers.append(bytearray(1 << max(3, (capacity * BYTES_PER_KEY - 1).bit_length())))
+        self._counts.append(0)
+        self._newest_buckets.append(-1)
 
-    def add(self, key: bytes) -> None:
-        self.update((key,))
+    def add(self, key: bytes, bucket: int) -> None:
+        self.update(((key, bucket),))
 
-    def update(self, keys: Iterable[bytes]) -> None:
-        bits, count, capacity, patterns = self._newest, self._count, self._capacity, _PATTERNS
-        mask = len(bits) - 1
-        for key in keys:
+    def update(self, items: Iterable[tuple[bytes, int]]) -> None:
+        """Add (key, purchase bucket) pairs."""
+        bits, count, newest, capacity = self._layers[-1], self._counts[-1], self._newest_buckets[-1], self._capacity
+        mask, patterns = len(bits) - 1, _PATTERNS
+        for key, bucket in items:
             if count >= capacity:
-                self._added += count
-                self._add_layer(capacity * GROWTH)
-                bits, count, capacity = self._newest, 0, self._capacity
+                self._counts[-1], self._newest_buckets[-1] = count, newest
+                self._add_layer(max(FIRST_CAPACITY, len(self)))
+                bits, count, newest, capacity = self._layers[-1], 0, -1, self._capacity
                 mask = len(bits) - 1
             count += 1
+            if bucket > newest:
+                newest = bucket
             hashed = hash(key)
             bits[hashed & mask] |= patterns[(hashed >> _PATTERN_SHIFT) & 63]
-        self._count = count
+        self._counts[-1], self._newest_buckets[-1] = count, newest
+
+    def forget_before(self, oldest_bucket: int) -> int:
+        """Drop the layers (but the newest) all of whose keys' buckets are older than
+        `oldest_bucket` (expired); returns the keys dropped."""
+        dropped = 0
+        for index in range(len(self._layers) - 2, -1, -1):
+            if self._newest_buckets[index] < oldest_bucket:
+                dropped += self._counts[index]
+                del self._layers[index], self._counts[index], self._newest_buckets[index]
+        return dropped
 
     def __contains__(self, key: bytes) -> bool:
         hashed = hash(key)
@@ -76,8 +92,8 @@ class OrderFilter:
         return False
 
     def __len__(self) -> int:
-        """Keys added (a key added twice counts twice)."""
-        return self._added + self._count
+        """Keys held (a key added twice counts twice)."""
+        return sum(self._counts)
 
     @property
     def layers(self) -> int:

@@ -507,7 +507,8 @@ class Book:
         self._cached_records = 0
         self.cache_records = cache_records
         self.cache_min_orders = cache_min_orders
-        # every order key written to the index since this book was built (`load` adds the rest)
+        # the order keys written to the index since this book was built (`load` adds the rest),
+        # less the layers whose orders all expired
         self.indexed = OrderFilter()
 
     # -- reading -------------------------------------------------------------
@@ -561,7 +562,7 @@ class Book:
         Alert sets and order index keys among `items` are skipped."""
         target = self.index if index is True else None if index is False else index
         orders = 0
-        keys = []           # every order's index key, for the filter
+        keys = []           # (index key, bucket) of every order, for the filter
         tracked: set[tuple[SellerState, str]] = set()     # skus with a seller-fault order
         for key, value in items:
             parsed = parse_key(key)
@@ -582,7 +583,7 @@ class Book:
                     if record.counted:
                         tracked.update((state, sku) for sku in record.skus if record.sku_faulted(sku))
                 order = order_key(seller_id, marketplace, order_id)
-                keys.append(order)
+                keys.append((order, bucket))
                 if target is not None:
                     target[order] = where
                 orders += 1
@@ -750,7 +751,7 @@ class Book:
         index, indexed = self.index, self.indexed
         for order, bucket in pending.index.items():
             index[order] = b"%d" % bucket
-        indexed.update(pending.index)
+        indexed.update(pending.index.items())
         moved = pending.moved
         now_bucket = pending.now_bucket
         refills: dict[tuple[SellerState, str], int | None] = {}
@@ -839,4 +840,5 @@ class Book:
                 deleted += 1
             if dropped and not state.buckets:   # its last bucket gone: a marker keeps it known
                 store[seen_key(state.seller_id, state.marketplace)] = b""
+        self.indexed.forget_before(oldest_bucket)       # layers of expired orders only
         return deleted

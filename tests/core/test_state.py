@@ -13,6 +13,7 @@ from hypothesis import given, settings as hyp_settings, strategies as st
 from cancelwatch import names
 
 from cancelwatch.core import alerting, events, ledger, policy as policy_module, state, window
+from cancelwatch.core.order_filter import OrderFilter
 from cancelwatch.core.state import Book, with_purchase
 from tests import oracle
 
@@ -157,6 +158,19 @@ def test_book_matches_oracle_under_duplicates_and_reordering(case, cache_records
         assert stored_buckets(shared) == {(s.seller_id, s.marketplace, b) for s in book.states() for b in s.buckets}
     expected = oracle.compute(stream, now, POLICY)
     assert book_answers(book, now) == expected
+
+
+def test_expiry_drops_the_order_filter_layers_whose_orders_all_expired():
+    book = Book(POLICY, {}, {})
+    book.indexed = OrderFilter(10)          # small layers: ten orders fill one
+    old, recent = NOW - timedelta(days=29), NOW - timedelta(hours=1)
+    book.apply([("orders", placed_at(old, order_id=f"OLD{n}")) for n in range(10)], NOW.timestamp())
+    book.apply([("orders", placed_at(recent, order_id=f"NEW{n}")) for n in range(3)], NOW.timestamp())
+    assert book.indexed.layers == 2 and len(book.indexed) == 13
+    later = old.timestamp() + POLICY.retention_seconds + 3600       # the old orders expired, the recent not
+    assert book.expire(later) == 1
+    assert book.indexed.layers == 1 and len(book.indexed) == 3
+    assert all(state.order_key("S1", "US", f"NEW{n}") in book.indexed for n in range(3))
 
 
 @hyp_settings(max_examples=100, deadline=None)

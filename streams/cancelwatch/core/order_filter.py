@@ -3,8 +3,9 @@
 Most events that miss their own bucket are new orders, which the index does not
 hold; asking the index (a RocksDB read in the worker) for each of them cost
 about 19,000 CPU instructions, and with half the events a new order, an eighth
-of the worker's own work per event. The filter answers "not there" for nearly all of them from memory, and "maybe" for
-every key ever added (never "not there" for one), so only a maybe asks the index.
+of the worker's own work per event. The filter answers "not there" for nearly
+all of them from memory, and "maybe" for every key ever added (never "not
+there" for one), so only a maybe asks the index.
 
 It is a blocked Bloom filter: a key sets two of the eight bits of one byte, both
 chosen by its hash, so a question costs one hash (cached by the key) and one

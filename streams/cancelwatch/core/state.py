@@ -47,9 +47,8 @@ from typing import Iterable, Iterator, MutableMapping, NamedTuple
 
 from cancelwatch import names
 
-from cancelwatch.core import events, ledger, window
+from cancelwatch.core import events, ledger, order_filter, window
 from cancelwatch.core.ledger import Record
-from cancelwatch.core.order_filter import OrderFilter
 from cancelwatch.core.policy import Policy, Window
 
 KIND_BUCKET = "b"      # a purchase bucket's order records
@@ -73,8 +72,6 @@ CACHE_MIN_ORDERS = 8
 # Sellers with at least this many buckets keep running window totals (`WindowSums`) between
 # evaluations; walking fewer costs about as much as sliding them.
 SUMS_MIN_BUCKETS = 16
-# The order filter's capacity after a load: at least this many keys, and twice those loaded.
-FILTER_MIN_CAPACITY = 1 << 15
 
 
 class KeyLayoutError(ValueError):
@@ -509,7 +506,7 @@ class Book:
         self.cache_min_orders = cache_min_orders
         # the order keys written to the index since this book was built (`load` adds the rest),
         # less the layers whose orders all expired
-        self.indexed = OrderFilter()
+        self.indexed = order_filter.OrderFilter()
 
     # -- reading -------------------------------------------------------------
     def seller(self, seller_id: str, marketplace: str) -> SellerState | None:
@@ -588,9 +585,8 @@ class Book:
                     target[order] = where
                 orders += 1
         if not len(self.indexed):       # sized for the orders loaded, with room to grow
-            self.indexed = OrderFilter(max(len(keys), FILTER_MIN_CAPACITY) * 2)
+            self.indexed = order_filter.OrderFilter(max(2 * len(keys), order_filter.FIRST_CAPACITY))
         self.indexed.update(keys)
-        del keys
         for state in self.states():         # every sku was listed: the untracked ones are forgotten
             if state.listing:
                 for sku in [sku for sku in state.listing if (state, sku) not in tracked]:

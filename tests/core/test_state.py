@@ -365,6 +365,25 @@ def test_a_loaded_book_finds_the_orders_it_loaded_through_the_index():
     assert stored_orders(loaded.store)["O7"] == window.bucket_of(earlier.timestamp(), 3600)
 
 
+
+def test_a_small_bucket_is_cached_once_opened_again_and_a_new_one_never():
+    store = ReadCounting()
+    book = Book(POLICY, store, {}, cache_records=1_000)     # buckets under 8 orders: small
+    placed = NOW - timedelta(hours=3)
+    bucket = state.bucket_key("S1", "US", window.bucket_of(placed.timestamp(), 3600))
+    book.apply([("orders", placed_at(placed, order_id=f"O{n}")) for n in range(3)], NOW.timestamp())
+    assert bucket not in book._cache        # new: a burst of new orders caches nothing
+    book.apply([("cancellations", cancelled_at(placed, order_id="O1"))], NOW.timestamp())
+    assert store.reads == [bucket] and bucket in book._cache    # read once, then kept
+    book.apply([("cancellations", cancelled_at(placed, order_id="O2"))], NOW.timestamp())
+    assert store.reads == [bucket]          # opened from the cache
+    cached = book._cache[bucket]
+    assert set(cached) == {"O0", "O1", "O2"} and cached["O2"].counted and not cached["O0"].counted
+    book.drop_cache()
+    book.apply([("cancellations", cancelled_at(placed, order_id="O0"))], NOW.timestamp())
+    assert store.reads == [bucket, bucket]  # dropped at rest: read again
+
+
 BEFORE_EIGHT = datetime(2026, 11, 20, 7, 59, 59, 600000, tzinfo=timezone.utc)
 AFTER_EIGHT = datetime(2026, 11, 20, 8, 0, 0, 400000, tzinfo=timezone.utc)
 

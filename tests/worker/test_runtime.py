@@ -459,3 +459,50 @@ def test_a_partition_with_no_fetch_response_for_a_while_catches_up_until_one_con
     consumer.polled = ms_after(runtime.confirming + runtime_module.CONFIRM_SECONDS)
     runtime.refresh_catch_up(consumer)
     assert not runtime.is_catching_up(1) and not runtime.is_catching_up(0)
+
+
+def test_while_every_partition_catches_up_sellers_are_evaluated_now_and_then_and_all_once_caught_up():
+    # A backlog: every decision would be held, so the sellers its groups touch are evaluated
+    # (their summaries refreshed) at most every HELD_EVALUATE_SECONDS, not after each group;
+    # once caught up, every seller is evaluated and what the full counts warrant goes out.
+    from aiokafka import TopicPartition
+    from cancelwatch.worker import runtime as runtime_module
+
+    settings = settings_module.load({**os.environ, "CANCELWATCH_CLOCK": "event", "CANCELWATCH_CATCHUP_LAG": "10"})
+    policy = policy_module.load(settings.policy_path)
+    orders, more = scenario_events(datetime(2026, 11, 20, 8, 0, tzinfo=timezone.utc))
+    first = dict_runtime.messages([events.encode(e) for e in orders[:30]], settings)
+    second = dict_runtime.messages([events.encode(e) for e in orders[30:]], settings)
+    for offset, message in enumerate(second, start=len(first)):
+        message.offset = offset
+    runtime = dict_runtime.runtime(settings, policy)
+    runtime.lag_known = False
+    runtime.targets_ready = True
+    ends: dict = {TopicPartition(settings.reroute_topic, first[0].partition): 0}
+    for message in first + second:
+        ends[TopicPartition(message.topic, message.partition)] = message.offset + 1
+    consumer = Consumer({tp: end + 1_000 for tp, end in ends.items()})     # a backlog behind both
+    runtime.refresh_catch_up(consumer)
+    assert runtime.catching_up == {first[0].partition} == runtime.owned
+
+    def apply(messages) -> None:
+        runtime.process(messages)
+        runtime.group.fetches.append(fetch_of(messages))
+        runtime.acknowledged(runtime.commit())
+
+    apply(first)
+    assert not runtime.evaluate()
+    seller = runtime.book.seller("S1", "US")
+    assert seller.summary.windows[0][1:3] == (30, 0), "the first held pass evaluates at once"
+    apply(second)
+    assert not runtime.evaluate()
+    assert seller.summary.windows[0][1:3] == (30, 0) and seller in runtime.dirty, "evaluated again too soon"
+    runtime.last_held_pass -= runtime_module.HELD_EVALUATE_SECONDS
+    assert not runtime.evaluate() and not runtime.alerts, "held: nothing sent"
+    assert seller.summary.windows[0][1:3] == (60, 2) and not runtime.dirty
+
+    consumer.highwaters = ends
+    refresh_confirmed(runtime, consumer)
+    assert not runtime.is_catching_up(first[0].partition)
+    outbox = runtime.evaluate()
+    assert runtime.alerts.get(("S1", "US")) and outbox.fire, "the caught-up state fires what it warrants"

@@ -65,9 +65,10 @@ _MAX_SELLER_BYTES = 999    # three digits of length; the contract's 64 character
 # Bucket numbers shared by every seller's dict of buckets (one int object per hour, not per seller).
 _BUCKET_NUMBERS: dict[int, int] = {}
 _MARKETPLACES = {marketplace: marketplace for marketplace in names.MARKETPLACES}
-# Buckets of fewer orders are not cached (Book._remember): they decode in a microsecond or two,
-# and a small cached object left among long-lived ones keeps its heap page resident after the
-# cache is dropped (most sellers' buckets hold a few orders).
+# Buckets of fewer orders are cached (Book._remember) only once opened again: a burst of new
+# orders (most sellers' buckets hold a few) caches none of them, since a small cached object
+# left among long-lived ones keeps its heap page resident after the cache is dropped; a bucket
+# opened again (its orders shipped or cancelled later) is likely to be opened once more.
 CACHE_MIN_ORDERS = 8
 # Sellers with at least this many buckets keep running window totals (`WindowSums`) between
 # evaluations; walking fewer costs about as much as sliding them.
@@ -461,6 +462,7 @@ class Pending:
     result: "BatchResult"
     buckets: dict
     index: dict = dataclasses.field(default_factory=dict)
+    reopened: set = dataclasses.field(default_factory=set)    # keys of buckets that existed before it
     moved: dict = dataclasses.field(default_factory=dict)
     now_bucket: int | None = None
 
@@ -680,18 +682,23 @@ class Book:
         cached = self._cache.get(key)
         if cached is not None:
             orders = dict(cached)
+            pending.reopened.add(key)
         elif bucket in state.buckets:
             raw = self.store.get(key)
             orders = ledger.decode_bucket(raw) if raw else {}
+            pending.reopened.add(key)
         else:
             orders = {}
         opened = pending.buckets[(seller_id, marketplace, bucket)] = (
             key, state, bucket, orders, {}, order_key(seller_id, marketplace, ""))
         return opened
 
-    def _remember(self, key: bytes, orders: ledger.Bucket | None, changed: bool = True) -> None:
+    def _remember(self, key: bytes, orders: ledger.Bucket | None, changed: bool = True,
+                  reopened: bool = False) -> None:
         """Keep a bucket's records as written (None: deleted; `changed` False: as read) in the
-        cache, the most recent last; the oldest leave once it holds more than `cache_records`."""
+        cache, the most recent last; the oldest leave once it holds more than `cache_records`.
+        A bucket of fewer than `cache_min_orders` orders is kept only when `reopened` (it
+        existed before this group)."""
         cache = self._cache
         if not changed and key in cache:
             cache.move_to_end(key)      # the same records: the most recent now
@@ -699,8 +706,8 @@ class Book:
         old = cache.pop(key, None)
         if old is not None:
             self._cached_records -= len(old)
-        if not self.cache_records or not orders or len(orders) < self.cache_min_orders:
-            return          # deleted, empty, or cheap to decode again: not kept
+        if not self.cache_records or not orders or (len(orders) < self.cache_min_orders and not reopened):
+            return          # deleted, empty, or new and small: not kept
         cache[key] = orders
         self._cached_records += len(orders)
         while self._cached_records > self.cache_records:
@@ -729,15 +736,16 @@ class Book:
         result = pending.result
         store = self.store
         changed = []
+        reopened = pending.reopened
         for opened in pending.buckets.values():
             key, _, _, orders, originals, _ = opened
             if not originals:
-                self._remember(key, orders, changed=False)     # read, not changed: as stored
+                self._remember(key, orders, changed=False, reopened=key in reopened)   # read: as stored
                 continue
             if orders:
                 store[key] = ledger.encode_bucket(orders)
                 result.writes += 1
-                self._remember(key, orders)
+                self._remember(key, orders, reopened=key in reopened)
             else:
                 if key in store:
                     del store[key]
@@ -776,6 +784,7 @@ class Book:
             self._refill(state, sku, oldest, now_bucket - self._listing_buckets)
         pending.buckets.clear()
         pending.index.clear()
+        reopened.clear()
         moved.clear()
         return result
 

@@ -49,6 +49,10 @@ CONFIRM_SECONDS = 2.0
 # A partition with no fetch response for this long (its leader unreachable: every response,
 # empty ones included, brings its high watermark) has an unknown lag: it catches up again.
 STALE_FETCH_SECONDS = 10.0
+# While every owned partition catches up, nothing is sent (alerts are held) and a full evaluation
+# of the caught-up state follows: the sellers touched meanwhile are evaluated (their summaries,
+# hence the status gauges, refreshed) at most this often, not after every group.
+HELD_EVALUATE_SECONDS = 2.0
 
 _libc_handle = None
 _firing_encoder = msgspec.msgpack.Encoder()
@@ -183,6 +187,7 @@ class Runtime:
         self.evaluated_bucket: int | None = None
         self.last_full_end = 0.0
         self.last_full_seconds = 0.0
+        self.last_held_pass = 0.0   # monotonic time of the last evaluation while every partition was held
         self.last_fetch_applied = 0.0   # monotonic time the agent last applied a fetch
         self.group: Group | None = None
         self.applied: dict = {}             # TP -> last offset applied and committed here
@@ -194,6 +199,7 @@ class Runtime:
         self.token = uuid.uuid4().hex[:16].encode()   # names this worker on the events it reroutes
         self.lag: dict = {}                 # (topic, partition) -> messages not yet applied
         self.catching_up: set[int] = set()  # owned partitions whose new alerts are held
+        self.owned: set[int] = set()        # partitions of the assignment, at the last lag refresh
         self.lag_known = False              # False until the lag is looked at after each rebuild
         self.confirming: float | None = None  # when partitions first read caught up (epoch s), unconfirmed
         self.last_look = 0.0                # monotonic time of the last lag refresh or evaluation
@@ -574,6 +580,10 @@ class Runtime:
         self.in_flight.subtract(sending)
         self.in_flight = +self.in_flight
 
+    def _all_held(self) -> bool:
+        """Whether every partition this worker owns is catching up (its alerts held)."""
+        return not self.lag_known or bool(self.owned) and self.catching_up >= self.owned
+
     def is_catching_up(self, partition: int) -> bool:
         """Whether new alerts of this partition are held and its unseen sellers answered 503."""
         return not self.lag_known or partition in self.catching_up
@@ -638,6 +648,7 @@ class Runtime:
             log.debug("lag unavailable: %r", error)
             return
         self.lag = lag
+        self.owned = owned
         if paused and self.lag_known:
             # Nothing looked at the lag for a while (the process was stopped, or starved): the
             # high watermarks held may be that old. Every partition catches up again until a
@@ -755,6 +766,13 @@ class Runtime:
         outbox = Outbox(self.epoch)
         if self.book is None:
             return outbox
+        if self._all_held():
+            # Every decision would be held (nothing sent, nothing stored): the summaries are
+            # refreshed now and then; dirty sellers stay dirty, and catching up evaluates all.
+            started = time.monotonic()
+            if started - self.last_held_pass < HELD_EVALUATE_SECONDS:
+                return outbox
+            self.last_held_pass = started
         now = self.now()
         now_bucket = window.bucket_of(now, self.policy.bucket_seconds)
         full = False

@@ -117,6 +117,12 @@ def markdown(parameters: Parameters = Parameters()) -> str:
         lines.append(f"| `{name}` | {kind} | {label_list} | {stated} | {help_text} |")
     lines += [
         "",
+        "The seller gauges (`cancelwatch_sellers`, `cancelwatch_seller_rate_band`, the",
+        "`cancelwatch_fleet_window_*` sums and the top-K `cancelwatch_seller_*`) come from each",
+        "seller's last evaluation, made as its events are applied and as the clock moves its",
+        "windows; while every partition the worker owns is catching up (its alerts held), at",
+        "most every 2 s.",
+        "",
         "## Cardinality bound",
         "",
         f"No series carries a seller id except the {len(PER_SELLER)} `cancelwatch_seller_*` gauges "

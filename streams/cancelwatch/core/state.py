@@ -462,7 +462,6 @@ class Pending:
     result: "BatchResult"
     buckets: dict
     index: dict = dataclasses.field(default_factory=dict)
-    reopened: set = dataclasses.field(default_factory=set)    # keys of buckets that existed before it
     moved: dict = dataclasses.field(default_factory=dict)
     now_bucket: int | None = None
 
@@ -682,11 +681,9 @@ class Book:
         cached = self._cache.get(key)
         if cached is not None:
             orders = dict(cached)
-            pending.reopened.add(key)
         elif bucket in state.buckets:
             raw = self.store.get(key)
             orders = ledger.decode_bucket(raw) if raw else {}
-            pending.reopened.add(key)
         else:
             orders = {}
         opened = pending.buckets[(seller_id, marketplace, bucket)] = (
@@ -736,16 +733,17 @@ class Book:
         result = pending.result
         store = self.store
         changed = []
-        reopened = pending.reopened
         for opened in pending.buckets.values():
-            key, _, _, orders, originals, _ = opened
+            key, state, bucket, orders, originals, _ = opened
+            # the seller's totals still hold the bucket only if it existed before this batch
+            reopened = bucket in state.buckets
             if not originals:
-                self._remember(key, orders, changed=False, reopened=key in reopened)   # read: as stored
+                self._remember(key, orders, changed=False, reopened=reopened)     # read: as stored
                 continue
             if orders:
                 store[key] = ledger.encode_bucket(orders)
                 result.writes += 1
-                self._remember(key, orders, reopened=key in reopened)
+                self._remember(key, orders, reopened=reopened)
             else:
                 if key in store:
                     del store[key]
@@ -784,7 +782,6 @@ class Book:
             self._refill(state, sku, oldest, now_bucket - self._listing_buckets)
         pending.buckets.clear()
         pending.index.clear()
-        reopened.clear()
         moved.clear()
         return result
 

@@ -11,7 +11,7 @@ SHELL := /bin/bash
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
 
-install: ## Install what is missing: Debian packages, .venv, Kafka's jars
+install: ## Install what is missing: Debian packages, .venv, the compiled core, Kafka's jars
 	@stack/install.sh
 
 stack-up: install ## Start Kafka (KAFKA_BROKERS=3: a cluster), Prometheus, Alertmanager and the on-call receiver (idempotent)

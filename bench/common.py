@@ -67,7 +67,8 @@ def spread(values: list[float]) -> dict:
 
 
 def use_worker_source(ref: str, into: Path) -> str:
-    """Run workers from `streams/` as committed at `ref` (exported into `into`); return the commit."""
+    """Run workers from `streams/` as committed at `ref` (exported into `into`, its compiled core
+    built there as `make install` builds it: `worker_core`); return the commit."""
     global WORKER_SOURCE
     import io
     import tarfile
@@ -79,8 +80,29 @@ def use_worker_source(ref: str, into: Path) -> str:
     into.mkdir(parents=True, exist_ok=True)
     with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
         tar.extractall(into, filter="data")
+    setup = subprocess.run(["git", "show", f"{ref}:setup.py"], cwd=ROOT, capture_output=True)
+    if setup.returncode == 0:       # a commit with a compiled core
+        (into / "setup.py").write_bytes(setup.stdout)
+        log(f"compiling the core of {ref} for the workers")
+        build = subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--inplace", "--parallel", "2"],
+                               cwd=into, capture_output=True, text=True)
+        if build.returncode != 0:
+            raise BenchError(f"could not compile the core of {ref}: {build.stderr.strip()[-2000:]}")
     WORKER_SOURCE = into
     return commit.stdout.strip()
+
+
+def worker_core() -> str:
+    """How the workers' core runs: `compiled` (every module of `cancelwatch.compiled.MODULES`
+    built and up to date), `python`, or `mixed`; `python` for a commit before the compiled core."""
+    streams = (WORKER_SOURCE or ROOT) / "streams"
+    if not (streams / "cancelwatch" / "compiled.py").is_file():
+        return "python"
+    code = ("from cancelwatch import compiled; stale = compiled.stale(); "
+            "print('python' if len(stale) == len(compiled.MODULES) else 'mixed' if stale else 'compiled')")
+    found = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(streams)},
+                           capture_output=True, text=True, check=True)
+    return found.stdout.strip()
 
 
 def machine() -> dict:

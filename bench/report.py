@@ -212,7 +212,8 @@ def render(results: dict) -> str:
         f"- machine: {_machine(m)}",
         f"- last run: {m['date']}, commit `{m['commit']}`, mode: {results['mode']}, ran "
         f"{', '.join(results.get('ran', results['results']))} in {results['duration_s'] / 60:.1f} min",
-        f"- workers run from: {m.get('worker_source', 'the working tree')}",
+        f"- workers run from: {m.get('worker_source', 'the working tree')}; their core: "
+        f"{m.get('worker_core', 'python')} (`cancelwatch_build_info{{core}}`)",
         "",
         "Re-run: `make bench` (full), `.venv/bin/python bench/run.py --quick` (smoke),",
         "`--only NAME` for one benchmark (names: " + ", ".join(results["benchmarks_available"]) + ").",

@@ -28,7 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import (RAW, ROOT, BenchError, admin, delete_topics_tagged, log, machine,  # noqa: E402
-                    use_worker_source)
+                    use_worker_source, worker_core)
 
 FULL = {
     # throughput and scale-out: the simulator's topics
@@ -127,7 +127,7 @@ def main(argv: list[str]) -> int:
     chosen = args.only or list(benchmarks)
     previous = json.loads(output.read_text()) if args.only and output.exists() else {}
     results = {
-        "machine": {**machine(), "worker_source": worker_source},
+        "machine": {**machine(), "worker_source": worker_source, "worker_core": worker_core()},
         "mode": "quick" if args.quick else "full", "sizes": sizes,
         "benchmarks_available": list(benchmarks),
         "results": previous.get("results", {}), "errors": {}, "ran": chosen,

@@ -314,6 +314,7 @@ BAD_SETTINGS = [
     ("CANCELWATCH_CATCHUP_AGE_SECONDS", "0"),
     ("CANCELWATCH_FAILPOINT", "halfway"),
     ("CANCELWATCH_FAILPOINT_AT", "0"),
+    ("CANCELWATCH_CORE", "cython"),
 ]
 # Settings that take any text; they are wrong only in combination (checked below) or
 # when used (the web host is checked by binding to it).

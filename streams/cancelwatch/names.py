@@ -233,8 +233,9 @@ METRICS = {
         "The worker's notion of now (wall clock, or largest occurred_at in event-clock mode).",
     ),
     "cancelwatch_build_info": (
-        "gauge", ("version", "clock"),
-        "Always 1; labels carry the version and clock mode.",
+        "gauge", ("version", "clock", "core"),
+        "Always 1; labels carry the version, the clock mode and how the core runs (`compiled`: "
+        "its modules are the compiled extensions; `python`: the source, uncompiled; `mixed`).",
     ),
 }
 # A seller's first-window rate against the limit in force there (policy or seller target):

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Mapping
 from urllib.parse import urlparse
 
-from cancelwatch import names
+from cancelwatch import compiled, names
 
 
 class SettingError(ValueError):
@@ -102,6 +102,10 @@ SETTINGS: tuple[Setting, ...] = (
             "ago is replaying history (a bulk backfill, a producer's outage) and is catching up too, "
             "even while the worker keeps up with the producer, until it applies a current event or "
             "its topics stay quiet for 5 s. Event-clock mode uses the lag alone."),
+    Setting(compiled.VARIABLE, "compiled",
+            "`compiled`: run the core's compiled modules where `make install` built them (see "
+            "docs/design.md, \"The compiled core\"); `python`: run its Python source. Both give the "
+            "same answers; `cancelwatch_build_info{core}` says which runs."),
     Setting("CANCELWATCH_FAILPOINT", "",
             "For tests only: `after-changelog`, `after-local-write` or `before-commit` makes the worker "
             "exit hard (code 70) at that point of a state commit, to prove each crash point; `drop-fetch` "
@@ -171,6 +175,7 @@ class Settings:
     failpoint: str = ""
     failpoint_at: int = 1
     targets_topic: str = names.TARGETS_TOPIC
+    core: str = "compiled"
 
     @property
     def bootstrap_servers(self) -> list[str]:
@@ -359,6 +364,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         account_health_topic=_topic(env, "CANCELWATCH_ACCOUNT_HEALTH_TOPIC"),
         catchup_lag=_integer(env, "CANCELWATCH_CATCHUP_LAG", 0, 100_000_000),
         catchup_age_seconds=_seconds(env, "CANCELWATCH_CATCHUP_AGE_SECONDS", 1, 30 * 86400),
+        core=_choice(env, compiled.VARIABLE, compiled.CHOICES),
         failpoint=_failpoint(env),
         failpoint_at=_integer(env, "CANCELWATCH_FAILPOINT_AT", 1, 1_000_000),
     )

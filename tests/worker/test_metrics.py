@@ -11,7 +11,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from dashboards import metrics_reference
-from cancelwatch import names, settings
+from cancelwatch import compiled, names, settings
 from cancelwatch.core import policy as policy_module, targets
 from cancelwatch.worker import metrics as metrics_module, runtime
 from cancelwatch.worker.metrics import Metrics, ScrapeState, SellerSummary, rate_band
@@ -126,6 +126,13 @@ def test_one_label_set_gives_the_lines_docs_metrics_md_counts():
     assert series["cancelwatch_processing_latency_seconds"] == \
         metrics_reference.samples_per_label_set("histogram", parameters)
     assert series["cancelwatch_events"] == metrics_reference.samples_per_label_set("counter", parameters)
+
+
+def test_build_info_says_how_the_core_runs():
+    metrics = Metrics("test", "event", 50)
+    metrics.attach(lambda: ScrapeState({}, {}, {}, [], 0, 1.0))
+    exposition = metrics.exposition().decode()
+    assert f'cancelwatch_build_info{{clock="event",core="{compiled.running()}",version="test"}} 1.0' in exposition
 
 
 def test_the_version_in_build_info_is_the_one_of_pyproject():

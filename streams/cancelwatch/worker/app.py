@@ -36,7 +36,7 @@ from faust.transport.drivers import aiokafka as aiokafka_driver
 from kafka import KafkaAdminClient
 from kafka.errors import KafkaError, NoBrokersAvailable
 
-from cancelwatch import settings as settings_module, topics
+from cancelwatch import compiled, settings as settings_module, topics
 
 from cancelwatch.core import policy as policy_module
 from cancelwatch.worker.consumer import BatchingConsumer
@@ -412,6 +412,18 @@ def build_app(settings: Settings, policy: policy_module.Policy,
     return app, runtime
 
 
+def _log_core(settings: Settings) -> None:
+    """Say how the core runs (cancelwatch_build_info{core} says it too), and warn when the
+    compiled core was asked for and is not (fully) built."""
+    core = compiled.running()
+    if settings.core == "compiled" and core != "compiled":
+        log.warning("the core runs as Python (%s not compiled): `make install` compiles it, with a C "
+                    "compiler and Cython; the answers are the same, the CPU per event about 12%% higher",
+                    ", ".join(compiled.stale()) or "some modules")
+    else:
+        log.info("the core runs %s", "compiled" if core == "compiled" else "as Python (CANCELWATCH_CORE=python)")
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="cancelwatch worker", description=__doc__.split("\n")[0])
     parser.parse_args(argv)
@@ -425,6 +437,7 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(level=LOG_LEVELS[settings.log_level],
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("kafka").setLevel(logging.WARNING)
+    _log_core(settings)
     replication = ensure_topics(settings)
     try:
         target_cli.ensure_topic(settings)

@@ -15,7 +15,7 @@ from typing import Callable, Iterable
 from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 
-from cancelwatch import names
+from cancelwatch import compiled, names
 
 from cancelwatch.core import window
 
@@ -240,5 +240,5 @@ class _StateCollector:
         clock = _gauge("cancelwatch_clock_seconds")
         clock.add_metric([], state.clock)
         build = _gauge("cancelwatch_build_info")
-        build.add_metric([metrics.version, metrics.clock_mode], 1)
+        build.add_metric([metrics.version, metrics.clock_mode, compiled.running()], 1)
         yield from (lag, keys, active, queue, clock, build)

@@ -41,9 +41,10 @@ def test_make_install_built_every_module_of_the_core_and_they_are_the_ones_impor
 
 
 @needs_build
-def test_a_module_whose_source_changed_after_its_build_is_imported_from_its_source_with_a_warning(tmp_path):
+def test_in_a_checkout_a_module_whose_source_changed_after_its_build_is_imported_from_its_source(tmp_path):
     shutil.copytree(ROOT / "streams" / "cancelwatch", tmp_path / "streams" / "cancelwatch",
                     ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "setup.py", tmp_path / "setup.py")
     changed = tmp_path / "streams" / "cancelwatch" / "core" / "window.py"
     later = time.time() + 10
     os.utime(changed, (later, later))
@@ -55,6 +56,10 @@ def test_a_module_whose_source_changed_after_its_build_is_imported_from_its_sour
     assert "window.py changed after its compiled module" in run.stderr and "make install" in run.stderr
     assert _python("import cancelwatch.core.state; from cancelwatch import compiled; print(compiled.running())",
                    streams=tmp_path / "streams", cwd=tmp_path).stdout.strip() == "mixed"
+    # installed (no setup.py beside streams/: a wheel's files), the extensions are used whatever their times
+    (tmp_path / "setup.py").unlink()
+    run = _python(_FILES % (("cancelwatch.core.window",),), streams=tmp_path / "streams", cwd=tmp_path)
+    assert not json.loads(run.stdout)["cancelwatch.core.window"].endswith(".py") and "changed after" not in run.stderr
 
 
 def test_cancelwatch_core_python_imports_every_module_from_its_source():

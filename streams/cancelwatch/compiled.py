@@ -6,10 +6,12 @@ extension module beside its `.py`, which Python imports instead. The same code, 
 12% less CPU per event in the worker (docs/design.md, "The compiled core"). Without a
 compiler, or with `CANCELWATCH_CORE=python`, everything runs as Python.
 
-Python imports an extension module before the source beside it even after the source
-has changed, which would run old code. `install()` (called by the package's
-`__init__`) prevents that: a module whose extension is older than its source is imported
-from its source, with a warning, until `make install` builds it again.
+In a checkout (a `setup.py` beside `streams/`), Python would import an extension module
+before the source beside it even after the source has changed, running old code.
+`install()` (called by the package's `__init__`) prevents that: there, a module whose
+extension is older than its source is imported from its source, with a warning, until
+`make install` builds it again. An installed package (a wheel: the Docker image) has no
+source to edit and uses its extensions.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ CHOICES = ("compiled", "python")
 DIRECTIVES = {"language_level": 3, "annotation_typing": False, "binding": True}
 
 _STREAMS = Path(__file__).resolve().parent.parent
+_CHECKOUT = (_STREAMS.parent / "setup.py").is_file()
 
 
 def source_of(module: str) -> Path:
@@ -96,7 +99,7 @@ class _SourceWhenStale:
             return None         # Python's finder imports the source, as for any module
         source = source_of(fullname)
         if wanted() == "compiled":
-            if extension.stat().st_mtime >= source.stat().st_mtime:
+            if not _CHECKOUT or extension.stat().st_mtime >= source.stat().st_mtime:
                 return None
             warnings.warn(f"{fullname}: {source.name} changed after its compiled module "
                           f"{extension.name} was built; running the source (`make install` "

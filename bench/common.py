@@ -76,13 +76,15 @@ def use_worker_source(ref: str, into: Path) -> str:
                             text=True)
     if commit.returncode != 0:
         raise BenchError(f"--worker-ref {ref}: not a commit of this repository ({commit.stderr.strip()})")
-    archive = subprocess.run(["git", "archive", ref, "streams"], cwd=ROOT, capture_output=True, check=True)
+    # a commit with a compiled core: its build's files too
+    compiles = subprocess.run(["git", "cat-file", "-e", f"{ref}:setup.py"], cwd=ROOT,
+                              stderr=subprocess.DEVNULL).returncode == 0
+    paths = ["streams", *(("setup.py", "pyproject.toml", "README.md") if compiles else ())]
+    archive = subprocess.run(["git", "archive", ref, *paths], cwd=ROOT, capture_output=True, check=True)
     into.mkdir(parents=True, exist_ok=True)
     with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
         tar.extractall(into, filter="data")
-    setup = subprocess.run(["git", "show", f"{ref}:setup.py"], cwd=ROOT, capture_output=True)
-    if setup.returncode == 0:       # a commit with a compiled core
-        (into / "setup.py").write_bytes(setup.stdout)
+    if compiles:
         log(f"compiling the core of {ref} for the workers")
         build = subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--inplace", "--parallel", "2"],
                                cwd=into, capture_output=True, text=True)

@@ -69,9 +69,9 @@ stale="$("$VENV/bin/python" -c 'from cancelwatch import compiled; print(" ".join
 if [[ -n "$stale" ]]; then
     include="$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')"
     if ! command -v cc > /dev/null; then
-        say "warning: no C compiler (apt-get install -y gcc): the core runs as Python, about 12% slower"
+        say "warning: no C compiler (apt-get install -y gcc): the core runs as Python, about 10% more CPU per event"
     elif [[ ! -f "$include/Python.h" ]]; then
-        say "warning: no Python.h in $include (apt-get install -y python3-dev): the core runs as Python, about 12% slower"
+        say "warning: no Python.h in $include (apt-get install -y python3-dev): the core runs as Python, about 10% more CPU per event"
     else
         say "compiling the core (Cython): ${stale//cancelwatch./}"
         mkdir -p "$ROOT/.stack"

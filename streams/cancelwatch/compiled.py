@@ -3,7 +3,7 @@
 `make install` (stack/install.sh, through setup.py) compiles the modules of `MODULES`
 from their unchanged Python source when the machine has a C compiler: each gets an
 extension module beside its `.py`, which Python imports instead. The same code, about
-12% less CPU per event in the worker (docs/design.md, "The compiled core"). Without a
+10% fewer instructions per event on the hot path (docs/design.md, "The compiled core"). Without a
 compiler, or with `CANCELWATCH_CORE=python`, everything runs as Python.
 
 In a checkout (a `setup.py` beside `streams/`), Python would import an extension module

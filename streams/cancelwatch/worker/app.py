@@ -418,7 +418,7 @@ def _log_core(settings: Settings) -> None:
     core = compiled.running()
     if settings.core == "compiled" and core != "compiled":
         log.warning("the core runs as Python (%s not compiled): `make install` compiles it, with a C "
-                    "compiler and Cython; the answers are the same, the CPU per event about 12%% higher",
+                    "compiler and Cython; the answers are the same, about 10%% more CPU per event",
                     ", ".join(compiled.stale()) or "some modules")
     else:
         log.info("the core runs %s", "compiled" if core == "compiled" else "as Python (CANCELWATCH_CORE=python)")

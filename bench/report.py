@@ -65,12 +65,15 @@ def _targets(done: dict) -> list[str]:
     return lines + [""]
 
 
-def _profile(p: dict, title: str, where: str) -> list[str]:
+def _profile(p: dict, title: str, where: str, compiled_core: bool = False) -> list[str]:
     lines = [
         title,
         "",
         f"`py-spy record --nonblocking -f raw` {where},",
         f"{p['samples']:,} samples of busy threads; frames are named as in the measured commit's tree.",
+        *(["The compiled core's functions are no Python frames to py-spy: their time shows in the",
+           "worker's frame that calls them (`Runtime.process` applies events, `Runtime.commit` writes a group)."]
+          if compiled_core else []),
         "Share of samples with the frame running itself:",
         "",
         "| frame (self) | share |",
@@ -287,7 +290,8 @@ def render(results: dict) -> str:
         lines += _lead(t)
         if t.get("profile"):
             lines += _profile(t["profile"], "### Where the worker's time goes (py-spy)",
-                              "on the worker during the first repetition, from ready on")
+                              "on the worker during the first repetition, from ready on",
+                              results["machine"].get("worker_core") == "compiled")
         if t.get("peer_profile"):
             lines += _profile(t["peer_profile"], "### Where the fair peer's time goes (py-spy)",
                               "on (e) during the first repetition, from 3 s after its start")

@@ -65,7 +65,8 @@ fi
 # The compiled core (streams/cancelwatch/compiled.py): pip builds it on install; a module
 # whose source changed since (an edit, a checkout) is built again here. Without a C compiler
 # or Python's headers the core runs as Python, which is correct, only slower.
-stale="$("$VENV/bin/python" -c 'from cancelwatch import compiled; print(" ".join(compiled.stale()))')"
+stale_modules() { "$VENV/bin/python" -c 'from cancelwatch import compiled; print(" ".join(compiled.stale()))'; }
+stale="$(stale_modules)"
 if [[ -n "$stale" ]]; then
     include="$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')"
     if ! command -v cc > /dev/null; then
@@ -79,7 +80,7 @@ if [[ -n "$stale" ]]; then
             > "$ROOT/.stack/build-core.log" 2>&1 \
             || { tail -n 30 "$ROOT/.stack/build-core.log" >&2
                  die "could not compile the core (above, all in .stack/build-core.log)"; }
-        left="$("$VENV/bin/python" -c 'from cancelwatch import compiled; print(" ".join(compiled.stale()))')"
+        left="$(stale_modules)"
         [[ -z "$left" ]] || die "the core's build left $left uncompiled (.stack/build-core.log); is Cython in $VENV?"
     fi
 fi

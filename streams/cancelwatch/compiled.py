@@ -60,12 +60,17 @@ def extension_of(module: str) -> Path | None:
     return None
 
 
+def _older(extension: Path, module: str) -> bool:
+    """The extension was built before its module's source last changed."""
+    return extension.stat().st_mtime < source_of(module).stat().st_mtime
+
+
 def stale(modules: tuple[str, ...] = MODULES) -> list[str]:
     """The modules whose extension is missing or older than their source: to build."""
     found = []
     for module in modules:
         extension = extension_of(module)
-        if extension is None or extension.stat().st_mtime < source_of(module).stat().st_mtime:
+        if extension is None or _older(extension, module):
             found.append(module)
     return found
 
@@ -99,7 +104,7 @@ class _SourceWhenStale:
             return None         # Python's finder imports the source, as for any module
         source = source_of(fullname)
         if wanted() == "compiled":
-            if not _CHECKOUT or extension.stat().st_mtime >= source.stat().st_mtime:
+            if not _CHECKOUT or not _older(extension, fullname):
                 return None
             warnings.warn(f"{fullname}: {source.name} changed after its compiled module "
                           f"{extension.name} was built; running the source (`make install` "

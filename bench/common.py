@@ -95,13 +95,14 @@ def use_worker_source(ref: str, into: Path) -> str:
 
 
 def worker_core() -> str:
-    """How the workers' core runs: `compiled` (every module of `cancelwatch.compiled.MODULES`
-    built and up to date), `python`, or `mixed`; `python` for a commit before the compiled core."""
+    """How the workers' core runs, as their `cancelwatch_build_info{core}` says it
+    (`compiled.running()` once its modules are imported); `python` for a commit before the
+    compiled core."""
     streams = (WORKER_SOURCE or ROOT) / "streams"
     if not (streams / "cancelwatch" / "compiled.py").is_file():
         return "python"
-    code = ("from cancelwatch import compiled; stale = compiled.stale(); "
-            "print('python' if len(stale) == len(compiled.MODULES) else 'mixed' if stale else 'compiled')")
+    code = ("import importlib; from cancelwatch import compiled; "
+            "[importlib.import_module(module) for module in compiled.MODULES]; print(compiled.running())")
     found = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(streams)},
                            capture_output=True, text=True, check=True)
     return found.stdout.strip()

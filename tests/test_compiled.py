@@ -22,8 +22,8 @@ needs_build = pytest.mark.skipif(not CAN_COMPILE, reason="no C compiler or Pytho
 
 
 def _python(code: str, *, streams: Path = ROOT / "streams", cwd: Path = ROOT, **env: str) -> subprocess.CompletedProcess:
-    environment = {**os.environ, "PYTHONPATH": f"{streams}{os.pathsep}{ROOT}", **env}
-    environment.pop(compiled.VARIABLE, None) if compiled.VARIABLE not in env else None
+    environment = {key: value for key, value in os.environ.items() if key != compiled.VARIABLE}
+    environment.update(PYTHONPATH=f"{streams}{os.pathsep}{ROOT}", **env)
     return subprocess.run([sys.executable, "-W", "always", "-c", code], cwd=cwd, env=environment,
                           capture_output=True, text=True, timeout=300, check=True)
 

@@ -23,8 +23,10 @@ from importlib.machinery import EXTENSION_SUFFIXES, ModuleSpec
 from importlib.util import spec_from_file_location
 from pathlib import Path
 
-# The modules compiled: the core's hot path (decoding, applying, the store, evaluation).
-# The worker's shell (faust agents, HTTP, delivery) stays Python.
+# The modules compiled: the core's hot path (decoding, applying, the store, evaluation)
+# and the worker's reader of fetched records. The rest of the worker's shell (faust
+# agents, HTTP, delivery) stays Python. A `.pxd` beside a module's source gives Cython
+# C types for it (worker/records.pxd); the `.py` stays plain Python.
 MODULES = (
     "cancelwatch.core.alerting",
     "cancelwatch.core.events",
@@ -33,6 +35,7 @@ MODULES = (
     "cancelwatch.core.policy",
     "cancelwatch.core.state",
     "cancelwatch.core.window",
+    "cancelwatch.worker.records",
 )
 VARIABLE = "CANCELWATCH_CORE"
 CHOICES = ("compiled", "python")
@@ -61,8 +64,10 @@ def extension_of(module: str) -> Path | None:
 
 
 def _older(extension: Path, module: str) -> bool:
-    """The extension was built before its module's source last changed."""
-    return extension.stat().st_mtime < source_of(module).stat().st_mtime
+    """The extension was built before its module's source (or the `.pxd` beside it) last changed."""
+    source = source_of(module)
+    sources = [source] + [declarations for declarations in [source.with_suffix(".pxd")] if declarations.is_file()]
+    return extension.stat().st_mtime < max(path.stat().st_mtime for path in sources)
 
 
 def stale(modules: tuple[str, ...] = MODULES) -> list[str]:

@@ -4,6 +4,7 @@
 |---|---|
 | `app` | faust wiring: topics, table, agent, timers, pages, `main` |
 | `consumer` | the faust consumer that hands whole fetches to the agent |
+| `records` | aiokafka's fetched records read in one loop per partition (compiled) |
 | `mailbox` | the hand-over of fetches from the consumer to the agent |
 | `table_store` | the state transaction: staged, changelogged, written, with fail points |
 | `ownership` | which worker owns which seller's partition, for the web and alerting |

@@ -42,7 +42,7 @@ from cancelwatch.core import policy as policy_module
 from cancelwatch.worker.consumer import BatchingConsumer
 from cancelwatch.worker.mailbox import Mailbox
 from cancelwatch.settings import Settings
-from cancelwatch.worker import web
+from cancelwatch.worker import records, web
 from cancelwatch.worker.ownership import Ownership, faust_assignment, faust_recovering
 from cancelwatch.worker.runtime import HEALTH_ROLE, KIND_HEADER, Runtime, pin_mmap_threshold
 from cancelwatch.worker.table_store import Failpoints, TableStore
@@ -57,7 +57,7 @@ ALERT_TICK_SECONDS = 0.05
 EXPIRY_SECONDS = 300.0
 FETCH_MAX_RECORDS = 1_000                      # records per fetch handed to the agent
 GROUP_WAIT_SECONDS = 0.5                       # longest wait for the next fetch of a group
-FETCH_MAX_PARTITION_BYTES = 8 * 1024 * 1024    # bytes per partition per fetch request
+FETCH_MAX_PARTITION_BYTES = 1024 * 1024        # bytes per partition per fetch request (docs/design.md, "Throughput")
 # The state table's RocksDB options per partition. Faust's defaults (64 MiB x 3 write buffers and
 # a 2 GiB block cache per partition) would dwarf the state itself; the values are small and hot.
 ROCKSDB_OPTIONS = {"write_buffer_size": 512 * 1024, "max_write_buffer_number": 2,
@@ -264,6 +264,7 @@ def build_app(settings: Settings, policy: policy_module.Policy,
                 settings.account_health_topic]
     for topic in consumed:      # exported at 0 from the start: the first read-again is an increase
         runtime.metrics.reads_again.labels(topic)
+    records.install()    # fetched records read in one loop per partition, not one generator step each
     app.transport.Consumer = BatchingConsumer.for_topics(
         consumed, mailbox, on_read_again=lambda topic: runtime.metrics.reads_again.labels(topic).inc())
 

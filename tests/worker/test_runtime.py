@@ -506,3 +506,33 @@ def test_while_every_partition_catches_up_sellers_are_evaluated_now_and_then_and
     assert not runtime.is_catching_up(first[0].partition)
     outbox = runtime.evaluate()
     assert runtime.alerts.get(("S1", "US")) and outbox.fire, "the caught-up state fires what it warrants"
+
+
+def test_the_first_rest_after_a_burst_collects_its_reference_cycles():
+    # The worker collects cycles rarely (a high threshold, its state frozen): a burst's cycles
+    # would keep their memory until then. The first rest after a burst collects them; the
+    # periodic rests while idle do not walk the heap again.
+    import gc
+    import weakref
+
+    settings = settings_module.load({**os.environ, "CANCELWATCH_CLOCK": "event"})
+    runtime = dict_runtime.runtime(settings, policy_module.load(settings.policy_path))
+
+    class Node:
+        pass
+
+    def cycle():
+        node = Node()
+        node.me = node
+        return weakref.ref(node)
+
+    gc.disable()
+    try:
+        idle = cycle()
+        runtime.rest(collect=False)
+        assert idle() is not None
+        burst = cycle()
+        runtime.rest()
+        assert burst() is None and idle() is None
+    finally:
+        gc.enable()

@@ -44,7 +44,7 @@ from cancelwatch.worker.mailbox import Mailbox
 from cancelwatch.settings import Settings
 from cancelwatch.worker import records, web
 from cancelwatch.worker.ownership import Ownership, faust_assignment, faust_recovering
-from cancelwatch.worker.runtime import HEALTH_ROLE, KIND_HEADER, Runtime, pin_mmap_threshold
+from cancelwatch.worker.runtime import HEALTH_ROLE, KIND_HEADER, Runtime, limit_arenas, pin_mmap_threshold
 from cancelwatch.worker.table_store import Failpoints, TableStore
 from cancelwatch.worker.targets_feed import TargetsFeed
 from cancelwatch.tools import target_cli
@@ -383,9 +383,9 @@ def build_app(settings: Settings, policy: policy_module.Policy,
             if outbox or store.staged:
                 await committed(outbox)
             quiet_since = time.monotonic() - TRIM_QUIET_SECONDS
-            if runtime.last_fetch_applied < quiet_since and (trimmed < runtime.last_fetch_applied
-                                                             or trimmed < quiet_since - TRIM_IDLE_SECONDS):
-                runtime.rest()
+            burst = trimmed < runtime.last_fetch_applied
+            if runtime.last_fetch_applied < quiet_since and (burst or trimmed < quiet_since - TRIM_IDLE_SECONDS):
+                runtime.rest(collect=burst)
                 trimmed = time.monotonic()
 
     @app.timer(interval=EXPIRY_SECONDS)
@@ -428,6 +428,7 @@ def _log_core(settings: Settings) -> None:
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="cancelwatch worker", description=__doc__.split("\n")[0])
     parser.parse_args(argv)
+    limit_arenas()          # before any thread starts (the topic checks' clients start some)
     settings = settings_module.load()
     settings_module.warn_unknown("worker")
     try:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import dataclasses
+import gc
 import importlib.metadata
 import logging
 import time
@@ -66,8 +67,10 @@ KIND_HEADER = "cancelwatch.kind"
 REPLAY_HEADER = "cancelwatch.replay"
 
 
-M_MMAP_THRESHOLD = -3                          # glibc's mallopt parameter
+M_MMAP_THRESHOLD = -3                          # glibc's mallopt parameters
+M_ARENA_MAX = -8
 MMAP_THRESHOLD_BYTES = 128 * 1024              # blocks this large or larger: mapped on their own
+ARENAS = 2                                     # glibc heaps shared by the worker's threads
 
 
 def _libc():
@@ -100,6 +103,16 @@ def pin_mmap_threshold() -> bool:
     when set (glibc)."""
     libc = _libc()
     return libc is not None and libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES) == 1
+
+
+def limit_arenas() -> bool:
+    """At most ARENAS glibc heaps for all of the worker's threads (glibc's default: 8 per core).
+    Each thread that allocates (faust's consumer, RocksDB's, the executor's) otherwise gets a
+    heap of its own, whose free pages a burst leaves scattered; fewer heaps leave fewer behind
+    (docs/design.md, "Memory follows the group"). Call it before the threads start. Returns True
+    when set (glibc)."""
+    libc = _libc()
+    return libc is not None and libc.mallopt(M_ARENA_MAX, ARENAS) == 1
 
 
 class Summaries:
@@ -341,9 +354,14 @@ class Runtime:
             log.info("alerts taken over: %d of %d still active in Alertmanager, kept alive through the catch-up",
                      kept, len(restored))
 
-    def rest(self) -> None:
+    def rest(self, collect: bool = True) -> None:
         """Fetches paused: drop the cache of decoded buckets and hand free memory back, so
-        memory at rest holds the state and not the working set of the last burst."""
+        memory at rest holds the state and not the working set of the last burst. With
+        `collect` (the first rest after a burst), a full collection first: the worker's
+        thresholds make one rare, and a burst's reference cycles (futures, exceptions, the
+        libraries' buffers) would keep their arenas resident until then."""
+        if collect:
+            gc.collect()
         if self.book is not None:
             self.book.drop_cache()
         if self.store is not None:

@@ -62,6 +62,20 @@ def test_in_a_checkout_a_module_whose_source_changed_after_its_build_is_imported
     assert not json.loads(run.stdout)["cancelwatch.core.window"].endswith(".py") and "changed after" not in run.stderr
 
 
+@needs_build
+def test_declarations_changed_after_the_build_count_as_a_changed_source(tmp_path):
+    # worker/records.pxd gives Cython the C types of records.py: an edit to it alone needs a build too
+    shutil.copytree(ROOT / "streams" / "cancelwatch", tmp_path / "streams" / "cancelwatch",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "setup.py", tmp_path / "setup.py")
+    declarations = tmp_path / "streams" / "cancelwatch" / "worker" / "records.pxd"
+    later = time.time() + 10
+    os.utime(declarations, (later, later))
+    run = _python("from cancelwatch import compiled; print(' '.join(compiled.stale()))",
+                  streams=tmp_path / "streams", cwd=tmp_path)
+    assert run.stdout.split() == ["cancelwatch.worker.records"]
+
+
 def test_cancelwatch_core_python_imports_every_module_from_its_source():
     files = json.loads(_python(_FILES % (compiled.MODULES,), CANCELWATCH_CORE="python").stdout)
     assert files == {module: str(compiled.source_of(module)) for module in compiled.MODULES}

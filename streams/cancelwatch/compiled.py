@@ -66,8 +66,11 @@ def extension_of(module: str) -> Path | None:
 def _older(extension: Path, module: str) -> bool:
     """The extension was built before its module's source (or the `.pxd` beside it) last changed."""
     source = source_of(module)
-    sources = [source] + [declarations for declarations in [source.with_suffix(".pxd")] if declarations.is_file()]
-    return extension.stat().st_mtime < max(path.stat().st_mtime for path in sources)
+    changed = source.stat().st_mtime
+    declarations = source.with_suffix(".pxd")
+    if declarations.is_file():
+        changed = max(changed, declarations.stat().st_mtime)
+    return extension.stat().st_mtime < changed
 
 
 def stale(modules: tuple[str, ...] = MODULES) -> list[str]:

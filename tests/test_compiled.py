@@ -28,6 +28,18 @@ def _python(code: str, *, streams: Path = ROOT / "streams", cwd: Path = ROOT, **
                           capture_output=True, text=True, timeout=300, check=True)
 
 
+def _changed_in_a_checkout_copy(tmp_path: Path, file: str) -> Path:
+    """A copy of the package with its built extensions and setup.py (a checkout), in which
+    `file` (under streams/cancelwatch/) changed after the build; returns its path."""
+    shutil.copytree(ROOT / "streams" / "cancelwatch", tmp_path / "streams" / "cancelwatch",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "setup.py", tmp_path / "setup.py")
+    changed = tmp_path / "streams" / "cancelwatch" / file
+    later = time.time() + 10
+    os.utime(changed, (later, later))
+    return changed
+
+
 _FILES = "import importlib, json; print(json.dumps({m: importlib.import_module(m).__file__ for m in %r}))"
 
 
@@ -42,12 +54,7 @@ def test_make_install_built_every_module_of_the_core_and_they_are_the_ones_impor
 
 @needs_build
 def test_in_a_checkout_a_module_whose_source_changed_after_its_build_is_imported_from_its_source(tmp_path):
-    shutil.copytree(ROOT / "streams" / "cancelwatch", tmp_path / "streams" / "cancelwatch",
-                    ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(ROOT / "setup.py", tmp_path / "setup.py")
-    changed = tmp_path / "streams" / "cancelwatch" / "core" / "window.py"
-    later = time.time() + 10
-    os.utime(changed, (later, later))
+    changed = _changed_in_a_checkout_copy(tmp_path, "core/window.py")
     run = _python(_FILES % (("cancelwatch.core.window", "cancelwatch.core.ledger"),), streams=tmp_path / "streams",
                   cwd=tmp_path)
     files = json.loads(run.stdout)
@@ -65,12 +72,7 @@ def test_in_a_checkout_a_module_whose_source_changed_after_its_build_is_imported
 @needs_build
 def test_declarations_changed_after_the_build_count_as_a_changed_source(tmp_path):
     # worker/records.pxd gives Cython the C types of records.py: an edit to it alone needs a build too
-    shutil.copytree(ROOT / "streams" / "cancelwatch", tmp_path / "streams" / "cancelwatch",
-                    ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(ROOT / "setup.py", tmp_path / "setup.py")
-    declarations = tmp_path / "streams" / "cancelwatch" / "worker" / "records.pxd"
-    later = time.time() + 10
-    os.utime(declarations, (later, later))
+    _changed_in_a_checkout_copy(tmp_path, "worker/records.pxd")
     run = _python("from cancelwatch import compiled; print(' '.join(compiled.stale()))",
                   streams=tmp_path / "streams", cwd=tmp_path)
     assert run.stdout.split() == ["cancelwatch.worker.records"]

@@ -15,6 +15,7 @@ from collections import defaultdict
 import pytest
 from faust.types import TP
 from intervaltree import IntervalTree
+from mode.threads import QueueServiceThread
 from mode.utils.logging import CompositeLogger
 
 from cancelwatch.worker import consumer as consumer_module
@@ -304,3 +305,51 @@ def test_a_fetch_given_up_for_a_partition_no_longer_assigned_seeks_nothing():
     consumer._next[gone] = 0
     asyncio.run(consumer._skipped(gone, [Record(o) for o in range(0, 10)]))
     assert consumer.sought == []
+
+
+class SeekRecorder:
+    """aiokafka's consumer as far as a seek goes: it records the loop each seek ran on."""
+
+    def __init__(self) -> None:
+        self.seeks: list[tuple[asyncio.AbstractEventLoop, TP, int]] = []
+
+    def seek(self, partition, offset: int) -> None:
+        self.seeks.append((asyncio.get_running_loop(), partition, offset))
+
+
+class ConsumerLoop(QueueServiceThread):
+    """A real mode service thread, as faust's consumer thread is, around the recorder."""
+
+    def __init__(self, consumer: SeekRecorder) -> None:
+        super().__init__()
+        self.recorder = consumer
+
+    def _ensure_consumer(self) -> SeekRecorder:
+        return self.recorder
+
+    def seek(self, partition, offset: int) -> None:   # faust's: run on the caller's thread
+        self.recorder.seek(partition, offset)
+
+
+def test_a_seek_runs_on_the_consumer_s_thread_where_it_cannot_cut_into_fetched_records():
+    # aiokafka's fetched_records reads a partition's entry and then deletes it; a seek
+    # deletes the same entry. Run from the worker's thread it can land in between (a
+    # KeyError stopped a worker in the three-worker rebalance test); on the consumer's
+    # loop it cannot.
+    recorder = SeekRecorder()
+
+    async def seek_through_the_thread():
+        thread = ConsumerLoop(recorder)
+        await thread.start()
+        try:
+            consumer = OffsetsOnly()
+            consumer._thread = thread
+            await BatchingConsumer._seek(consumer, SOURCE, 7)
+            return asyncio.get_running_loop(), thread.thread_loop
+        finally:
+            await thread.stop()
+
+    callers, consumers = asyncio.run(seek_through_the_thread())
+    assert [(partition, offset) for _, partition, offset in recorder.seeks] == [(SOURCE, 7)]
+    assert recorder.seeks[0][0] is consumers
+    assert consumers is not callers

@@ -20,8 +20,9 @@ from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from aiokafka.record.memory_records import MemoryRecords
 from aiokafka.structs import TopicPartition
 
-from cancelwatch import compiled
-from cancelwatch.worker import records
+from cancelwatch import compiled, settings, topics
+from cancelwatch.core import policy
+from cancelwatch.worker import app as worker_app, records
 
 TP = TopicPartition("orders", 3)
 FIELDS = ("topic", "partition", "offset", "timestamp", "timestamp_type", "key", "value", "checksum",
@@ -138,6 +139,12 @@ def test_install_replaces_aiokafka_s_classes_and_uninstall_restores_them(aiokafk
     assert aiokafka_fetcher.PartitionRecords is records.partition_records
     records.uninstall()
     assert aiokafka_fetcher.FetchResult is records._AiokafkaFetchResult
+
+
+def test_the_worker_s_app_reads_through_it(tmp_path, aiokafka_s_own):
+    loaded = settings.load({"CANCELWATCH_DATA_DIR": str(tmp_path / "state"), "CANCELWATCH_ALERTMANAGER_URL": ""})
+    worker_app.build_app(loaded, policy.load(loaded.policy_path), topics.Replication(1))
+    assert aiokafka_fetcher.FetchResult is records.FetchResult
 
 
 def test_it_is_compiled_with_the_core():

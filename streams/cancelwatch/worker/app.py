@@ -42,7 +42,7 @@ from cancelwatch.core import policy as policy_module
 from cancelwatch.worker.consumer import BatchingConsumer
 from cancelwatch.worker.mailbox import Mailbox
 from cancelwatch.settings import Settings
-from cancelwatch.worker import web
+from cancelwatch.worker import records, web
 from cancelwatch.worker.ownership import Ownership, faust_assignment, faust_recovering
 from cancelwatch.worker.runtime import HEALTH_ROLE, KIND_HEADER, Runtime, limit_arenas, pin_mmap_threshold
 from cancelwatch.worker.table_store import Failpoints, TableStore
@@ -264,8 +264,7 @@ def build_app(settings: Settings, policy: policy_module.Policy,
                 settings.account_health_topic]
     for topic in consumed:      # exported at 0 from the start: the first read-again is an increase
         runtime.metrics.reads_again.labels(topic)
-    # records.install() (worker/records.py) is not called: its compiled loop ends right before
-    # aiokafka's `del self._records[tp]`, where a seek from this thread races it (docs/design.md).
+    records.install()    # fetched records read in one loop per partition, not one generator step each
     app.transport.Consumer = BatchingConsumer.for_topics(
         consumed, mailbox, on_read_again=lambda topic: runtime.metrics.reads_again.labels(topic).inc())
 

@@ -138,6 +138,16 @@ class BatchingConsumer(aiokafka_driver.Consumer):
         self._forget(revoked)
         await super().on_partitions_revoked(revoked)
 
+    async def _seek(self, partition, offset: int) -> None:
+        """aiokafka's seek, run on the consumer's thread (faust runs it on the caller's).
+
+        aiokafka's seek deletes the partition's fetched records, and `fetched_records`, on
+        the consumer's thread, reads that entry and then deletes it: a seek from this
+        thread in between stops the worker with a KeyError. On the consumer's loop the
+        two cannot interleave."""
+        consumer = self._thread._ensure_consumer()
+        await self._thread.call_thread(consumer.seek, partition, offset)
+
     async def seek(self, partition, offset: int) -> None:
         self.seeks += 1
         await super().seek(partition, offset)

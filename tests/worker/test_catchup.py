@@ -43,9 +43,12 @@ from tests.workers import Topics, WorkerProcess
 
 pytestmark = pytest.mark.stack
 
-# Alerts stay valid in Alertmanager for 4 re-send periods: longer than a killed worker's
-# session timeout plus its replacement's recovery, as with the default of 60 s.
-RESEND = "10"
+# Alerts stay valid in Alertmanager for 4 re-send periods (2 minutes here): longer than a
+# worker stays down or hung in these tests, as with the default of 60 s (4 minutes). That is
+# the backlog's publishing (up to about 40 s on this machine), then the session timeout and
+# the replacement's recovery. With 10 s (40 s valid) a takeover once started after the first
+# worker's alerts had expired: Alertmanager resolved them and the replacement fired them again.
+RESEND = "30"
 COMPARED = (names.ALERT_BREACHED, names.ALERT_WARNING, names.ALERT_HEADROOM_LOW)
 # Alertmanager sends a resolution at the next group_interval (30 s on the seller routes):
 # wait that long after catch-up before concluding that nothing fired and resolved.

@@ -536,3 +536,29 @@ def test_the_first_rest_after_a_burst_collects_its_reference_cycles():
         assert burst() is None and idle() is None
     finally:
         gc.enable()
+
+
+def test_a_group_is_complete_once_it_adds_its_share_of_new_sellers():
+    # New sellers' state lives on: a group that adds many commits early (docs/design.md,
+    # "Memory follows the group"), while as many events of known sellers keep it open.
+    from cancelwatch.worker import runtime as runtime_module
+    from tests.delivery.test_alerting_e2e import Seller
+
+    settings = settings_module.load({**os.environ, "CANCELWATCH_CLOCK": "event"})
+    policy = policy_module.load(settings.policy_path)
+    limit = runtime_module.GROUP_NEW_SELLERS
+    assert limit * 3 < min(runtime_module.GROUP_RECORDS, runtime_module.GROUP_BUCKETS)
+    now = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(hours=1)
+    sellers = [Seller(f"NEW{n}") for n in range(limit)]
+    first = dict_runtime.messages([events.encode(seller.orders(1, now)[0]) for seller in sellers], settings)
+    again = dict_runtime.messages([events.encode(order) for seller in sellers
+                                   for order in seller.orders(2, now + timedelta(minutes=1))], settings)
+    runtime = dict_runtime.runtime(settings, policy)
+    runtime.process(first[:-1])
+    assert not runtime.group.complete()
+    runtime.process(first[-1:])
+    assert runtime.group.complete()
+    runtime.commit()
+    runtime.process(again)        # twice as many events, of the sellers it knows now
+    assert not runtime.group.complete()
+    assert len(runtime.book) == limit

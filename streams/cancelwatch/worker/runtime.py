@@ -40,6 +40,7 @@ log = logging.getLogger("cancelwatch.worker")
 VERSION = importlib.metadata.version("cancelwatch")   # pyproject.toml's, as installed
 GROUP_RECORDS = 20_000                         # records applied, written and acknowledged together
 GROUP_BUCKETS = 4_000                          # buckets a group holds open (decoded), at most
+GROUP_NEW_SELLERS = 250                        # sellers a group adds to the book, at most (docs/design.md)
 BUCKET_CACHE_RECORDS = 300_000                 # decoded order records kept between groups (Book's cache)
 SUMMARY_POOL_SIZE = 100_000                    # distinct seller summaries kept for sharing
 MOVE_SCAN_BUCKETS = 48                         # clock steps looked up per seller in a full pass, at most
@@ -133,10 +134,13 @@ class Group:
     """Fetches applied together: their events go into one batch of the book, which is
     written (each touched bucket once), committed and acknowledged as one."""
 
-    __slots__ = ("pending", "fetches", "records", "clocks", "outcomes", "dead", "reroute", "replayed")
+    __slots__ = ("pending", "book", "known", "fetches", "records", "clocks", "outcomes", "dead", "reroute",
+                 "replayed")
 
-    def __init__(self, pending) -> None:
+    def __init__(self, pending, book) -> None:
         self.pending = pending
+        self.book = book
+        self.known = len(book)                  # sellers the book knew when the group began
         self.fetches: list = []                 # mailbox.Fetch, records dropped once applied
         self.records = 0
         self.clocks: dict[int, float] = {}      # partition -> latest occurred_at
@@ -146,8 +150,11 @@ class Group:
         self.replayed: set[int] = set()         # partitions sent events by another worker catching up
 
     def complete(self) -> bool:
-        """Large enough to commit without waiting for more fetches."""
-        return self.records >= GROUP_RECORDS or len(self.pending.buckets) >= GROUP_BUCKETS
+        """Large enough to commit without waiting for more fetches. A group that adds many
+        sellers commits early: their state lives on, and allocated among a large group's
+        short-lived objects it would keep that group's heap resident (docs/design.md)."""
+        return (self.records >= GROUP_RECORDS or len(self.pending.buckets) >= GROUP_BUCKETS
+                or len(self.book) - self.known >= GROUP_NEW_SELLERS)
 
 
 @dataclasses.dataclass
@@ -378,7 +385,7 @@ class Runtime:
         """Decode a fetch's records and apply them to the open group (nothing is written yet)."""
         group = self.group
         if group is None:
-            group = self.group = Group(self.book.begin())
+            group = self.group = Group(self.book.begin(), self.book)
         wall = time.time()
         wall_dt = datetime.fromtimestamp(wall, timezone.utc)
         # The clock check on the timestamps a well-formed event needs anyway, a millisecond on the

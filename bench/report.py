@@ -31,7 +31,9 @@ def _machine(m: dict) -> str:
 def _when(result: dict) -> list[str]:
     if "measured_at" not in result:
         return []
-    return [f"Measured {result['measured_at']}, commit `{result['commit']}`, in {result['seconds']:.0f} s.", ""]
+    where = f" on {result['cpu_model']}" if result.get("cpu_model") else ""
+    return [f"Measured {result['measured_at']}, commit `{result['commit']}`{where}, in {result['seconds']:.0f} s.",
+            ""]
 
 
 def _targets(done: dict) -> list[str]:

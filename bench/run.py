@@ -146,6 +146,7 @@ def main(argv: list[str]) -> int:
                 continue
             result["measured_at"] = results["machine"]["date"]
             result["commit"] = results["machine"]["commit"]
+            result["cpu_model"] = results["machine"]["cpu_model"]   # runs merged from several sessions differ
             result["seconds"] = round(time.monotonic() - began, 1)
             results["results"][name] = result
             log(f"== {name} done in {result['seconds']:.0f}s")

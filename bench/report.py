@@ -342,8 +342,9 @@ def render(results: dict) -> str:
                 f"**{mem['marginal_bytes_per_seller']:,.0f} B**. The rest of the figures above is the "
                 "worker's fixed cost once it has seen traffic, mostly the heap a burst leaves resident "
                 "(a group holds at most 4,000 decoded buckets and adds at most 250 sellers, and two "
-                "fetches of 1,000 records are alive; Python keeps an arena while any object in it lives); RocksDB's write buffers "
-                "are written out once fetches pause. Divided by few sellers it weighs most.",
+                "fetches of 1,000 records are alive; Python keeps an arena while any object in it "
+                "lives); RocksDB's write buffers are written out once fetches pause. Divided by few "
+                "sellers it weighs most.",
                 "",
             ]
     if "state" in done:

@@ -66,6 +66,55 @@ def spread(values: list[float]) -> dict:
             "runs": values}
 
 
+class ThreadClock:
+    """CPU seconds of a process's threads and of the whole machine between `start()` and
+    `stop()` (Linux /proc), per wall second: what limits a process, the cores or the
+    interpreter lock. Python threads share one lock, so together they run on at most one
+    core; native threads (RocksDB's, named "rocksdb:...") run without it."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self._start: tuple | None = None
+
+    def _threads(self) -> dict[int, tuple[str, float]]:
+        ticks = os.sysconf("SC_CLK_TCK")
+        found = {}
+        for tid in os.listdir(f"/proc/{self.pid}/task"):
+            try:
+                with open(f"/proc/{self.pid}/task/{tid}/stat") as file:
+                    stat = file.read()
+            except OSError:
+                continue        # ended meanwhile
+            name, fields = stat[stat.index("(") + 1:stat.rindex(")")], stat[stat.rindex(")") + 2:].split()
+            found[int(tid)] = (name, (int(fields[11]) + int(fields[12])) / ticks)     # utime + stime
+        return found
+
+    @staticmethod
+    def _machine() -> tuple[float, float]:
+        """(busy, all) jiffies of every core: busy leaves out idle and iowait."""
+        with open("/proc/stat") as file:
+            values = [int(value) for value in file.readline().split()[1:]]
+        return sum(values) - values[3] - values[4], sum(values)
+
+    def start(self) -> None:
+        self._start = (time.monotonic(), self._threads(), self._machine())
+
+    def stop(self) -> dict:
+        """Per wall second: the main thread, the process's other Python threads, its RocksDB
+        threads, and the machine's busy cores."""
+        began, threads, machine = self._start
+        wall = time.monotonic() - began
+        now, machine_now = self._threads(), self._machine()
+        shares = {"main": 0.0, "other_threads": 0.0, "rocksdb": 0.0}
+        for tid, (name, seconds) in now.items():
+            used = seconds - threads.get(tid, (name, 0.0))[1]
+            role = "main" if tid == self.pid else "rocksdb" if name.startswith("rocksdb") else "other_threads"
+            shares[role] += used / wall
+        busy, total = machine_now[0] - machine[0], machine_now[1] - machine[1]
+        return {"wall_seconds": round(wall, 3), **{role: round(share, 3) for role, share in shares.items()},
+                "machine_busy_cores": round(busy / total * (os.cpu_count() or 1), 3) if total else None}
+
+
 def use_worker_source(ref: str, into: Path) -> str:
     """Run workers from `streams/` as committed at `ref` (exported into `into`, its compiled core
     built there as `make install` builds it: `worker_core`); return the commit."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import statistics
+
 # Event-loop plumbing and entry points, whatever the layout of the measured commit.
 GENERIC_FRAMES = ("asyncio/", "(cancelwatch)", "mode/", "/cli.py)", "<module>", "threading.py",
                   "runpy", "main (streams/")
@@ -165,7 +167,48 @@ def _lead(t: dict) -> list[str]:
         speedup = f"{own_us / left_us:.2f}x" if left_us > 0 else "out of reach (the rest alone is slower)"
         lines.append(f"| {label} | {needed:,.0f} events/s | {budget_us:.1f} | "
                      f"{max(left_us, 0):.1f} µs | {speedup} | {_yes(worker >= needed)} |")
-    return lines + [""]
+    return lines + [""] + _threads(t)
+
+
+def _threads(t: dict) -> list[str]:
+    """What bounds the worker: its threads' CPU per wall second over each measured run."""
+    runs = [run["threads"] for run in t["runs"]["cancelwatch_worker"] if run.get("threads")]
+    if not runs:
+        return []
+
+    def median(key: str) -> float:
+        return statistics.median(run[key] for run in runs)
+
+    python = [run["main"] + run["other_threads"] for run in runs]
+    lines = [
+        "### What bounds the worker: its threads",
+        "",
+        "CPU seconds per wall second of the worker's threads over each measured run (from its first",
+        "processed events to its last, as its rate; Linux `/proc`), medians of "
+        f"{len(runs)} run(s):",
+        "",
+        "| thread | CPU per wall second |",
+        "|---|---|",
+        f"| the main thread (the event loop: the agent, faust's services, HTTP) | {median('main'):.2f} |",
+        f"| its other Python threads (faust's consumer thread reading Kafka, the targets reader) | "
+        f"{median('other_threads'):.2f} |",
+        f"| together: Python, which one interpreter lock runs on one core at a time | "
+        f"{statistics.median(python):.2f} (runs: " + ", ".join(f"{share:.2f}" for share in python) + ") |",
+        f"| RocksDB's threads (flushes, compactions; outside the lock) | {median('rocksdb'):.2f} |",
+        f"| the whole machine, the broker and the rest included | {median('machine_busy_cores'):.2f} cores busy |",
+        "",
+    ]
+    if statistics.median(python) >= 0.9:
+        lines += [
+            "The worker's Python threads keep the interpreter lock busy nearly all the time while the",
+            "machine has a core to spare: the worker is bound by its Python work per event (its own",
+            "code, faust's and aiokafka's), not by the broker, the cores or waiting. A deeper pipeline",
+            "(more fetches in flight, commits overlapping the next group) would only reorder that work;",
+            "the lead needs less of it per event.",
+            "",
+        ]
+    return lines
+
 
 
 # What each fleet shape of bench/fleet.py replays, for the reader.

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import answers
 import pyspy
-from common import (BOOTSTRAP, Worker, delete_topics, delete_topics_tagged, hotpath, log, prefilled,
+from common import (BOOTSTRAP, ThreadClock, Worker, delete_topics, delete_topics_tagged, hotpath, log, prefilled,
                     run_json, simulator_cache, spread, tag, wait_processed)
 
 VARIANTS = ("raw_aiokafka", "naive_faust", "cancelwatch_worker", "quix_streams", "quix_peer")
@@ -184,9 +184,17 @@ def _worker(orders: str, cancellations: str, total: int, cap: float, workdir: Pa
     try:
         worker.start()
         worker.wait_ready()
+        started = time.monotonic()
         if profile_seconds:
             sampler = pyspy.start(worker.pid, profile_seconds, output)
+        while worker.processed() == 0 and time.monotonic() - started < cap:
+            worker.alive()
+            time.sleep(0.05)
+        clock = ThreadClock(worker.pid)
+        clock.start()       # from its first processed events, as the rate
         result = wait_processed([worker], total, cap, poll=WORKER_POLL_SECONDS)
+        if result["reached"]:
+            result["threads"] = clock.stop()
         profile = pyspy.finish(sampler, output)
         complete = result["reached"]
         if pairs and not complete:      # the answers need every event: wait past the cap, not measured

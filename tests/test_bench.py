@@ -151,6 +151,51 @@ def test_report_shows_measurements_and_missed_targets():
     assert "- scaleout: BenchError: worker exited" in text
 
 
+def _threads(main, other, rocksdb=0.1, machine=1.2):
+    return {"wall_seconds": 17.0, "main": main, "other_threads": other, "rocksdb": rocksdb,
+            "machine_busy_cores": machine}
+
+
+def test_the_report_says_the_lock_bounds_the_worker_only_when_its_threads_fill_it():
+    bound = {"runs": {"cancelwatch_worker": [{"threads": _threads(0.78, 0.19)}, {"threads": _threads(0.81, 0.18)},
+                                             {"events": 1000}]}}
+    text = "\n".join(report._threads(bound))
+    assert "| together: Python, which one interpreter lock runs on one core at a time | 0.98 (runs: 0.97, 0.99) |" \
+        in text
+    assert "| RocksDB's threads (flushes, compactions; outside the lock) | 0.10 |" in text
+    assert "| the whole machine, the broker and the rest included | 1.20 cores busy |" in text
+    assert "bound by its Python work per event" in text
+    waiting = {"runs": {"cancelwatch_worker": [{"threads": _threads(0.5, 0.1)}]}}
+    text = "\n".join(report._threads(waiting))
+    assert "0.60 (runs: 0.60)" in text and "bound by its Python work" not in text
+    assert report._threads({"runs": {"cancelwatch_worker": [{"events": 1000}]}}) == []
+
+
+def test_the_thread_clock_tells_the_main_thread_from_the_others():
+    """A real process (this one): a Python thread that spins shows as another thread's CPU."""
+    import threading
+    import time
+
+    stop = threading.Event()
+
+    def spin():
+        while not stop.is_set():
+            sum(range(1000))
+
+    clock = common.ThreadClock(__import__("os").getpid())
+    clock.start()
+    spinner = threading.Thread(target=spin)
+    spinner.start()
+    time.sleep(0.5)
+    shares = clock.stop()
+    stop.set()
+    spinner.join()
+    assert shares["wall_seconds"] >= 0.5
+    assert shares["other_threads"] > 0.0
+    assert shares["rocksdb"] == 0.0
+    assert shares["machine_busy_cores"] >= shares["main"] + shares["other_threads"] - 0.2
+
+
 def test_targets_table_states_each_target_plainly():
     done = {"latency": {"p99_s": 1.2, "meets_target": False},
             "state": {"orders": 1_000_000, "data_dir_bytes_per_order": 20.0,

@@ -19,7 +19,7 @@ from pathlib import Path
 import requests
 
 from common import (BenchError, Worker, create_topics, delete_topics, dir_bytes, iso, log, order_line,
-                    produce, rss_bytes, tag, topic_disk_bytes, wait_processed)
+                    produce, rss_bytes, tag, topic_disk_bytes, wait_processed, worker_bounds)
 
 ORDERS_PER_SELLER = 3
 SETTLE_SECONDS = 3.0
@@ -84,7 +84,8 @@ def memory(sizes: dict, workdir: Path) -> dict:
                     / (large["sellers"] - small["sellers"]))
     return {"loads": loads, "target_bytes_per_seller": 1024, "meets_target": worst <= 1024,
             "marginal_bytes_per_seller": marginal,
-            "marginal_between": [small["sellers"], large["sellers"]]}
+            "marginal_between": [small["sellers"], large["sellers"]],
+            "bounds": worker_bounds()}
 
 
 def series(sizes: dict, workdir: Path) -> dict:

@@ -465,6 +465,22 @@ def run_json(command: list[str], timeout: float, env: dict | None = None, starte
     return json.loads(stdout.strip().splitlines()[-1])
 
 
+# The bounds that size the worker's working set during a burst, as the measured code sets them:
+# (module, constant) -> result field; a constant missing from an older commit reads None.
+WORKER_BOUNDS = {("cancelwatch.worker.runtime", "GROUP_BUCKETS"): "group_buckets",
+                 ("cancelwatch.worker.runtime", "GROUP_NEW_SELLERS"): "group_new_sellers",
+                 ("cancelwatch.worker.app", "FETCH_MAX_RECORDS"): "fetch_records"}
+
+
+def worker_bounds() -> dict:
+    """WORKER_BOUNDS read from the code the workers run (a process of its own on its path)."""
+    env = {"PYTHONPATH": str(WORKER_SOURCE / "streams")} if WORKER_SOURCE is not None else None
+    script = ("import importlib, json, sys; print(json.dumps({field: getattr(importlib.import_module(module), "
+              "name, None) for module, name, field in json.loads(sys.argv[1])}))")
+    bounds = json.dumps([[module, name, field] for (module, name), field in WORKER_BOUNDS.items()])
+    return run_json([sys.executable, "-c", script, bounds], timeout=60, env=env)
+
+
 def hotpath(path: Path, events: int, timeout: float) -> dict | None:
     """bench/hotpath.py --json on the first `events` events of `path`, with the code the workers
     run; None for a workers' commit of the older layout (no streams/cancelwatch/), which it

@@ -170,6 +170,19 @@ def _lead(t: dict) -> list[str]:
     return lines + [""] + _threads(t)
 
 
+def _burst_bounds(bounds: dict) -> str:
+    """The measured code's bounds on a burst's working set, as a clause ending in "; "."""
+    group = []
+    if bounds.get("group_buckets") is not None:
+        group.append(f"holds at most {bounds['group_buckets']:,} decoded buckets")
+    if bounds.get("group_new_sellers") is not None:
+        group.append(f"adds at most {bounds['group_new_sellers']:,} sellers")
+    parts = ["a group " + " and ".join(group)] if group else []
+    if bounds.get("fetch_records") is not None:
+        parts.append(f"two fetches of {bounds['fetch_records']:,} records are alive")
+    return ", and ".join(parts) + "; " if parts else ""
+
+
 def _threads(t: dict) -> list[str]:
     """What bounds the worker: its threads' CPU per wall second over each measured run."""
     runs = [run["threads"] for run in t["runs"]["cancelwatch_worker"] if run.get("threads")]
@@ -384,8 +397,7 @@ def render(results: dict) -> str:
                 f"(loaded RSS difference over seller difference): "
                 f"**{mem['marginal_bytes_per_seller']:,.0f} B**. The rest of the figures above is the "
                 "worker's fixed cost once it has seen traffic, mostly the heap a burst leaves resident "
-                "(a group holds at most 4,000 decoded buckets and adds at most 250 sellers, and two "
-                "fetches of 1,000 records are alive; Python keeps an arena while any object in it "
+                f"({_burst_bounds(mem.get('bounds') or {})}Python keeps an arena while any object in it "
                 "lives); RocksDB's write buffers are written out once fetches pause. Divided by few "
                 "sellers it weighs most.",
                 "",

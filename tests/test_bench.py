@@ -196,6 +196,20 @@ def test_the_thread_clock_tells_the_main_thread_from_the_others():
     assert shares["machine_busy_cores"] >= shares["main"] + shares["other_threads"] - 0.2
 
 
+def test_the_burst_bounds_are_read_from_the_code_the_workers_run():
+    from cancelwatch.worker import app, runtime
+
+    bounds = common.worker_bounds()
+    assert bounds == {"group_buckets": runtime.GROUP_BUCKETS, "group_new_sellers": runtime.GROUP_NEW_SELLERS,
+                      "fetch_records": app.FETCH_MAX_RECORDS}
+    clause = report._burst_bounds(bounds)
+    assert f"a group holds at most {runtime.GROUP_BUCKETS:,} decoded buckets and adds at most " in clause
+    assert clause.endswith(f"two fetches of {app.FETCH_MAX_RECORDS:,} records are alive; ")
+    assert report._burst_bounds({"group_buckets": 10, "group_new_sellers": None, "fetch_records": None}) == \
+        "a group holds at most 10 decoded buckets; "
+    assert report._burst_bounds({}) == ""
+
+
 def test_targets_table_states_each_target_plainly():
     done = {"latency": {"p99_s": 1.2, "meets_target": False},
             "state": {"orders": 1_000_000, "data_dir_bytes_per_order": 20.0,

@@ -415,12 +415,14 @@ class Worker(WorkerProcess):
         shutil.rmtree(self.data_dir, ignore_errors=True)
 
 
-def wait_processed(workers: list[Worker], target: int, timeout: float, poll: float = 0.25) -> dict:
+def wait_processed(workers: list[Worker], target: int, timeout: float, poll: float = 0.25,
+                   clock: ThreadClock | None = None) -> dict:
     """Poll events_total until the workers together reach `target`.
 
     Returns the rate from the first sample that showed any processed event to
     the sample that reached the target (start-up excluded), the samples, and
-    whether the target was reached within `timeout`."""
+    whether the target was reached within `timeout`; with `clock`, also the
+    threads' CPU over the same span (`threads`) when the target was reached."""
     started = time.monotonic()
     first = None
     samples = []
@@ -433,6 +435,8 @@ def wait_processed(workers: list[Worker], target: int, timeout: float, poll: flo
         samples.append((round(now - started, 3), count))
         if count > 0 and first is None:
             first = (now, count)
+            if clock is not None:
+                clock.start()
         if count >= target:
             break
         time.sleep(poll)
@@ -442,9 +446,12 @@ def wait_processed(workers: list[Worker], target: int, timeout: float, poll: flo
                          + workers[0].tail())
     seconds = end - first[0]
     events = count - first[1]
-    return {"events": int(count), "target": target, "reached": count >= target,
-            "seconds": round(seconds, 3), "events_per_s": events / seconds if seconds > 0 else 0.0,
-            "samples": samples}
+    result = {"events": int(count), "target": target, "reached": count >= target,
+              "seconds": round(seconds, 3), "events_per_s": events / seconds if seconds > 0 else 0.0,
+              "samples": samples}
+    if clock is not None and result["reached"] and seconds > 0:
+        result["threads"] = clock.stop()
+    return result
 
 
 def run_json(command: list[str], timeout: float, env: dict | None = None, started=None) -> dict:

@@ -223,7 +223,6 @@ def _threads(t: dict) -> list[str]:
     return lines
 
 
-
 # What each fleet shape of bench/fleet.py replays, for the reader.
 FLEET_SHAPES = {"throughput": "the throughput benchmark's replay",
                 "many_sellers": "many sellers, each seldom",

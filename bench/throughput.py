@@ -184,17 +184,9 @@ def _worker(orders: str, cancellations: str, total: int, cap: float, workdir: Pa
     try:
         worker.start()
         worker.wait_ready()
-        started = time.monotonic()
         if profile_seconds:
             sampler = pyspy.start(worker.pid, profile_seconds, output)
-        while worker.processed() == 0 and time.monotonic() - started < cap:
-            worker.alive()
-            time.sleep(0.05)
-        clock = ThreadClock(worker.pid)
-        clock.start()       # from its first processed events, as the rate
-        result = wait_processed([worker], total, cap, poll=WORKER_POLL_SECONDS)
-        if result["reached"]:
-            result["threads"] = clock.stop()
+        result = wait_processed([worker], total, cap, poll=WORKER_POLL_SECONDS, clock=ThreadClock(worker.pid))
         profile = pyspy.finish(sampler, output)
         complete = result["reached"]
         if pairs and not complete:      # the answers need every event: wait past the cap, not measured

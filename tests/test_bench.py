@@ -210,6 +210,33 @@ def test_the_burst_bounds_are_read_from_the_code_the_workers_run():
     assert report._burst_bounds({}) == ""
 
 
+class _Counting:
+    """A worker as wait_processed polls it: its count of processed events grows by 100 a poll."""
+
+    log_path = "-"
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def alive(self) -> None:
+        pass
+
+    def processed(self) -> float:
+        self.count += 100
+        return self.count - 100
+
+
+def test_the_threads_are_timed_over_the_span_the_rate_is_taken_from():
+    result = common.wait_processed([_Counting()], 500, timeout=5, poll=0.05,
+                                   clock=common.ThreadClock(__import__("os").getpid()))
+    assert result["reached"] and result["events"] == 500
+    assert abs(result["threads"]["wall_seconds"] - result["seconds"]) < 0.05
+    assert set(result["threads"]) == {"wall_seconds", "main", "other_threads", "rocksdb", "machine_busy_cores"}
+    unreached = common.wait_processed([_Counting()], 10_000, timeout=0.2, poll=0.05,
+                                      clock=common.ThreadClock(__import__("os").getpid()))
+    assert not unreached["reached"] and "threads" not in unreached
+
+
 def test_targets_table_states_each_target_plainly():
     done = {"latency": {"p99_s": 1.2, "meets_target": False},
             "state": {"orders": 1_000_000, "data_dir_bytes_per_order": 20.0,

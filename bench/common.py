@@ -10,6 +10,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -113,6 +114,36 @@ class ThreadClock:
         busy, total = machine_now[0] - machine[0], machine_now[1] - machine[1]
         return {"wall_seconds": round(wall, 3), **{role: round(share, 3) for role, share in shares.items()},
                 "machine_busy_cores": round(busy / total * (os.cpu_count() or 1), 3) if total else None}
+
+
+class ThreadWindow:
+    """A `ThreadClock` over a window of a helper process's run, from `delay` seconds after
+    it starts for `seconds` (its start-up left out); usable as run_json's `started`. `result()`
+    is None when the process ended before the window did."""
+
+    def __init__(self, delay: float, seconds: float) -> None:
+        self.delay, self.seconds = delay, seconds
+        self._result: dict | None = None
+        self._thread: threading.Thread | None = None
+
+    def __call__(self, pid: int) -> None:
+        self._thread = threading.Thread(target=self._measure, args=(pid,), daemon=True)
+        self._thread.start()
+
+    def _measure(self, pid: int) -> None:
+        time.sleep(self.delay)
+        clock = ThreadClock(pid)
+        try:
+            clock.start()
+            time.sleep(self.seconds)
+            self._result = clock.stop()
+        except (OSError, ValueError):      # the process ended (its /proc is gone)
+            self._result = None
+
+    def result(self) -> dict | None:
+        if self._thread is not None:
+            self._thread.join()
+        return self._result
 
 
 def use_worker_source(ref: str, into: Path) -> str:

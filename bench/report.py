@@ -183,41 +183,54 @@ def _burst_bounds(bounds: dict) -> str:
     return ", and ".join(parts) + "; " if parts else ""
 
 
+# The consumers whose threads the throughput benchmark times, as the thread table names them.
+THREAD_COLUMNS = (("cancelwatch_worker", "(c) worker"), ("quix_streams", "(d) Quix, minimal"),
+                  ("quix_peer", "(e) Quix, same job"))
+
+
 def _threads(t: dict) -> list[str]:
-    """What bounds the worker: its threads' CPU per wall second over each measured run."""
-    runs = [run["threads"] for run in t["runs"]["cancelwatch_worker"] if run.get("threads")]
+    """What bounds the worker: its threads' CPU per wall second over each measured run, beside
+    the Quix runs' over a window of theirs."""
+    timed = {name: [run["threads"] for run in t["runs"].get(name, []) if run.get("threads")]
+             for name, _ in THREAD_COLUMNS}
+    runs = timed["cancelwatch_worker"]
     if not runs:
         return []
+    columns = [(name, label) for name, label in THREAD_COLUMNS if timed[name]]
 
-    def median(key: str) -> float:
-        return statistics.median(run[key] for run in runs)
+    def row(label: str, share) -> str:
+        return f"| {label} | " + " | ".join(
+            f"{statistics.median(share(run) for run in timed[name]):.2f}" for name, _ in columns) + " |"
 
     python = [run["main"] + run["other_threads"] for run in runs]
     lines = [
         "### What bounds the worker: its threads",
         "",
-        "CPU seconds per wall second of the worker's threads over each measured run (from its first",
-        "processed events to its last, as its rate; Linux `/proc`), medians of "
-        f"{len(runs)} run(s):",
+        "CPU seconds per wall second of each process's threads (Linux `/proc`), medians of its runs: the",
+        "worker's over each measured run (from its first processed events to its last, as its rate),",
+        "the Quix runs' over 5 s from 3 s after their start. The worker's other threads are Python",
+        "(faust's consumer thread reading Kafka through aiokafka, the targets reader); Quix's are",
+        "librdkafka's, native.",
         "",
-        "| thread | CPU per wall second |",
-        "|---|---|",
-        f"| the main thread (the event loop: the agent, faust's services, HTTP) | {median('main'):.2f} |",
-        f"| its other Python threads (faust's consumer thread reading Kafka, the targets reader) | "
-        f"{median('other_threads'):.2f} |",
-        f"| together: Python, which one interpreter lock runs on one core at a time | "
-        f"{statistics.median(python):.2f} (runs: " + ", ".join(f"{share:.2f}" for share in python) + ") |",
-        f"| RocksDB's threads (flushes, compactions; outside the lock) | {median('rocksdb'):.2f} |",
-        f"| the whole machine, the broker and the rest included | {median('machine_busy_cores'):.2f} cores busy |",
+        "| thread | " + " | ".join(label for _, label in columns) + " |",
+        "|---|" + "---|" * len(columns),
+        row("the main thread (the event loop, or Quix's poll loop)", lambda run: run["main"]),
+        row("the other threads, RocksDB's left out", lambda run: run["other_threads"]),
+        row("main and other together", lambda run: run["main"] + run["other_threads"]),
+        row("RocksDB's threads (flushes, compactions)", lambda run: run["rocksdb"]),
+        row("the whole machine, broker included (cores busy)", lambda run: run["machine_busy_cores"]),
+        "",
+        "The worker's main and other threads together, by run: " + ", ".join(f"{share:.2f}" for share in python)
+        + ".",
         "",
     ]
     if statistics.median(python) >= 0.9:
         lines += [
-            "The worker's Python threads keep the interpreter lock busy nearly all the time while the",
-            "machine has a core to spare: the worker is bound by its Python work per event (its own",
-            "code, faust's and aiokafka's), not by the broker, the cores or waiting. A deeper pipeline",
-            "(more fetches in flight, commits overlapping the next group) would only reorder that work;",
-            "the lead needs less of it per event.",
+            "One interpreter lock runs the worker's Python threads on one core at a time, and they keep",
+            "it busy nearly all the time while the machine has a core to spare: the worker is bound by",
+            "its Python work per event (its own code, faust's and aiokafka's), not by the broker, the",
+            "cores or waiting. A deeper pipeline (more fetches in flight, commits overlapping the next",
+            "group) would only reorder that work; the lead needs less of it per event.",
             "",
         ]
     return lines

@@ -30,12 +30,14 @@ from pathlib import Path
 
 import answers
 import pyspy
-from common import (BOOTSTRAP, ThreadClock, Worker, delete_topics, delete_topics_tagged, hotpath, log, prefilled,
-                    run_json, simulator_cache, spread, tag, wait_processed)
+from common import (BOOTSTRAP, ThreadClock, ThreadWindow, Worker, delete_topics, delete_topics_tagged, hotpath, log,
+                    prefilled, run_json, simulator_cache, spread, tag, wait_processed)
 
 VARIANTS = ("raw_aiokafka", "naive_faust", "cancelwatch_worker", "quix_streams", "quix_peer")
 # The fair peer is sampled from this many seconds after its start (its start-up is not measured either).
 PEER_PROFILE_DELAY = 3.0
+# The Quix runs' threads are timed (ThreadWindow) over this many seconds from that delay on.
+PEER_THREADS_SECONDS = 5.0
 # How often the worker's count of processed events is read (its end is known to within this).
 WORKER_POLL_SECONDS = 0.25
 # How long the worker may go on past its time cap, unmeasured, to process every event for the answers.
@@ -140,11 +142,18 @@ def _faust(orders: str, cancellations: str, total: int, cap: float, workdir: Pat
 
 def _quix(orders: str, cancellations: str, total: int, cap: float, workdir: Path) -> dict:
     group = tag("quix")
+    window = ThreadWindow(PEER_PROFILE_DELAY, PEER_THREADS_SECONDS)
     try:
-        return run_json([sys.executable, "bench/quix_count.py", BOOTSTRAP, group, str(workdir / group),
-                         str(total), str(cap), orders, cancellations], timeout=cap + 180)
+        result = run_json([sys.executable, "bench/quix_count.py", BOOTSTRAP, group, str(workdir / group),
+                           str(total), str(cap), orders, cancellations], timeout=cap + 180, started=window)
     finally:
         delete_topics_tagged(group)
+    return _with_threads(result, window)
+
+
+def _with_threads(result: dict, window: ThreadWindow) -> dict:
+    threads = window.result()
+    return {**result, "threads": threads} if threads else result
 
 
 def _peer(orders: str, cancellations: str, total: int, cap: float, workdir: Path, pairs: list,
@@ -157,16 +166,21 @@ def _peer(orders: str, cancellations: str, total: int, cap: float, workdir: Path
     output = workdir / f"{group}.pyspy.txt"
     sampler = []
 
-    def profile(pid: int) -> None:
-        time.sleep(PEER_PROFILE_DELAY)
-        sampler.append(pyspy.start(pid, profile_seconds, output))
+    window = ThreadWindow(PEER_PROFILE_DELAY, PEER_THREADS_SECONDS)
+
+    def started(pid: int) -> None:
+        window(pid)
+        if profile_seconds:
+            time.sleep(PEER_PROFILE_DELAY)
+            sampler.append(pyspy.start(pid, profile_seconds, output))
 
     try:
         result = run_json([sys.executable, "bench/quix_peer.py", BOOTSTRAP, group, str(workdir / group),
                            str(total), str(cap), str(sample_file), str(answers_file), orders, cancellations],
-                          timeout=cap + 180, started=profile if profile_seconds else None)
+                          timeout=cap + 180, started=started)
     finally:
         delete_topics_tagged(group)
+    result = _with_threads(result, window)
     profiled = pyspy.finish(sampler[0], output) if sampler else None
     if result["miskeyed"]:
         raise RuntimeError(f"the fair peer saw {result['miskeyed']} events not keyed by their seller")

@@ -158,17 +158,38 @@ def _threads(main, other, rocksdb=0.1, machine=1.2):
 
 def test_the_report_says_the_lock_bounds_the_worker_only_when_its_threads_fill_it():
     bound = {"runs": {"cancelwatch_worker": [{"threads": _threads(0.78, 0.19)}, {"threads": _threads(0.81, 0.18)},
-                                             {"events": 1000}]}}
+                                             {"events": 1000}],
+                      "quix_streams": [{"threads": _threads(1.0, 0.03, rocksdb=0.02, machine=1.07)}]}}
     text = "\n".join(report._threads(bound))
-    assert "| together: Python, which one interpreter lock runs on one core at a time | 0.98 (runs: 0.97, 0.99) |" \
-        in text
-    assert "| RocksDB's threads (flushes, compactions; outside the lock) | 0.10 |" in text
-    assert "| the whole machine, the broker and the rest included | 1.20 cores busy |" in text
-    assert "bound by its Python work per event" in text
+    assert "| thread | (c) worker | (d) Quix, minimal |" in text and "(e) Quix" not in text
+    assert "| the other threads, RocksDB's left out | 0.18 | 0.03 |" in text
+    assert "| main and other together | 0.98 | 1.03 |" in text
+    assert "| RocksDB's threads (flushes, compactions) | 0.10 | 0.02 |" in text
+    assert "| the whole machine, broker included (cores busy) | 1.20 | 1.07 |" in text
+    assert "The worker's main and other threads together, by run: 0.97, 0.99." in text
+    assert "bound by\nits Python work per event" in text
     waiting = {"runs": {"cancelwatch_worker": [{"threads": _threads(0.5, 0.1)}]}}
     text = "\n".join(report._threads(waiting))
-    assert "0.60 (runs: 0.60)" in text and "bound by its Python work" not in text
+    assert "| main and other together | 0.60 |" in text and "Python work per event" not in text
     assert report._threads({"runs": {"cancelwatch_worker": [{"events": 1000}]}}) == []
+
+
+def test_a_thread_window_times_a_helper_process_and_reads_none_once_it_ended():
+    import subprocess
+    import time
+
+    busy = subprocess.Popen([sys.executable, "-c", "import time\nend = time.time() + 3\nwhile time.time() < end: pass"])
+    window = common.ThreadWindow(0.2, 0.5)
+    window(busy.pid)
+    shares = window.result()
+    assert shares is not None and shares["main"] > 0.0 and shares["wall_seconds"] >= 0.5
+    busy.wait()
+    short = subprocess.Popen([sys.executable, "-c", "pass"])
+    late = common.ThreadWindow(0.5, 0.2)
+    late(short.pid)
+    short.wait()
+    time.sleep(0.1)
+    assert late.result() is None
 
 
 def test_the_thread_clock_tells_the_main_thread_from_the_others():

@@ -101,8 +101,8 @@ class ThreadClock:
         self._start = (time.monotonic(), self._threads(), self._machine())
 
     def stop(self) -> dict:
-        """Per wall second: the main thread, the process's other Python threads, its RocksDB
-        threads, and the machine's busy cores."""
+        """Per wall second: the main thread, the process's other threads (RocksDB's left out),
+        its RocksDB threads, and the machine's busy cores."""
         began, threads, machine = self._start
         wall = time.monotonic() - began
         now, machine_now = self._threads(), self._machine()
@@ -136,7 +136,7 @@ class ThreadWindow:
         try:
             clock.start()
             time.sleep(self.seconds)
-            self._result = clock.stop()
+            self._result = {**clock.stop(), "after_seconds": self.delay}
         except (OSError, ValueError):      # the process ended (its /proc is gone)
             self._result = None
 

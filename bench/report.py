@@ -183,6 +183,14 @@ def _burst_bounds(bounds: dict) -> str:
     return ", and ".join(parts) + "; " if parts else ""
 
 
+def _window(runs: list[dict]) -> str:
+    """When the Quix runs were timed, from what their results recorded."""
+    seconds = f"over {statistics.median(run['wall_seconds'] for run in runs):.0f} s"
+    after = [run["after_seconds"] for run in runs if "after_seconds" in run]
+    return f"{seconds} from {statistics.median(after):.0f} s after their start" if after else \
+        f"{seconds} of their run, start-up left out"
+
+
 # The consumers whose threads the throughput benchmark times, as the thread table names them.
 THREAD_COLUMNS = (("cancelwatch_worker", "(c) worker"), ("quix_streams", "(d) Quix, minimal"),
                   ("quix_peer", "(e) Quix, same job"))
@@ -203,13 +211,14 @@ def _threads(t: dict) -> list[str]:
             f"{statistics.median(share(run) for run in timed[name]):.2f}" for name, _ in columns) + " |"
 
     python = [run["main"] + run["other_threads"] for run in runs]
+    windows = [run for name, _ in columns if name != "cancelwatch_worker" for run in timed[name]]
     lines = [
         "### What bounds the worker: its threads",
         "",
         "CPU seconds per wall second of each process's threads (Linux `/proc`), medians of its runs: the",
-        "worker's over each measured run (from its first processed events to its last, as its rate),",
-        "the Quix runs' over 5 s from 3 s after their start. The worker's other threads are Python",
-        "(faust's consumer thread reading Kafka through aiokafka, the targets reader); Quix's are",
+        "worker's over each measured run (from its first processed events to its last, as its rate)"
+        + (f",\nthe Quix runs' {_window(windows)}" if windows else "") + ". The worker's other threads are",
+        "Python (faust's consumer thread reading Kafka through aiokafka, the targets reader); Quix's are",
         "librdkafka's, native.",
         "",
         "| thread | " + " | ".join(label for _, label in columns) + " |",

@@ -167,6 +167,7 @@ def test_the_report_says_the_lock_bounds_the_worker_only_when_its_threads_fill_i
     assert "| RocksDB's threads (flushes, compactions) | 0.10 | 0.02 |" in text
     assert "| the whole machine, broker included (cores busy) | 1.20 | 1.07 |" in text
     assert "The worker's main and other threads together, by run: 0.97, 0.99." in text
+    assert "the Quix runs' over 17 s of their run, start-up left out." in text
     assert "bound by\nits Python work per event" in text
     waiting = {"runs": {"cancelwatch_worker": [{"threads": _threads(0.5, 0.1)}]}}
     text = "\n".join(report._threads(waiting))
@@ -183,6 +184,8 @@ def test_a_thread_window_times_a_helper_process_and_reads_none_once_it_ended():
     window(busy.pid)
     shares = window.result()
     assert shares is not None and shares["main"] > 0.0 and shares["wall_seconds"] >= 0.5
+    assert shares["after_seconds"] == 0.2
+    assert "from 0 s after their start" in report._window([shares])
     busy.wait()
     short = subprocess.Popen([sys.executable, "-c", "pass"])
     late = common.ThreadWindow(0.5, 0.2)

@@ -503,6 +503,11 @@ def run_json(command: list[str], timeout: float, env: dict | None = None, starte
     return json.loads(stdout.strip().splitlines()[-1])
 
 
+def worker_source_env() -> dict | None:
+    """The environment that makes a helper process import the code the workers run."""
+    return {"PYTHONPATH": str(WORKER_SOURCE / "streams")} if WORKER_SOURCE is not None else None
+
+
 # The bounds that size the worker's working set during a burst, as the measured code sets them:
 # (module, constant) -> result field; a constant missing from an older commit reads None.
 WORKER_BOUNDS = {("cancelwatch.worker.runtime", "GROUP_BUCKETS"): "group_buckets",
@@ -512,7 +517,7 @@ WORKER_BOUNDS = {("cancelwatch.worker.runtime", "GROUP_BUCKETS"): "group_buckets
 
 def worker_bounds() -> dict:
     """WORKER_BOUNDS read from the code the workers run (a process of its own on its path)."""
-    env = {"PYTHONPATH": str(WORKER_SOURCE / "streams")} if WORKER_SOURCE is not None else None
+    env = worker_source_env()
     script = ("import importlib, json, sys; print(json.dumps({field: getattr(importlib.import_module(module), "
               "name, None) for module, name, field in json.loads(sys.argv[1])}))")
     bounds = json.dumps([[module, name, field] for (module, name), field in WORKER_BOUNDS.items()])

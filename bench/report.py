@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import statistics
 
 # Event-loop plumbing and entry points, whatever the layout of the measured commit.
@@ -167,7 +168,7 @@ def _lead(t: dict) -> list[str]:
         speedup = f"{own_us / left_us:.2f}x" if left_us > 0 else "out of reach (the rest alone is slower)"
         lines.append(f"| {label} | {needed:,.0f} events/s | {budget_us:.1f} | "
                      f"{max(left_us, 0):.1f} µs | {speedup} | {_yes(worker >= needed)} |")
-    return lines + [""] + _threads(t)
+    return lines + [""] + _threads(t) + _readers(t)
 
 
 def _burst_bounds(bounds: dict) -> str:
@@ -242,6 +243,55 @@ def _threads(t: dict) -> list[str]:
             "group) would only reorder that work; the lead needs less of it per event.",
             "",
         ]
+    return lines
+
+
+# The Kafka readers of bench/readers.py, as the readers' table names them.
+READER_LABELS = (("aiokafka", "aiokafka `getmany`, as (a) reads"),
+                 ("worker", "the worker's reader (aiokafka through `cancelwatch.worker.records`)"),
+                 ("librdkafka", "librdkafka (confluent-kafka `consume`), as Quix Streams reads"))
+
+
+def _readers(t: dict) -> list[str]:
+    """What reading Kafka costs under the lock per record, by reader, and what a worker reading
+    with librdkafka could reach at best."""
+    readers = t.get("readers")
+    if not readers or any(name not in readers for name, _ in READER_LABELS):
+        return []
+
+    def cell(name: str, field: str) -> str:
+        got = readers[name][field]
+        return f"{got['median']:.2f} ({got['min']:.2f} – {got['max']:.2f})"
+
+    lines = [
+        "### Reading Kafka under the lock: three readers",
+        "",
+        "`bench/readers.py` reads the same topics in each repetition with each reader, touching each",
+        "record's value and offset and decoding nothing. CPU time per record of its Python threads (they",
+        "share the interpreter lock, so this is what the reader takes from a worker's Python work) and",
+        "of librdkafka's native threads (outside the lock); medians and min – max of the repetitions.",
+        "",
+        "| reader | µs a record under the lock | µs a record in native threads | records/s (median) |",
+        "|---|---|---|---|",
+        *(f"| {label} | {cell(name, 'python_us_per_record')} | {cell(name, 'native_us_per_record')} | "
+          f"{readers[name]['events_per_s']['median']:,.0f} |" for name, label in READER_LABELS),
+        "",
+    ]
+    rates = t["events_per_s"]
+    worker = rates["cancelwatch_worker"]["median"]
+    total_us = 1e6 / worker
+    saving = (readers["worker"]["python_us_per_record"]["median"]
+              - readers["librdkafka"]["python_us_per_record"]["median"])
+    best = 1e6 / (total_us - max(saving, 0.0))
+    lines += [
+        "librdkafka fetches and parses outside the lock, but each record still becomes a Python object",
+        "under it, in the thread that consumes. A worker whose consumer thread read with librdkafka",
+        f"instead of its reader would save {saving:.2f} µs of its {total_us:.1f} µs an event, and reach at",
+        f"best {best:,.0f} events/s: "
+        + ", ".join(f"c/{re.search(r'[(]([a-e])[)]', label).group(1)} = {best / rates[name]['median']:.2f} "
+                    f"(target {share:g})" for name, share, label in LEAD_TARGETS) + ".",
+        "",
+    ]
     return lines
 
 

@@ -17,7 +17,10 @@ In each repetition, beside the worker, `hotpath.py` measures the worker's own
 work per event without Kafka (decode, apply, write to a dict, evaluate; CPU
 time) on the same events and code, so the worker's cost per event splits into
 its own work and the rest (reading Kafka, RocksDB, the changelog, the event
-loop): what a faster core could win, and what it could not.
+loop): what a faster core could win, and what it could not. And `readers.py`
+reads the topics with three Kafka readers (aiokafka as (a), the worker's reader,
+librdkafka as Quix), decoding nothing: what each costs a record under the
+interpreter lock, so what a worker reading with librdkafka could win.
 """
 
 from __future__ import annotations
@@ -31,7 +34,8 @@ from pathlib import Path
 import answers
 import pyspy
 from common import (BOOTSTRAP, ThreadClock, ThreadWindow, Worker, delete_topics, delete_topics_tagged, hotpath, log,
-                    prefilled, run_json, simulator_cache, spread, tag, wait_processed)
+                    prefilled, run_json, simulator_cache, spread, tag, wait_processed, worker_source_env)
+from readers import READERS
 
 VARIANTS = ("raw_aiokafka", "naive_faust", "cancelwatch_worker", "quix_streams", "quix_peer")
 # The fair peer is sampled from this many seconds after its start (its start-up is not measured either).
@@ -50,6 +54,7 @@ def run(sizes: dict, workdir: Path) -> dict:
     pairs = answers.sample_pairs(lines, sizes["answer_sample"])
     runs = {name: [] for name in VARIANTS}
     hot: list[float] = []
+    readers: dict[str, list] = {reader: [] for reader in READERS}
     found = {"quix_peer": None, "cancelwatch_worker": None}
     profiled = peer_profiled = None
     for repetition in range(sizes["repetitions"]):
@@ -70,12 +75,17 @@ def run(sizes: dict, workdir: Path) -> dict:
             orders, cancellations, total, sizes["peer_cap_seconds"], workdir, pairs,
             profile_seconds=sizes["profile_seconds"] if repetition == 0 else 0)
         runs["quix_peer"].append(_loaded(result))
+        for reader, read in _readers(orders, cancellations, total, sizes["cap_seconds"]).items():
+            readers[reader].append(read)
         found["quix_peer"] = found["quix_peer"] or peer_found
         peer_profiled = peer_profiled or peer_profile
         for name in VARIANTS:
             latest = runs[name][-1]
             log(f"  {name}: {latest['events_per_s']:,.0f} events/s ({latest['events']} events "
                 f"in {latest['seconds']:.1f}s)")
+        for reader in READERS:
+            log(f"  reading with {reader}: {readers[reader][-1]['python_us_per_record']:.2f} us a record "
+                "under the interpreter lock")
         if hot:
             log(f"  worker's own work without Kafka: {hot[-1]:.1f} us/event (CPU)")
     rates = {name: spread([r["events_per_s"] for r in results]) for name, results in runs.items()}
@@ -93,6 +103,11 @@ def run(sizes: dict, workdir: Path) -> dict:
                    "c/e": worker / rates["quix_peer"]["median"]},
         "answers": checked,
         "hotpath_us_per_event": spread(hot) if hot else None,
+        "readers": {reader: {"python_us_per_record": spread([r["python_us_per_record"] for r in results]),
+                             "native_us_per_record": spread([r["native_us_per_record"] for r in results]),
+                             "events_per_s": spread([r["events_per_s"] for r in results]),
+                             "runs": results}
+                    for reader, results in readers.items()},
         "runs": {name: [{key: value for key, value in r.items() if key != "samples"} for r in results]
                  for name, results in runs.items()},
         "profile": profiled,
@@ -123,6 +138,14 @@ def _hotpath(sizes: dict, total: int) -> list[float]:
 def _raw(orders: str, cancellations: str, total: int, cap: float) -> dict:
     return run_json([sys.executable, "bench/raw_consume.py", BOOTSTRAP, str(total), str(cap), orders,
                      cancellations], timeout=cap + 120)
+
+
+def _readers(orders: str, cancellations: str, total: int, cap: float) -> dict:
+    """{reader: result} of bench/readers.py: each Kafka reader's cost per record, side by side."""
+    return {reader: run_json([sys.executable, "bench/readers.py", reader, BOOTSTRAP, str(total), str(cap), orders,
+                              cancellations], timeout=cap + 120,
+                             env=worker_source_env() if reader == "worker" else None)
+            for reader in READERS}
 
 
 def _faust(orders: str, cancellations: str, total: int, cap: float, workdir: Path) -> dict:

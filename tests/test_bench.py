@@ -24,6 +24,7 @@ import capacity  # noqa: E402
 import common  # noqa: E402
 import pyspy  # noqa: E402
 import quix_peer  # noqa: E402
+import readers  # noqa: E402
 import report  # noqa: E402
 import run  # noqa: E402
 import scaling  # noqa: E402
@@ -218,6 +219,101 @@ def test_the_thread_clock_tells_the_main_thread_from_the_others():
     assert shares["other_threads"] > 0.0
     assert shares["rocksdb"] == 0.0
     assert shares["machine_busy_cores"] >= shares["main"] + shares["other_threads"] - 0.2
+
+
+def test_the_readers_tell_python_threads_from_librdkafkas():
+    """This process's threads: one renamed as librdkafka names its own ("rdk:...", through
+    /proc) counts as native; the main thread counts as Python."""
+    import os
+    import threading
+    import time
+
+    stop, named = threading.Event(), threading.Event()
+
+    def spin():
+        with open(f"/proc/self/task/{threading.get_native_id()}/comm", "w") as comm:
+            comm.write("rdk:bench-test")
+        named.set()
+        while not stop.is_set():
+            sum(range(1000))
+
+    python_before, native_before = readers.thread_seconds()
+    spinner = threading.Thread(target=spin)
+    spinner.start()
+    named.wait(5)
+    end = time.monotonic() + 0.5
+    while time.monotonic() < end:
+        sum(range(1000))
+    python_after, native_after = readers.thread_seconds()
+    stop.set()
+    spinner.join()
+    assert native_after - native_before > 0.0
+    assert python_after - python_before > 0.0
+    assert os.getpid() in {int(tid) for tid in os.listdir("/proc/self/task")}
+
+
+def test_a_reader_is_measured_from_its_first_records_to_its_end():
+    meter = readers.Meter(target=100, cap=60.0)
+    meter.add(0)
+    assert meter.first is None and not meter.done()
+    meter.add(60)
+    assert meter.first is not None and not meter.done()
+    meter.add(40)
+    assert meter.done()
+    end = meter.end
+    assert meter.done() and meter.end is end        # measured once, when it ended
+    result = meter.result("worker")
+    assert result["events"] == 100 and result["reader"] == "worker"
+    assert result["python_us_per_record"] >= 0.0 and result["native_us_per_record"] >= 0.0
+    capped = readers.Meter(target=10**9, cap=0.0)
+    capped.add(1)
+    __import__("time").sleep(0.01)
+    assert capped.done() and capped.result("aiokafka")["events"] == 1
+
+
+def _read(name: str, python: float, native: float = 0.0) -> dict:
+    return {"python_us_per_record": {"median": python, "min": python, "max": python},
+            "native_us_per_record": {"median": native, "min": native, "max": native},
+            "events_per_s": {"median": 400_000.0}}
+
+
+def test_the_report_shows_what_a_librdkafka_reader_would_win_at_best():
+    rates = {"cancelwatch_worker": 50_000.0, "quix_streams": 52_000.0, "quix_peer": 30_000.0,
+             "raw_aiokafka": 200_000.0}
+    t = {"events_per_s": {name: {"median": rate} for name, rate in rates.items()},
+         "readers": {"aiokafka": _read("aiokafka", 4.0), "worker": _read("worker", 2.5),
+                     "librdkafka": _read("librdkafka", 1.5, native=0.7)}}
+    text = "\n".join(report._readers(t))
+    assert "| librdkafka (confluent-kafka `consume`), as Quix Streams reads | 1.50 (1.50 – 1.50) | " \
+           "0.70 (0.70 – 0.70) | 400,000 |" in text
+    # 20 µs an event, 1 µs of it saved: 19 µs, 52,632 events/s
+    assert "would save 1.00 µs of its 20.0 µs an event" in text
+    assert "best 52,632 events/s: c/d = 1.01 (target 1), c/e = 1.75 (target 2), c/a = 0.26 (target 0.35)." in text
+    assert report._readers({"events_per_s": t["events_per_s"]}) == []
+
+
+@pytest.mark.stack
+def test_each_kafka_reader_reads_every_record(kafka_bootstrap, kafka_topic):
+    """bench/readers.py on the broker: each of the three readers reads every record once."""
+    from kafka import KafkaProducer
+
+    topic = kafka_topic(prefix="readers")
+    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, linger_ms=20)
+    for number in range(2000):
+        producer.send(topic, key=b"%d" % (number % 13), value=b'{"n":%d}' % number)
+    producer.flush()
+    producer.close()
+    for reader in readers.READERS:
+        run = subprocess.run([sys.executable, str(BENCH / "readers.py"), reader, kafka_bootstrap, "2000", "60",
+                              topic], capture_output=True, text=True, timeout=120)
+        assert run.returncode == 0, run.stderr[-2000:]
+        result = json.loads(run.stdout.splitlines()[-1])
+        assert result["reader"] == reader and result["events"] == 2000
+        if reader != "librdkafka":
+            assert result["native_us_per_record"] == 0.0      # no native threads: all under the lock
+    refused = subprocess.run([sys.executable, str(BENCH / "readers.py"), "kafka-python", kafka_bootstrap, "1", "1",
+                              topic], capture_output=True, text=True, timeout=60)
+    assert refused.returncode != 0 and "READER must be one of aiokafka, worker, librdkafka" in refused.stderr
 
 
 def test_the_burst_bounds_are_read_from_the_code_the_workers_run():

@@ -8,16 +8,20 @@ Prints one JSON line: events consumed and the rate from the first message on.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sys
 import time
+from typing import AsyncIterator
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 PARTITIONS = 4  # the suite's topics are created with 4 partitions (cancelwatch.names.DEFAULT_PARTITIONS)
 
 
-async def consume(bootstrap: str, target: int, cap: float, topics: list[str]) -> dict:
+@contextlib.asynccontextmanager
+async def from_start(bootstrap: str, topics: list[str]) -> AsyncIterator[AIOKafkaConsumer]:
+    """A started consumer, without a group, at the start of every partition of `topics`."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
                                 auto_offset_reset="earliest", max_partition_fetch_bytes=4 * 1024 * 1024)
     await consumer.start()
@@ -25,6 +29,13 @@ async def consume(bootstrap: str, target: int, cap: float, topics: list[str]) ->
         partitions = [TopicPartition(topic, p) for topic in topics for p in range(PARTITIONS)]
         consumer.assign(partitions)
         await consumer.seek_to_beginning(*partitions)
+        yield consumer
+    finally:
+        await consumer.stop()
+
+
+async def consume(bootstrap: str, target: int, cap: float, topics: list[str]) -> dict:
+    async with from_start(bootstrap, topics) as consumer:
         count = 0
         first = None
         while count < target:
@@ -39,8 +50,6 @@ async def consume(bootstrap: str, target: int, cap: float, topics: list[str]) ->
                 break
         seconds = time.monotonic() - first
         return {"events": count, "seconds": seconds, "events_per_s": count / seconds}
-    finally:
-        await consumer.stop()
 
 
 def main(argv: list[str]) -> int:

@@ -24,7 +24,8 @@ import sys
 import time
 import uuid
 
-PARTITIONS = 4  # the suite's topics are created with 4 partitions (cancelwatch.names.DEFAULT_PARTITIONS)
+from raw_consume import PARTITIONS, from_start
+
 READERS = ("aiokafka", "worker", "librdkafka")
 FETCH_RECORDS = 10_000      # records asked for per call, as (a)
 # librdkafka pauses fetching for fetch.queue.backoff.ms (1 s by default) whenever its queue
@@ -84,22 +85,13 @@ class Meter:
 
 
 async def read_aiokafka(bootstrap: str, topics: list[str], meter: Meter) -> None:
-    from aiokafka import AIOKafkaConsumer, TopicPartition
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                                auto_offset_reset="earliest", max_partition_fetch_bytes=4 * 1024 * 1024)
-    await consumer.start()
-    try:
-        partitions = [TopicPartition(topic, p) for topic in topics for p in range(PARTITIONS)]
-        consumer.assign(partitions)
-        await consumer.seek_to_beginning(*partitions)
+    async with from_start(bootstrap, topics) as consumer:
         while not meter.done():
             batches = await consumer.getmany(timeout_ms=500, max_records=FETCH_RECORDS)
             for records in batches.values():
                 meter.add(len(records))
                 for record in records:
                     record.value, record.offset
-    finally:
-        await consumer.stop()
 
 
 def read_librdkafka(bootstrap: str, topics: list[str], meter: Meter) -> None:

@@ -241,10 +241,16 @@ def test_the_readers_tell_python_threads_from_librdkafkas():
     spinner = threading.Thread(target=spin)
     spinner.start()
     named.wait(5)
-    end = time.monotonic() + 0.5
-    while time.monotonic() < end:
-        sum(range(1000))
-    python_after, native_after = readers.thread_seconds()
+    # /proc counts CPU in clock ticks: spin until both kinds have one (a busy machine may
+    # give either thread little CPU for a while), for at most 20 s
+    deadline = time.monotonic() + 20
+    while True:
+        end = time.monotonic() + 0.2
+        while time.monotonic() < end:
+            sum(range(1000))
+        python_after, native_after = readers.thread_seconds()
+        if (native_after > native_before and python_after > python_before) or time.monotonic() > deadline:
+            break
     stop.set()
     spinner.join()
     assert native_after - native_before > 0.0

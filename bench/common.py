@@ -414,7 +414,8 @@ class Worker(WorkerProcess):
 
     def internal_topics(self) -> list[str]:
         return [self.topics.reroute, self.topics.dead_letters, self.topics.account_health, self.topics.targets,
-                f"{self.app_id}-order-buckets-changelog", f"{self.app_id}-__assignor-__leader"]
+                f"{self.app_id}-order-buckets-changelog", f"{self.app_id}-__assignor-__leader",
+                f"{self.app_id}-event-clock"]
 
     def command(self) -> tuple[list[str], dict[str, str], Path]:
         if WORKER_SOURCE is None:

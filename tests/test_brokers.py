@@ -40,6 +40,7 @@ BROKERS = 3
 PORT_STEP = 10                  # stack/stack.sh: node n listens on KAFKA_PORT + 10(n-1)
 TABLE_CHANGELOG = "order-buckets-changelog"
 LEADER_TOPIC = "__assignor-__leader"
+CLOCK_TOPIC = "event-clock"         # the workers' shared event clock (Settings.clock_topic)
 WORKER_ENV = {"CANCELWATCH_ALERT_RESEND_SECONDS": "2", "CANCELWATCH_SESSION_TIMEOUT_SECONDS": "10"}
 
 
@@ -168,7 +169,7 @@ def test_the_broker_leading_the_busiest_partitions_killed_during_a_replay(cluste
 
         cluster.start(victim)
         down_seconds = time.monotonic() - killed
-        internal = [f"{topics.app_id}-{TABLE_CHANGELOG}", f"{topics.app_id}-{LEADER_TOPIC}"]
+        internal = [f"{topics.app_id}-{name}" for name in (TABLE_CHANGELOG, LEADER_TOPIC, CLOCK_TOPIC)]
         every_topic = source + [topics.reroute, topics.dead_letters, topics.account_health] + internal
         admin = cluster.admin()
         try:

@@ -50,7 +50,8 @@ SETTINGS: tuple[Setting, ...] = (
             "`http://<CANCELWATCH_WEB_HOST>:<port>`, or this machine's host name when binding `0.0.0.0`."),
     Setting("CANCELWATCH_CLOCK", "wall",
             "`wall`: windows move with the wall clock (live). `event`: now is the largest "
-            "`occurred_at` processed (replay, backfill)."),
+            "`occurred_at` processed (replay, backfill): by any worker of the cluster, which "
+            "share it through `<app id>-event-clock`."),
     Setting("CANCELWATCH_POLICY", DEFAULT_POLICY,
             "Path of the counting policy (limits, windows, what counts, alert thresholds)."),
     Setting("CANCELWATCH_ORDERS_TOPIC", names.ORDERS_TOPIC, "Topic of order events."),
@@ -68,7 +69,8 @@ SETTINGS: tuple[Setting, ...] = (
             "Partitions of the source, reroute and state topics (created if missing; must "
             "match existing source topics)."),
     Setting("CANCELWATCH_APP_ID", names.APP_ID,
-            "Consumer group and prefix of the worker's internal topics."),
+            "Consumer group and prefix of the worker's internal topics (its state's changelog, and "
+            "with CANCELWATCH_CLOCK=event `<app id>-event-clock`, the clock the workers share)."),
     Setting("CANCELWATCH_DATA_DIR", ".state",
             "Directory of the worker's local state (RocksDB); rebuilt from Kafka if lost."),
     Setting("CANCELWATCH_TOP_K", "50", "How many sellers at risk get per-seller metric series."),
@@ -181,6 +183,11 @@ class Settings:
     def bootstrap_servers(self) -> list[str]:
         """`host:port` strings for kafka-python and aiokafka."""
         return [url.split("://", 1)[-1] for url in self.broker_urls]
+
+    @property
+    def clock_topic(self) -> str:
+        """The compacted topic through which workers share the event clock (`worker/feeds.py`)."""
+        return f"{self.app_id}-event-clock"
 
     @property
     def faust_broker(self) -> str:

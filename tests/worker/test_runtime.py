@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import time
+import types
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -12,8 +13,9 @@ import pytest
 from cancelwatch import names, settings as settings_module
 from cancelwatch.core import events, policy as policy_module, window
 from cancelwatch.tools import scenarios
-from cancelwatch.worker import mailbox
+from cancelwatch.worker import feeds, mailbox
 from cancelwatch.worker.metrics import rate_band
+from cancelwatch.worker.ownership import owner_partition
 from tests import dict_runtime
 
 START = datetime(2026, 11, 1, tzinfo=timezone.utc)
@@ -562,3 +564,28 @@ def test_a_group_is_complete_once_it_adds_its_share_of_new_sellers():
     runtime.process(again)        # twice as many events, of the sellers it knows now
     assert not runtime.group.complete()
     assert len(runtime.book) == limit
+
+
+def test_the_event_clock_is_the_clusters_largest_and_each_commit_publishes_what_it_moved():
+    # A worker's own partitions move its clock and are published (Group.clock_writes, sent to
+    # the clock topic after the commit); another worker's clock read from that topic moves it
+    # too, never backwards; a record that is not a clock is skipped. The cluster's worker
+    # processes and the topic itself are in tests/worker/test_worker.py (two workers).
+    settings = settings_module.load({**os.environ, "CANCELWATCH_CLOCK": "event"})
+    policy = policy_module.load(settings.policy_path)
+    runtime = dict_runtime.runtime(settings, policy)
+    stream = list(scenarios.generate("steady", 5, start=START, end=START + timedelta(hours=3), sellers=4))
+    runtime.process(dict_runtime.messages([events.encode(event) for event in stream], settings))
+    group = runtime.commit()
+    latest = max(event.occurred_at.timestamp() for event in stream)
+    assert group.clock_writes and max(group.clock_writes.values()) == latest == runtime.now()
+    assert set(group.clock_writes) == {owner_partition(event.seller_id, settings.partitions) for event in stream}
+
+    feed = feeds.clock_feed(settings, loop=None, on_clock=runtime.peer_clock)
+    for partition, seconds, value in [(7, latest + 3600, None), (2, latest - 86400, None), (7, 0, b"soon")]:
+        key, encoded = feeds.clock_record(partition, seconds)
+        feed.on_record(types.SimpleNamespace(key=key, value=value or encoded))
+    assert runtime.now() == latest + 3600
+
+    runtime.process(dict_runtime.messages([events.encode(stream[0])], settings))
+    assert runtime.commit().clock_writes == {}     # an older event moves no partition's clock

@@ -9,7 +9,7 @@
 | `table_store` | the state transaction: staged, changelogged, written, with fail points |
 | `ownership` | which worker owns which seller's partition, for the web and alerting |
 | `runtime` | apply fetches in groups, commit, evaluate alerts, hand decisions to delivery |
-| `targets_feed` | the seller-targets topic, read whole by every worker |
+| `feeds` | small topics read whole by every worker: seller targets, the event clock |
 | `web` | the HTTP views and routing, testable without a faust app |
 | `metrics` | counters, and the scrape-time collector with the bounded top-K |
 

@@ -46,7 +46,7 @@ from cancelwatch.worker import records, web
 from cancelwatch.worker.ownership import Ownership, faust_assignment, faust_recovering
 from cancelwatch.worker.runtime import HEALTH_ROLE, KIND_HEADER, Runtime, limit_arenas, pin_mmap_threshold
 from cancelwatch.worker.table_store import Failpoints, TableStore
-from cancelwatch.worker.targets_feed import TargetsFeed
+from cancelwatch.worker import feeds
 from cancelwatch.tools import target_cli
 from cancelwatch.tools.producer import ProducerError
 
@@ -98,6 +98,8 @@ def ensure_topics(settings: Settings) -> topics.Replication:
         wanted = [settings.orders_topic, settings.cancellations_topic, settings.reroute_topic,
                   settings.account_health_topic, settings.dead_letter_topic]
         topics.create_missing(admin, wanted, settings.partitions)
+        if settings.clock == "event":
+            topics.create_missing(admin, [settings.clock_topic], 1, {"cleanup.policy": "compact"})
         replication = topics.replication(admin)
         for description in _described(admin, wanted[:4]):
             count = len(description["partitions"])
@@ -218,6 +220,7 @@ def build_app(settings: Settings, policy: policy_module.Policy,
     reroute_topic = app.topic(settings.reroute_topic, key_serializer="raw", value_serializer="raw",
                               partitions=settings.partitions)
     dead_letter_topic = app.topic(settings.dead_letter_topic, key_serializer="raw", value_serializer="raw")
+    clock_topic = app.topic(settings.clock_topic, key_serializer="raw", value_serializer="raw")
     # Small changelog segments and an eager cleaner keep the compacted changelog close to
     # one record per bucket, so a restore from scratch reads little more than the state.
     table = app.Table(TABLE_NAME, key_type=bytes, value_type=bytes, partitions=settings.partitions,
@@ -349,6 +352,9 @@ def build_app(settings: Settings, policy: policy_module.Policy,
             return     # revoked meanwhile: its writes were dropped, its events are read again
         for applied in group.fetches:
             app.consumer.ack_fetch(applied)
+        for partition, clock in group.clock_writes.items():
+            key, value = feeds.clock_record(partition, clock)
+            await clock_topic.send(key=key, value=value, partition=0)   # delivery not awaited: a later clock supersedes it
         failpoints.reach("before-commit")
         group = sends = rerouted = None
         if outbox is not None:
@@ -361,14 +367,18 @@ def build_app(settings: Settings, policy: policy_module.Policy,
                                               headers=_dead_letter_headers(record, bad)))
 
     @app.task
-    async def read_targets() -> None:
-        feed = TargetsFeed(settings, asyncio.get_running_loop(), runtime.target_updated, dead_letter,
-                           runtime.targets_read)
-        feed.start()
+    async def read_feeds() -> None:
+        loop = asyncio.get_running_loop()
+        running = [feeds.targets_feed(settings, loop, runtime.target_updated, dead_letter, runtime.targets_read)]
+        if settings.clock == "event":
+            running.append(feeds.clock_feed(settings, loop, runtime.peer_clock))
+        for feed in running:
+            feed.start()
         try:
             await app.wait_until_stopped()
         finally:
-            feed.stop()
+            for feed in running:
+                feed.stop()
 
     @app.task
     async def alert_loop() -> None:

@@ -134,8 +134,8 @@ class Group:
     """Fetches applied together: their events go into one batch of the book, which is
     written (each touched bucket once), committed and acknowledged as one."""
 
-    __slots__ = ("pending", "book", "known", "fetches", "records", "clocks", "outcomes", "dead", "reroute",
-                 "replayed")
+    __slots__ = ("pending", "book", "known", "fetches", "records", "clocks", "clock_writes", "outcomes", "dead",
+                 "reroute", "replayed")
 
     def __init__(self, pending, book) -> None:
         self.pending = pending
@@ -144,6 +144,7 @@ class Group:
         self.fetches: list = []                 # mailbox.Fetch, records dropped once applied
         self.records = 0
         self.clocks: dict[int, float] = {}      # partition -> latest occurred_at
+        self.clock_writes: dict[int, float] = {}  # partition -> its clock, moved by this group (event clock)
         self.outcomes: Counter = Counter()      # (topic, outcome) -> events
         self.dead: list = []                    # (record, BadEvent)
         self.reroute: list = []                 # (record, seller_id, owner partition)
@@ -244,6 +245,12 @@ class Runtime:
         if self.settings.clock == "event":
             return self.event_clock
         return time.time()
+
+    def peer_clock(self, seconds: float) -> None:
+        """A partition's event clock as published on the clock topic (by any worker, this one
+        too): the cluster's clock is the largest, so every worker answers at the same `now`."""
+        if seconds > self.event_clock:
+            self.event_clock = seconds
 
     def _delivered(self, outcome: str, count: int) -> None:
         self.metrics.deliveries.labels(outcome).inc(count)
@@ -538,6 +545,7 @@ class Runtime:
                 value = int(clock * 1_000_000)
                 if stored is None or int(stored) < value:
                     self.store[key] = str(value).encode()
+                    group.clock_writes[partition] = clock
         for (topic, outcome), count in outcome_counts.items():
             self.metrics.events.labels(topic, outcome).inc(count)
         return group

@@ -9,7 +9,8 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 import requests
-from kafka import KafkaConsumer, KafkaProducer
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.admin import ConfigResource, ConfigResourceType
 
 from cancelwatch import names
 
@@ -103,6 +104,16 @@ def wait_for_answers(worker: WorkerProcess, expected: dict, timeout: float) -> d
             return answers
         time.sleep(1)
     return answers
+
+
+def read_clocks(bootstrap: str, topic: str) -> dict[bytes, int]:
+    """The clock topic's latest value per key (partition)."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, auto_offset_reset="earliest", consumer_timeout_ms=3000)
+    try:
+        consumer.assign([TopicPartition(topic, partition) for partition in consumer.partitions_for_topic(topic)])
+        return {message.key: int(message.value) for message in consumer}
+    finally:
+        consumer.close()
 
 
 def test_worker_answers_exactly_as_the_oracle_and_survives_sigkill(kafka_bootstrap, tmp_path):
@@ -240,6 +251,16 @@ def test_two_workers_each_answer_for_every_seller(kafka_bootstrap, tmp_path):
         expected = strip_listing(expected)
         assert wait_for_answers(first, expected, timeout=180) == expected
         assert wait_for_answers(second, expected, timeout=60) == expected
+        # The clock topic both read: compacted, a key per source partition, the largest the stream's end.
+        clocks = read_clocks(kafka_bootstrap, f"{topics.app_id}-event-clock")
+        assert max(clocks.values()) == int(opening.timestamp() * 1_000_000)
+        assert set(clocks) <= {str(partition).encode() for partition in range(first.partitions)}
+        admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+        try:
+            configs = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, f"{topics.app_id}-event-clock")])
+        finally:
+            admin.close()
+        assert ("cleanup.policy", "compact") in [entry[:2] for entry in configs[0].resources[0][4]]
         for marketplace in {m for _, m in expected}:
             one = first.get("/sellers/at-risk", marketplace=marketplace, limit=100).json()
             two = second.get("/sellers/at-risk", marketplace=marketplace, limit=100).json()

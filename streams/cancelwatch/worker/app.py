@@ -78,8 +78,13 @@ class IdempotentProducer(aiokafka_driver.Producer):
         return {**super()._settings_extra(), "enable_idempotence": True}
 
 
+CLOCK_TOPIC_CONFIGS = {"cleanup.policy": "compact", "segment.bytes": str(1024 * 1024),
+                       "segment.ms": str(10 * 60 * 1000), "min.cleanable.dirty.ratio": "0.1"}
+
+
 def ensure_topics(settings: Settings) -> topics.Replication:
-    """Create the source, reroute and dead-letter topics if missing; check partition counts.
+    """Create the source, reroute and dead-letter topics (with `CANCELWATCH_CLOCK=event` the
+    shared clock's too) if missing; check partition counts.
     Returns how this cluster's topics are replicated, for the topics faust creates."""
     security = settings.kafka_security.kafka_python_options()
     try:
@@ -99,7 +104,9 @@ def ensure_topics(settings: Settings) -> topics.Replication:
                   settings.account_health_topic, settings.dead_letter_topic]
         topics.create_missing(admin, wanted, settings.partitions)
         if settings.clock == "event":
-            topics.create_missing(admin, [settings.clock_topic], 1, {"cleanup.policy": "compact"})
+            # A record per partition and commit, read whole at every start: short segments let
+            # the cleaner keep it near one record per partition.
+            topics.create_missing(admin, [settings.clock_topic], 1, CLOCK_TOPIC_CONFIGS)
         replication = topics.replication(admin)
         for description in _described(admin, wanted[:4]):
             count = len(description["partitions"])

@@ -39,7 +39,10 @@ open upstream). A crash therefore replays some events. Replays change nothing:
 - Duplicate deliveries by producers (the same `event_id` again) are the same
   case: the order record already holds the fact.
 - In event-clock mode the clock (largest `occurred_at`) is stored per
-  partition in the same table, so `as_of` survives a restart too.
+  partition in the same table, so `as_of` survives a restart too. Each worker
+  also publishes its partitions' clocks to `<app id>-event-clock` after each
+  commit and reads everyone's, so all workers answer at the cluster's clock,
+  however the partitions are spread (`tests/worker/test_worker.py`, two workers).
 
 An offset is committed only when every record before it, from the last
 commit on, was applied: a record fetched and then given up (a rebalance, a

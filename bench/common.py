@@ -415,7 +415,7 @@ class Worker(WorkerProcess):
     def internal_topics(self) -> list[str]:
         return [self.topics.reroute, self.topics.dead_letters, self.topics.account_health, self.topics.targets,
                 f"{self.app_id}-order-buckets-changelog", f"{self.app_id}-__assignor-__leader",
-                f"{self.app_id}-event-clock"]
+                f"{self.app_id}-{names.CLOCK_TOPIC_SUFFIX}"]
 
     def command(self) -> tuple[list[str], dict[str, str], Path]:
         if WORKER_SOURCE is None:

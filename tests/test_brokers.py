@@ -40,7 +40,7 @@ BROKERS = 3
 PORT_STEP = 10                  # stack/stack.sh: node n listens on KAFKA_PORT + 10(n-1)
 TABLE_CHANGELOG = "order-buckets-changelog"
 LEADER_TOPIC = "__assignor-__leader"
-CLOCK_TOPIC = "event-clock"         # the workers' shared event clock (Settings.clock_topic)
+CLOCK_TOPIC = names.CLOCK_TOPIC_SUFFIX    # the workers' shared event clock (Settings.clock_topic)
 WORKER_ENV = {"CANCELWATCH_ALERT_RESEND_SECONDS": "2", "CANCELWATCH_SESSION_TIMEOUT_SECONDS": "10"}
 
 

@@ -20,6 +20,9 @@ ACCOUNT_HEALTH_TOPIC = "account-health"
 # key `{seller_id}/{marketplace}`; every worker reads all of it.
 TARGETS_TOPIC = "seller-targets"
 APP_ID = "cancelwatch"
+# Compacted, internal to the workers in event-clock mode: `{app id}-event-clock`, each
+# partition's event clock (worker/feeds.py), so every worker answers at the cluster's clock.
+CLOCK_TOPIC_SUFFIX = "event-clock"
 DEFAULT_PARTITIONS = 4
 
 # --- Event vocabulary (contract sections 2 and 3) ----------------------------

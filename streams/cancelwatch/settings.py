@@ -187,7 +187,7 @@ class Settings:
     @property
     def clock_topic(self) -> str:
         """The compacted topic through which workers share the event clock (`worker/feeds.py`)."""
-        return f"{self.app_id}-event-clock"
+        return f"{self.app_id}-{names.CLOCK_TOPIC_SUFFIX}"
 
     @property
     def faust_broker(self) -> str:

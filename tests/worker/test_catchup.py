@@ -123,13 +123,26 @@ def warranted(expected: dict) -> set[tuple[str, str, str]]:
     return wanted
 
 
-def settle(receiver: Receiver, worker: WorkerProcess, expected: dict) -> set:
+def settle(receiver: Receiver, worker: WorkerProcess, expected: dict, *others: WorkerProcess) -> set:
     """Wait until the worker answers the oracle's counts and Alertmanager holds exactly what they
-    warrant; then long enough for any resolution to reach the receiver."""
+    warrant; then long enough for any resolution to reach the receiver. On failure, the logs of
+    the worker and `others` end the message."""
     assert_exact(worker, strip_listing(expected), timeout=300)
     want = warranted(expected)
-    wait_for(lambda: receiver.active() == want,
-             f"Alertmanager holding the {len(want)} alerts the oracle warrants", seconds=90)
+    held: list = []
+
+    def holds() -> bool:
+        held[:] = [receiver.active()]
+        return held[0] == want
+    try:
+        wait_for(holds, f"Alertmanager holding the {len(want)} alerts the oracle warrants", seconds=90)
+    except pytest.fail.Exception as failed:
+        active = held[0] if held else set()
+        raise AssertionError(f"{failed}; missing: {sorted(want - active)}; "
+                             f"not warranted: {sorted(active - want)}\n"
+                             + "\n".join(f"-- {each.log_path} (partitions catching up: "
+                                         f"{each.metric('cancelwatch_partition_catching_up'):.0f}):\n{each.tail(60)}"
+                                         for each in (worker, *others))) from None
     time.sleep(RESOLUTION_WAIT)
     return want
 
@@ -296,7 +309,7 @@ def test_another_workers_backlog_pages_nobody_falsely(kafka_bootstrap, receiver,
         watcher.start()
         try:
             _, expected = expected_answers(stream + first + cancels + last)
-            want = settle(receiver, other, expected)
+            want = settle(receiver, other, expected, hung)
         finally:
             watching.set()
             watcher.join()

@@ -130,6 +130,18 @@ def clock_partition(key: bytes) -> int | None:
     return int(key[len(_CLOCK_PREFIX):]) if key.startswith(_CLOCK_PREFIX) else None
 
 
+def encode_clock(seconds: float) -> bytes:
+    """An event clock as stored under its clock key and published on the clock topic
+    (worker/feeds.py): whole microseconds since the epoch, in decimal digits (the nearest: an
+    `occurred_at` has microseconds, and its float seconds are within a hair of them)."""
+    return str(round(seconds * 1_000_000)).encode()
+
+
+def decode_clock(value: bytes) -> float:
+    """An event clock back in seconds; ValueError or TypeError if `value` is not one."""
+    return int(value) / 1_000_000
+
+
 def seller_of_key(key: bytes) -> str | None:
     """The seller id of a seller's key (any kind), without parsing the rest; None for internal keys."""
     if key[0] == _INTERNAL_BYTE:

@@ -33,7 +33,7 @@ from typing import Callable
 from kafka import KafkaConsumer, TopicPartition
 from kafka.errors import KafkaError
 
-from cancelwatch.core import targets as targets_module
+from cancelwatch.core import state, targets as targets_module
 from cancelwatch.settings import Settings
 
 log = logging.getLogger("cancelwatch.worker")
@@ -110,7 +110,7 @@ def targets_feed(settings: Settings, loop: asyncio.AbstractEventLoop,
 
 def clock_record(partition: int, seconds: float) -> tuple[bytes, bytes]:
     """The key and value of a partition's event clock on the clock topic."""
-    return str(partition).encode(), str(int(seconds * 1_000_000)).encode()
+    return str(partition).encode(), state.encode_clock(seconds)
 
 
 def clock_feed(settings: Settings, loop: asyncio.AbstractEventLoop,
@@ -118,7 +118,7 @@ def clock_feed(settings: Settings, loop: asyncio.AbstractEventLoop,
     """The cluster's event clock topic: each partition's clock handed to `on_clock` in seconds."""
     def on_record(record) -> None:
         try:
-            seconds = int(record.value) / 1_000_000
+            seconds = state.decode_clock(record.value)
         except (TypeError, ValueError):
             log.warning("ignored a record of %s that is not a clock: key %r, value %r",
                         settings.clock_topic, record.key, record.value)

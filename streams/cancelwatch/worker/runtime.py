@@ -301,7 +301,7 @@ class Runtime:
             if key[0] == order_kind:
                 continue            # the order index: rewritten from the buckets below
             if state_module.clock_partition(key) is not None:
-                clock = max(clock, int(value) / 1_000_000)
+                clock = max(clock, state_module.decode_clock(value))
                 continue
             parsed = state_module.parse_key(key)
             if parsed is not None and parsed.kind == state_module.KIND_HEALTH:
@@ -541,10 +541,9 @@ class Runtime:
         if self.settings.clock == "event":
             for partition, clock in group.clocks.items():
                 key = state_module.clock_key(partition)
-                stored = self.store.get(key)
-                value = int(clock * 1_000_000)
-                if stored is None or int(stored) < value:
-                    self.store[key] = str(value).encode()
+                stored, value = self.store.get(key), state_module.encode_clock(clock)
+                if stored is None or state_module.decode_clock(stored) < state_module.decode_clock(value):
+                    self.store[key] = value
                     group.clock_writes[partition] = clock
         for (topic, outcome), count in outcome_counts.items():
             self.metrics.events.labels(topic, outcome).inc(count)

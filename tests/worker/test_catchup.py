@@ -27,6 +27,7 @@ import time
 from datetime import datetime, timedelta, timezone
 
 import pytest
+import requests
 
 from cancelwatch import names
 from cancelwatch.core import events
@@ -140,11 +141,18 @@ def settle(receiver: Receiver, worker: WorkerProcess, expected: dict, *others: W
         active = held[0] if held else set()
         raise AssertionError(f"{failed}; missing: {sorted(want - active)}; "
                              f"not warranted: {sorted(active - want)}\n"
-                             + "\n".join(f"-- {each.log_path} (partitions catching up: "
-                                         f"{each.metric('cancelwatch_partition_catching_up'):.0f}):\n{each.tail(60)}"
-                                         for each in (worker, *others))) from None
+                             + "\n".join(f"-- {each.log_path} (partitions catching up: {catching_up(each)}):\n"
+                                         f"{each.tail(60)}" for each in (worker, *others))) from None
     time.sleep(RESOLUTION_WAIT)
     return want
+
+
+def catching_up(worker: WorkerProcess) -> str:
+    """The worker's count of partitions catching up, or why it cannot be read (for a failure message)."""
+    try:
+        return f"{worker.metric('cancelwatch_partition_catching_up'):.0f}"
+    except requests.RequestException as error:
+        return f"unknown: {type(error).__name__}"
 
 
 @pytest.fixture

@@ -252,12 +252,13 @@ def test_two_workers_each_answer_for_every_seller(kafka_bootstrap, tmp_path):
         assert wait_for_answers(first, expected, timeout=180) == expected
         assert wait_for_answers(second, expected, timeout=60) == expected
         # The clock topic both read: compacted, a key per source partition, the largest the stream's end.
-        clocks = read_clocks(kafka_bootstrap, f"{topics.app_id}-{names.CLOCK_TOPIC_SUFFIX}")
+        clock_topic = f"{topics.app_id}-{names.CLOCK_TOPIC_SUFFIX}"
+        clocks = read_clocks(kafka_bootstrap, clock_topic)
         assert max(clocks.values()) == (opening - datetime(1970, 1, 1, tzinfo=timezone.utc)) // timedelta(microseconds=1)
         assert set(clocks) <= {str(partition).encode() for partition in range(first.partitions)}
         admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
         try:
-            configs = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, f"{topics.app_id}-{names.CLOCK_TOPIC_SUFFIX}")])
+            configs = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, clock_topic)])
         finally:
             admin.close()
         assert ("cleanup.policy", "compact") in [entry[:2] for entry in configs[0].resources[0][4]]

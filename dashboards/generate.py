@@ -709,11 +709,14 @@ def pipeline() -> dashboard_builders.Dashboard:
             query(f"sum by ({names.LABEL_ALERTNAME}) (cancelwatch_alerts_active)", "{{alertname}}"),
             width=8))
         .with_panel(series_panel(
-            15, "Partitions read again (last hour)",
+            15, "Work redone after rebalances (last hour)",
             "Times a source partition was read again because records read were not applied for "
-            "10 s (a fetch given up with no seek behind it), by topic, over the last "
-            "hour: 0 normally; a count that keeps rising means the worker keeps losing fetches.",
+            "10 s (a fetch given up with no seek behind it), by topic; and alerts of a worker's "
+            "sellers that a previous owner sent after the handover, resolved by the owner's sweep "
+            "(stray alerts). Over the last hour: 0 normally; a count that keeps rising means "
+            "workers keep losing fetches or partitions (rebalances in a loop, a fault).",
             query("sum by (topic) (increase(cancelwatch_reads_again_total[1h]))", "{{topic}}"),
+            query("sum (increase(cancelwatch_stray_alerts_resolved_total[1h]))", "stray alerts resolved"),
             width=8).no_value("0"))
         .with_panel(stat_panel(
             14, "Reconciliation alerts firing",

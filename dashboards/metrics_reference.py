@@ -79,6 +79,7 @@ BOUNDS: dict[str, Bound] = {
     "cancelwatch_table_keys": Bound("S", lambda p: p.tables),
     "cancelwatch_alerts_active": Bound(f"{ALERTS} alert names", lambda p: ALERTS),
     "cancelwatch_alert_deliveries_total": Bound("2 outcomes", lambda p: 2),
+    "cancelwatch_stray_alerts_resolved_total": Bound("1", lambda p: 1),
     "cancelwatch_alert_queue_alerts": Bound("1", lambda p: 1),
     "cancelwatch_clock_seconds": Bound("1", lambda p: 1),
     "cancelwatch_build_info": Bound("1", lambda p: 1),

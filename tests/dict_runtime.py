@@ -40,13 +40,17 @@ class DictStore(dict):
     def flush(self) -> None:
         """No write buffers to write out."""
 
+    def abandon(self) -> None:
+        """Nothing is staged: writes go to the dict at once."""
+
 
 def runtime(settings, policy) -> Runtime:
-    """A runtime with its state rebuilt (empty) and its lag known: ready to process."""
+    """A runtime with its state rebuilt (empty), every partition assigned and its lag known: ready to process."""
     built = Runtime(settings, policy)
     built.store = DictStore()
     built.rebuild()
     built.lag_known = True
+    built.owned = set(range(settings.partitions))   # every partition assigned to it
     return built
 
 

@@ -227,6 +227,14 @@ METRICS = {
         "counter", ("outcome",),
         "Alert batches posted to Alertmanager, by outcome (sent, failed).",
     ),
+    "cancelwatch_stray_alerts_resolved_total": (
+        "counter", (),
+        "Alerts of this worker's sellers that Alertmanager held and the worker did not hold firing, "
+        "resolved by its sweep (at every re-send period and once partitions catch up): sent by a "
+        "previous owner after the handover (a worker that had not noticed the rebalance yet, or "
+        "one stopped past its session). Rare; a steady rise means workers keep sending alerts of "
+        "partitions they lost.",
+    ),
     "cancelwatch_alert_queue_alerts": (
         "gauge", (),
         "Alert updates waiting for delivery to Alertmanager.",

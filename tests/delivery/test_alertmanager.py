@@ -339,6 +339,33 @@ def test_still_active_names_the_alerts_alertmanager_holds_valid_beyond_the_margi
 
 
 @pytest.mark.stack
+def test_active_lists_the_alerts_held_of_the_names_asked_with_generator_url_and_ends_at(alertmanager):
+    sender = AlertSender([alertmanager.url], resend_seconds=60)          # endsAt 240 s ahead
+    warning, breach, other = seller_alert("L1"), seller_alert("L2", names.ALERT_BREACHED), seller_alert("L3")
+    pipeline = Alert({names.LABEL_ALERTNAME: "CancelwatchWorkerDown"}, {}, datetime.now(timezone.utc))
+
+    async def scenario():
+        for alert in (warning, breach, other, pipeline):
+            sender.fire(alert)
+        await eventually(lambda: len(alertmanager.active()) == 4, "four alerts active")
+        sender.resolve(other.labels)
+        await eventually(lambda: not alertmanager.active("L3"), "L3 resolved")
+        unreachable = AlertSender([f"http://127.0.0.1:{free_port()}"], timeout_seconds=1)
+        return (await sender.active("ignored", alertnames=[names.ALERT_WARNING, names.ALERT_BREACHED]),
+                await sender.active("ignored", alertnames=[names.ALERT_BREACHED]),
+                await unreachable.active("ignored"))
+
+    seller_names, breaches, from_nowhere = asyncio.run(with_sender(sender, scenario))
+    assert {alert.key for alert, _ in seller_names} == {warning.key, breach.key}
+    assert [alert.key for alert, _ in breaches] == [breach.key]
+    listed = {alert.key: (alert, ends_at) for alert, ends_at in seller_names}
+    assert listed[warning.key][0].generator_url == warning.generator_url
+    assert listed[warning.key][0].annotations == warning.annotations
+    assert timedelta(seconds=200) < listed[warning.key][1] - datetime.now(timezone.utc) <= timedelta(seconds=240)
+    assert from_nowhere == []
+
+
+@pytest.mark.stack
 def test_resend_keeps_the_alert_active_past_its_first_ends_at(alertmanager):
     sender = AlertSender([alertmanager.url], resend_seconds=0.5)  # endsAt 2 s ahead
     alert = seller_alert("A4")

@@ -3,20 +3,25 @@ sellers whose evaluation cannot have moved leaves every seller as evaluating all
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 import types
 from datetime import datetime, timedelta, timezone
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
 from cancelwatch import names, settings as settings_module
 from cancelwatch.core import events, policy as policy_module, window
+from cancelwatch.delivery import alertmanager as alertmanager_module
 from cancelwatch.tools import scenarios
 from cancelwatch.worker import feeds, mailbox
 from cancelwatch.worker.metrics import rate_band
 from cancelwatch.worker.ownership import owner_partition
+from cancelwatch.worker.runtime import Runtime
 from tests import dict_runtime
+from tests.delivery.test_alertmanager import alertmanager  # noqa: F401 - the fixture: an Alertmanager of the test's own
 
 START = datetime(2026, 11, 1, tzinfo=timezone.utc)
 
@@ -589,3 +594,105 @@ def test_the_event_clock_is_the_clusters_largest_and_each_commit_publishes_what_
 
     runtime.process(dict_runtime.messages([events.encode(stream[0])], settings))
     assert runtime.commit().clock_writes == {}     # an older event moves no partition's clock
+
+
+def test_a_fetch_of_a_revoked_generation_is_stale_until_the_next_assignment():
+    # Between a revocation and the next assignment the consumer's generation still reads the old
+    # one: a fetch made then would be applied to state rebuilt from every partition the worker
+    # had, and its alerts decided for sellers other workers own already.
+    settings = settings_module.load({**os.environ, "CANCELWATCH_CLOCK": "event"})
+    runtime = dict_runtime.runtime(settings, policy_module.load(settings.policy_path))
+    assert not runtime.stale_fetch(1, 1)
+    runtime.revoked(1)
+    assert runtime.stale_fetch(1, 1), "the generation whose partitions were revoked"
+    assert runtime.stale_fetch(1, 2) and not runtime.stale_fetch(2, 2)
+    runtime.revoked()               # a revocation that names no generation forgets none
+    assert runtime.stale_fetch(1, 1) and not runtime.stale_fetch(2, 2)
+
+
+def test_sellers_of_a_partition_not_in_the_assignment_decide_no_alert():
+    # State of an assignment that is over (partitions handed to another worker) decides nothing:
+    # the new owner does, from its own view.
+    settings = settings_module.load({**os.environ, "CANCELWATCH_CLOCK": "event"})
+    policy = policy_module.load(settings.policy_path)
+    first, _ = scenario_events(datetime(2026, 11, 20, 8, 0, tzinfo=timezone.utc))
+    own = dict_runtime.messages([events.encode(e) for e in first], settings)
+    home = own[0].partition
+    decided = []
+    for owned in (set(range(settings.partitions)) - {home}, set(range(settings.partitions))):
+        runtime = dict_runtime.runtime(settings, policy)
+        runtime.owned = owned
+        dict_runtime.feed(runtime, own, fetch=len(own), on_group=decided.append)
+    gone, mine = decided
+    assert not gone.fire and not gone.resolve
+    assert mine.fire, "the counts must warrant alerts, or the test proves nothing"
+
+
+def partition_seller(name: str, partition: int, partitions: int) -> str:
+    """A seller id starting with `name` that lives on `partition`."""
+    return next(f"{name}{n}" for n in range(10_000) if owner_partition(f"{name}{n}", partitions) == partition)
+
+
+@pytest.mark.stack
+def test_the_owner_resolves_the_alerts_of_its_sellers_it_does_not_hold_firing(alertmanager):
+    # A previous owner that had not noticed a rebalance yet (or one stopped past its session and
+    # resumed) sends alerts after the new owner restored the firing sets: no worker re-sends or
+    # resolves them, and Alertmanager would hold them for four re-send periods. The owner's sweep
+    # resolves those of its caught-up sellers, of its own deployment, that it does not hold
+    # firing; it leaves its own, another deployment's, and those of partitions it holds
+    # (catching up) or does not own. Real Alertmanager; the table is a dict (no Kafka).
+    from cancelwatch.delivery.alertmanager import AlertSender
+    from cancelwatch.core import alerting
+    from tests.delivery.test_alertmanager import eventually, with_sender
+
+    settings = settings_module.load({**os.environ, "CANCELWATCH_CLOCK": "event", "CANCELWATCH_APP_ID": "cw-sweep",
+                                     "CANCELWATCH_ALERTMANAGER_URL": alertmanager.url})
+    other_deployment = settings_module.load({**os.environ, "CANCELWATCH_APP_ID": "cw-elsewhere"})
+    policy = policy_module.load(settings.policy_path)
+    runtime = dict_runtime.runtime(settings, policy)
+    runtime.targets_ready = True
+    first, rest = scenario_events(datetime.now(timezone.utc) - timedelta(days=1))
+    own = dict_runtime.messages([events.encode(e) for e in first], settings)
+    home = own[0].partition
+    held, elsewhere = [(home + step) % settings.partitions for step in (1, 2)]
+    dict_runtime.feed(runtime, own, fetch=len(own), on_group=runtime.deliver)
+    mine = runtime.alerts[("S1", "US")]
+    assert mine, "the counts must warrant alerts, or the test proves nothing"
+    runtime.catching_up = {held}
+    runtime.owned = set(range(settings.partitions)) - {elsewhere}
+
+    def breach(seller: str, deployment=runtime, alertname=names.ALERT_BREACHED) -> alertmanager_module.Alert:
+        firing = alerting.Firing({names.LABEL_ALERTNAME: alertname, names.LABEL_SELLER: seller,
+                                  names.LABEL_MARKETPLACE: "US", names.LABEL_SEVERITY: names.ALERT_SEVERITY[alertname],
+                                  names.LABEL_WINDOW_DAYS: "7"}, {"summary": alertname}, time.time() - 60)
+        return deployment.alert(firing)
+
+    gone_seller = partition_seller("GONE", home, settings.partitions)
+    other = Runtime(other_deployment, policy)
+    assert (names.ALERT_BREACHED, "7") in {(a.labels[names.LABEL_ALERTNAME], a.labels[names.LABEL_WINDOW_DAYS])
+                                           for a in mine.values()}
+    strays = [breach("S1", alertname=names.ALERT_WARNING), breach(gone_seller)]     # resolved
+    left = [breach(partition_seller("FOREIGN", home, settings.partitions), other),
+            breach(partition_seller("HELD", held, settings.partitions)),
+            breach(partition_seller("THEIRS", elsewhere, settings.partitions))]
+    previous = AlertSender([alertmanager.url], resend_seconds=60)
+
+    def active() -> set[str]:
+        return {alert["labels"][names.LABEL_SELLER] + "/" + alert["labels"][names.LABEL_ALERTNAME]
+                for alert in alertmanager.active()}
+
+    async def scenario():
+        for alert in strays + left:
+            previous.fire(alert)
+        await with_sender(previous, lambda: eventually(lambda: len(active()) == len(mine) + 5, "every alert held"))
+        resolved = await runtime.resolve_strays()
+        await eventually(lambda: len(active()) == len(mine) + 3, "the strays resolved")
+        return resolved
+    assert asyncio.run(with_sender(runtime.sender, scenario)) == 2
+    expected = {f"S1/{alert.labels[names.LABEL_ALERTNAME]}" for alert in mine.values()}
+    assert len(expected) == len(mine), "one alert per name, or the counts above prove nothing"
+    expected |= {f"{alert.labels[names.LABEL_SELLER]}/{names.ALERT_BREACHED}" for alert in left}
+    assert active() == expected
+    assert runtime.metrics.stray_alerts._value.get() == 2
+    assert all(parse_qs(urlsplit(alert["generatorURL"]).query)["app_id"] in (["cw-sweep"], ["cw-elsewhere"])
+               for alert in alertmanager.active())

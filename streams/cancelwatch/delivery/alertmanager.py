@@ -217,22 +217,37 @@ class AlertSender:
         if not wanted:
             return set()
         horizon = self._clock() + timedelta(seconds=margin_seconds)
-        active: set[AlertKey] = set()
+        return {alert.key for alert, ends_at in await self.active(
+                    "the alerts this worker took over are sent once its partitions are caught up")
+                if alert.key in wanted and ends_at > horizon}
+
+    async def active(self, unreadable: str, alertnames: Iterable[str] = ()) -> list[tuple[Alert, datetime]]:
+        """The alerts every Alertmanager holds active now (silenced and inhibited ones too), with
+        their endsAt; only those named `alertnames` when given. An Alertmanager that cannot be
+        asked adds none; the warning says so, then `unreadable` (what that means for the caller)."""
+        params = {}
+        names_wanted = sorted(set(alertnames))
+        if names_wanted:
+            params["filter"] = f'{names.LABEL_ALERTNAME}=~"{"|".join(map(re.escape, names_wanted))}"'
+        found: list[tuple[Alert, datetime]] = []
         timeout = aiohttp.ClientTimeout(total=self.timeout_seconds)
         async with aiohttp.ClientSession(timeout=timeout) as session:
             for target in self._targets:
                 try:
-                    async with session.get(target.endpoint) as response:
+                    async with session.get(target.endpoint, params=params) as response:
                         alerts = await response.json(content_type=None) if response.status == 200 else []
                 except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError) as error:
-                    log.warning("cannot read the active alerts of %s (%s): the alerts this worker "
-                                "took over are sent once its partitions are caught up", target.endpoint, error)
+                    log.warning("cannot read the active alerts of %s (%s): %s", target.endpoint, error, unreadable)
                     continue
                 for alert in alerts if isinstance(alerts, list) else []:
-                    key = frozenset((alert.get("labels") or {}).items())
-                    if key in wanted and _parse_time(alert.get("endsAt", "")) > horizon:
-                        active.add(key)
-        return active
+                    try:
+                        found.append((Alert(alert.get("labels") or {}, alert.get("annotations") or {},
+                                            _parse_time(alert.get("startsAt", "")),
+                                            alert.get("generatorURL") or ""),
+                                      _parse_time(alert.get("endsAt", ""))))
+                    except (ValueError, AttributeError, TypeError):
+                        continue    # not an alert this module could have sent
+        return found
 
     def pending(self) -> int:
         """Alert updates (distinct alerts) not yet accepted by every Alertmanager."""

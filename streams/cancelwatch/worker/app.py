@@ -259,7 +259,7 @@ def build_app(settings: Settings, policy: policy_module.Policy,
         # Wait for a commit in flight (its changelog records must not land after the next
         # owner restored), then drop what is staged and stop sending this worker's alerts.
         async with store.lock:
-            runtime.revoked()
+            runtime.revoked(app.consumer_generation_id)
 
     @table.on_recover
     async def _recovered() -> None:
@@ -301,7 +301,7 @@ def build_app(settings: Settings, policy: policy_module.Policy,
                     continue
                 generation = app.consumer_generation_id
                 runtime.drop_stale_group(generation)
-                if fetch.generation != generation:
+                if runtime.stale_fetch(fetch.generation, generation):
                     # fetched before a rebalance: read again from the committed offsets
                     log.info("a fetch of generation %d given up in generation %d: %d records read again",
                              fetch.generation, generation, len(fetch.records))
@@ -393,12 +393,16 @@ def build_app(settings: Settings, policy: policy_module.Policy,
         if runtime.sender is not None:
             app.add_future(runtime.sender.run())
         trimmed = 0.0
+        swept, sweeping = time.monotonic(), None
         while not app.should_stop:
             await asyncio.sleep(ALERT_TICK_SECONDS)
             runtime.refresh_catch_up(app.consumer)
             outbox = runtime.evaluate()
             if outbox or store.staged:
                 await committed(outbox)
+            if ((runtime.sweep_due or time.monotonic() - swept >= settings.alert_resend_seconds)
+                    and (sweeping is None or sweeping.done())):
+                swept, sweeping = time.monotonic(), app.add_future(runtime.resolve_strays())
             quiet_since = time.monotonic() - TRIM_QUIET_SECONDS
             burst = trimmed < runtime.last_fetch_applied
             if runtime.last_fetch_applied < quiet_since and (burst or trimmed < quiet_since - TRIM_IDLE_SECONDS):

@@ -79,6 +79,7 @@ class Metrics:
         self.seller_faults = _counter(self.registry, "cancelwatch_seller_fault_cancellations_total")
         self.excluded = _counter(self.registry, "cancelwatch_excluded_cancellations_total")
         self.deliveries = _counter(self.registry, "cancelwatch_alert_deliveries_total")
+        self.stray_alerts = _counter(self.registry, "cancelwatch_stray_alerts_resolved_total")
         _, labels, text = _spec("cancelwatch_processing_latency_seconds")
         self.latency = Histogram("cancelwatch_processing_latency_seconds", text, labels,
                                  buckets=LATENCY_BUCKETS, registry=self.registry)

@@ -22,6 +22,7 @@ import uuid
 from collections import Counter, defaultdict
 from datetime import datetime, timezone
 from typing import Iterator
+from urllib.parse import parse_qs, quote, urlsplit
 
 import msgspec
 
@@ -62,6 +63,7 @@ _firing_decoder = msgspec.msgpack.Decoder(list[tuple[str, str, str, float, dict[
 _health_encoder = msgspec.msgpack.Encoder()
 _health_decoder = msgspec.msgpack.Decoder(tuple[float, account_health.MarketplaceHealth])
 HEALTH_ROLE = "account-health"
+GENERATOR_APP_PARAM = "app_id"                 # names the deployment in an alert's generatorURL
 KIND_HEADER = "cancelwatch.kind"
 # On an event rerouted by a worker that was catching up on the partition it read it from: that
 # worker's token. The receiving partition's counts are partial until that catch-up is over.
@@ -205,6 +207,8 @@ class Runtime:
         self._summary_pool: dict[tuple, SellerSummary] = {}
         self.alerts: dict[tuple[str, str], dict] = {}   # seller -> {AlertKey: alerting.Firing}
         self.adopted: set[tuple[str, str]] = set()      # sellers whose restored alerts this worker has not sent yet
+        self.revoked_generation = -1    # the consumer generation whose partitions were revoked last
+        self.sweep_due = False          # partitions caught up since the last sweep of stray alerts
         self.evaluated_bucket: int | None = None
         self.last_full_end = 0.0
         self.last_full_seconds = 0.0
@@ -266,11 +270,14 @@ class Runtime:
         return partition
 
     # -- ownership changes -----------------------------------------------------
-    def revoked(self) -> None:
+    def revoked(self, generation: int = -1) -> None:
         """Partitions are moving (a rebalance began): stop sending this worker's alerts without
         resolving them (the new owner takes them over from the durable firing sets), and drop
-        what is staged and not committed (its events were never acknowledged)."""
+        what is staged and not committed (its events were never acknowledged). `generation` is
+        the consumer's generation whose assignment ends here: its fetches are void from now on
+        (`stale_fetch`)."""
         self.epoch += 1
+        self.revoked_generation = max(self.revoked_generation, generation)
         if self.sender is not None:
             self.sender.forget(alert.key for firing in self.alerts.values() for alert in firing.values())
         self.alerts = {}
@@ -284,6 +291,15 @@ class Runtime:
         self.health = {}
         if self.store is not None:
             self.store.abandon()
+
+    def stale_fetch(self, fetch_generation: int, generation: int) -> bool:
+        """Whether a fetch is of an assignment that is over: fetched in another generation than
+        the consumer's now, or in one whose partitions were revoked. The second is the window
+        between a revocation and the next assignment, when the consumer's generation still
+        reads the old one: applied then, the fetch would rebuild state from partitions other
+        workers own already, and decide and send their sellers' alerts. Its records are read
+        again from the committed offsets, by whichever worker owns them now."""
+        return fetch_generation != generation or fetch_generation <= self.revoked_generation
 
     def rebuild(self) -> Outbox:
         """Derive totals and firing alerts from the table's active partitions (after every
@@ -362,7 +378,7 @@ class Runtime:
         for seller in self.adopted:
             for alert in self.alerts.get(seller, {}).values():
                 if alert.key in active:
-                    self.sender.fire(_alert(alert))
+                    self.sender.fire(self.alert(alert))
                     kept += 1
         if restored:
             log.info("alerts taken over: %d of %d still active in Alertmanager, kept alive through the catch-up",
@@ -728,6 +744,7 @@ class Runtime:
         if caught_up and self.book is not None:
             log.info("partitions %s caught up: evaluating their sellers", sorted(caught_up))
             self.dirty = set(self.book.states())
+            self.sweep_due = True
         self.catching_up = behind
 
     # -- alerts ----------------------------------------------------------------
@@ -856,7 +873,9 @@ class Runtime:
                     health_rating=entry.health_rating))
             if not wanted and not previous:
                 continue
-            held = self.is_catching_up(self.owners[state.seller_id])
+            partition = self.owners[state.seller_id]
+            # A partition not in the assignment (state of an assignment that is over) decides nothing.
+            held = self.is_catching_up(partition) or partition not in self.owned
             decision = alerting.decide(previous, wanted, time.time(), hold=held)
             if decision.changed:
                 store_key = state_module.alerts_key(*key)
@@ -884,9 +903,62 @@ class Runtime:
         if self.sender is None or not outbox or outbox.epoch != self.epoch:
             return
         for firing in outbox.fire:
-            self.sender.fire(_alert(firing))
+            self.sender.fire(self.alert(firing))
         for firing in outbox.resolve:
-            self.sender.resolve(firing.labels, _alert(firing))
+            self.sender.resolve(firing.labels, self.alert(firing))
+
+    def alert(self, firing: alerting.Firing) -> Alert:
+        """The alert as sent: its generatorURL is the seller's view on this worker, and names
+        the deployment (`CANCELWATCH_APP_ID`), whose owners resolve it (`resolve_strays`)."""
+        labels = firing.labels
+        seller, marketplace = labels[names.LABEL_SELLER], labels[names.LABEL_MARKETPLACE]
+        url = (f"{self.settings.web_advertised_url}/sellers/{quote(seller, safe='')}"
+               f"?marketplace={quote(marketplace, safe='')}&{GENERATOR_APP_PARAM}={quote(self.settings.app_id, safe='')}")
+        return Alert(labels, firing.annotations, datetime.fromtimestamp(firing.starts_at, timezone.utc), url)
+
+    async def resolve_strays(self) -> int:
+        """Resolve the alerts of this deployment that Alertmanager holds for sellers this worker
+        owns and has caught up on, and that it does not hold firing itself: sent by a previous
+        owner after this one had restored the firing sets (a worker that had not noticed the
+        rebalance yet, or one stopped past its session and resumed). Nothing else resolves
+        them: no worker re-sends them, and they would stay active until their endsAt, up to
+        four re-send periods. Run at every re-send period and once partitions catch up, so
+        such an alert is resolved within two re-send periods of being sent (contract section
+        9). Sellers held (catching up) or due for evaluation are left for a later sweep.
+        Returns how many were resolved."""
+        if self.sender is None or self.book is None:
+            return 0
+        epoch = self.epoch
+        self.sweep_due = False
+        active = await self.sender.active("stray alerts of this worker's sellers are resolved at the next sweep",
+                                          alertnames=names.ALERT_SEVERITY)
+        if epoch != self.epoch or self.book is None:
+            return 0        # ownership moved meanwhile: the next owner sweeps
+        firing = self.sender.firing()
+        strays = {}
+        for alert, _ in active:
+            labels = alert.labels
+            seller = (labels.get(names.LABEL_SELLER), labels.get(names.LABEL_MARKETPLACE))
+            if None in seller or alert.key in firing or alert.key in self.alerts.get(seller, {}):
+                continue
+            if parse_qs(urlsplit(alert.generator_url).query).get(GENERATOR_APP_PARAM) != [self.settings.app_id]:
+                continue    # another deployment's, or not cancelwatch's
+            partition = self.owners[seller[0]]
+            if partition not in self.owned or self.is_catching_up(partition):
+                continue
+            state = self.book.seller(*seller)
+            if state is not None and state in self.dirty:
+                continue    # decided at the next evaluation, then swept
+            strays[alert.key] = alert
+        for alert in strays.values():
+            self.sender.resolve(alert.labels, alert)
+        if strays:
+            sample = ", ".join(sorted(f"{a.labels[names.LABEL_ALERTNAME]} {a.labels[names.LABEL_SELLER]}"
+                                      for a in strays.values())[:5])
+            log.warning("stray alerts resolved: %d of this worker's sellers that it does not hold firing (sent by a "
+                        "previous owner after the handover), e.g. %s", len(strays), sample)
+            self.metrics.stray_alerts.inc(len(strays))
+        return len(strays)
 
     def expire(self) -> None:
         if self.book is not None:
@@ -936,10 +1008,6 @@ class Runtime:
         return ScrapeState(Summaries(self.book), dict(self.lag), {"order-buckets": keys}, alerts,
                            self.sender.pending() if self.sender else 0, self.now(),
                            {partition: self.is_catching_up(partition) for partition in owned})
-
-
-def _alert(firing: alerting.Firing) -> Alert:
-    return Alert(firing.labels, firing.annotations, datetime.fromtimestamp(firing.starts_at, timezone.utc))
 
 
 def _header(message, key: str) -> bytes | None:

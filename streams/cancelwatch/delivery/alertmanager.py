@@ -217,8 +217,9 @@ class AlertSender:
         if not wanted:
             return set()
         horizon = self._clock() + timedelta(seconds=margin_seconds)
+        alertnames = {dict(key).get(names.LABEL_ALERTNAME, "") for key in wanted}
         return {alert.key for alert, ends_at in await self.active(
-                    "the alerts this worker took over are sent once its partitions are caught up")
+                    "the alerts this worker took over are sent once its partitions are caught up", alertnames)
                 if alert.key in wanted and ends_at > horizon}
 
     async def active(self, unreadable: str, alertnames: Iterable[str] = ()) -> list[tuple[Alert, datetime]]:

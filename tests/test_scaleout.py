@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import random
 import shutil
+import signal
 import subprocess
 import time
 from datetime import datetime, timedelta, timezone
@@ -432,6 +433,58 @@ def test_a_worker_stopped_hard_at_a_commit_gap_is_exact_after_takeover_restart_a
         checked=f"{replay.sent:,} messages sent; exact after a takeover by a second worker with an empty data "
                 f"dir ({statuses.get(503, 0)} answers 503 on the way, none 404), a restart on the crashed "
                 f"data dir and a restart on an empty one")
+
+
+def process_stopped(worker: WorkerProcess) -> bool:
+    """Whether every thread of the worker's process is stopped (SIGSTOP)."""
+    states = []
+    for stat in Path(f"/proc/{worker.process.pid}/task").glob("*/stat"):
+        try:
+            states.append(stat.read_text().rsplit(")", 1)[1].split()[0])
+        except (OSError, IndexError):
+            continue
+    return bool(states) and all(state in "Tt" for state in states)
+
+
+def test_a_worker_that_stood_still_past_its_session_writes_nothing_of_partitions_it_lost(replay, fleet):
+    """A worker stands still (SIGSTOP at fail point `pause-before-changelog` of its second commit)
+    with a group's writes in hand. Its session expires and a second worker takes every partition
+    over and applies the whole replay. When the first is continued, its writes come from a view
+    older than the owner's: on the changelog they would replace the owner's newer buckets (and
+    clock), and the next restore would read them. It gives the commit up, rejoins the group, and
+    both workers are exact; so is a third started on an empty data dir, from the changelog alone."""
+    started = time.monotonic()
+    topics = replay.group("stall")
+    stalled = fleet(topics, "stalled", env={"CANCELWATCH_FAILPOINT": "pause-before-changelog",
+                                            "CANCELWATCH_FAILPOINT_AT": str(FAILPOINT_AT)})
+    try:
+        wait_for(lambda: process_stopped(stalled), f"the worker standing still at its commit {FAILPOINT_AT}",
+                 seconds=60)
+        owner = fleet(topics, "owner")
+        owner.wait_ready()
+        figures = [exact(owner, replay.expected, timeout=90)]
+        assert owned_partitions(owner, topics.orders) == set(range(owner.partitions))
+    finally:
+        stalled.process.send_signal(signal.SIGCONT)
+    wait_for(lambda: "none written" in stalled.log_path.read_text(errors="replace"),
+             f"the stalled worker giving its commit up; log {stalled.log_path}", seconds=30)
+    spread_over([stalled, owner], topics, owner.partitions)
+    figures += [exact(stalled, replay.expected, timeout=90), exact(owner, replay.expected, timeout=30)]
+    stalled.stop()
+    owner.stop()
+    empty = fleet(topics, "empty")
+    empty.wait_ready()
+    figures.append(exact(empty, replay.expected, timeout=60))
+    faults_table.record_fault(
+        "stalled-commit",
+        fault=f"worker stopped (SIGSTOP) with commit {FAILPOINT_AT}'s writes in hand until its session expired and "
+              "a second worker took over and applied the whole replay; then continued",
+        injected=1, events=len(replay.stream), lost=sum(lost for lost, _ in figures),
+        double_counted=sum(double for _, double in figures), sellers=len(replay.expected),
+        seconds=time.monotonic() - started,
+        checked=f"{replay.sent:,} messages sent; the continued worker gave its commit up (none written) and "
+                "rejoined; both workers exact after sharing the partitions again, and a third exact from the "
+                "changelog alone (empty data dir)")
 
 
 # The second fetch of a new consumer group that holds the only copy of its records (none applied

@@ -112,7 +112,9 @@ SETTINGS: tuple[Setting, ...] = (
             "For tests only: `after-changelog`, `after-local-write` or `before-commit` makes the worker "
             "exit hard (code 70) at that point of a state commit, to prove each crash point; `drop-fetch` "
             "makes the agent give up one fetch unapplied and unacknowledged, to prove such records are "
-            "read again."),
+            "read again; `pause-before-changelog` makes the worker stop itself (SIGSTOP) before that "
+            "commit's changelog, until it is continued, to prove a worker that stood still past its "
+            "session writes nothing."),
     Setting("CANCELWATCH_FAILPOINT_AT", "1",
             "For tests only: which state commit (1 = the first that writes) reaches the fail point; for "
             "`drop-fetch`, which fetch holding the only copy of its records is given up."),
@@ -199,7 +201,7 @@ class Settings:
         return {names.ORDERS_TOPIC: self.orders_topic, names.CANCELLATIONS_TOPIC: self.cancellations_topic}
 
 
-FAILPOINTS = ("after-changelog", "after-local-write", "before-commit", "drop-fetch")
+FAILPOINTS = ("after-changelog", "after-local-write", "before-commit", "drop-fetch", "pause-before-changelog")
 
 
 def _failpoint(env: Mapping[str, str]) -> str:

@@ -187,3 +187,36 @@ def test_flush_empties_the_write_buffers_and_keeps_every_value(store):
     assert [db.property_int_value("rocksdb.num-entries-active-mem-table")
             for db in table.data._dbs.values()] == [0, 0]
     assert all(store[key] == key * 3 for key in keys)
+
+
+def test_a_fenced_commit_writes_nothing_anywhere_and_says_why(store):
+    # After a stall long enough for the session to expire, the partitions may be another
+    # worker's: a bucket written from this worker's view would replace the owner's newer one.
+    store, table, log = store
+    reasons: list[str] = []
+    fence: list[str | None] = [None]
+    store.fence, store.on_fenced = (lambda: fence[0]), reasons.append
+    store[b"a1"] = b"first"
+    asyncio.run(store.commit())
+    fence[0] = "stood still"
+    store[b"a1"] = b"second"
+    asyncio.run(store.commit())
+    assert reasons == ["stood still"]
+    assert [value for _, _, records in log for _, value in records] == [b"first"]
+    assert table.data._db_for_partition(partition_of(b"a1")).get(b"a1") == b"first"
+    assert store[b"a1"] == b"first" and not store.staged
+
+
+def test_the_stall_watch_sees_a_stall_of_the_whole_process_not_a_busy_loop():
+    now = [100.0]
+    watch = table_store.StallWatch(limit_seconds=5.0, clock=lambda: now[0])
+    for tick in range(1, 20):                  # ticks every 0.25 s: a busy event loop does not stop them
+        now[0] = 100.0 + tick * 0.25
+        watch.observe(now[0])
+    assert watch.stalled_since(100.0) is None
+    now[0] += 6.0                              # nothing ran for 6 s: the whole process stood still
+    watch.observe(now[0])
+    assert watch.stalled_since(100.0) == pytest.approx(6.0)
+    assert watch.stalled_since(now[0] + 0.1) is None, "a stall before the assignment began does not count"
+    now[0] += 7.0                              # stopped again, and its thread has not ticked since
+    assert watch.stalled_since(now[0]) == pytest.approx(7.0)

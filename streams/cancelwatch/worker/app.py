@@ -45,7 +45,7 @@ from cancelwatch.settings import Settings
 from cancelwatch.worker import records, web
 from cancelwatch.worker.ownership import Ownership, faust_assignment, faust_recovering
 from cancelwatch.worker.runtime import HEALTH_ROLE, KIND_HEADER, Runtime, limit_arenas, pin_mmap_threshold
-from cancelwatch.worker.table_store import Failpoints, TableStore
+from cancelwatch.worker.table_store import Failpoints, StallWatch, TableStore
 from cancelwatch.worker import feeds
 from cancelwatch.tools import target_cli
 from cancelwatch.tools.producer import ProducerError
@@ -237,7 +237,31 @@ def build_app(settings: Settings, policy: policy_module.Policy,
                                            "min.cleanable.dirty.ratio": "0.2"},
                       options=ROCKSDB_OPTIONS)
     failpoints = Failpoints(settings.failpoint, settings.failpoint_at)
-    runtime.store = store = TableStore(table, runtime.partition_of, failpoints)
+    # The session expires when no heartbeat came for its length; the last one came at most a
+    # heartbeat interval before a stall began.
+    stall = StallWatch(max(1.0, settings.session_timeout_seconds - app.conf.broker_heartbeat_interval)).start()
+
+    def fence() -> str | None:
+        """Why this worker's writes must not go out: it stood still long enough, since its
+        partitions were last assigned, for its session to expire and other workers to own them."""
+        stalled = stall.stalled_since(runtime.assignment_started)
+        if stalled is None:
+            return None
+        return (f"the process stood still for {stalled:.1f}s (CANCELWATCH_SESSION_TIMEOUT_SECONDS is "
+                f"{settings.session_timeout_seconds:g}): its partitions may be another worker's now")
+
+    def fenced(reason: str) -> None:
+        """Void the assignment (its writes dropped, its events read again) and rejoin the group:
+        the next assignment says what this worker owns."""
+        runtime.revoked(app.consumer_generation_id)
+        app.add_future(rejoin())
+
+    async def rejoin() -> None:
+        consumer = app.consumer._thread._ensure_consumer()
+        await app.consumer._thread.call_thread(consumer._coordinator.request_rejoin)
+        log.warning("rejoining the consumer group after a stall: partitions are assigned again")
+
+    runtime.store = store = TableStore(table, runtime.partition_of, failpoints, fence=fence, on_fenced=fenced)
     runtime.metrics.attach(lambda: runtime.scrape_state(app.consumer))
 
     def changelog_topic() -> str:
@@ -303,8 +327,9 @@ def build_app(settings: Settings, policy: policy_module.Policy,
                 runtime.drop_stale_group(generation)
                 if runtime.stale_fetch(fetch.generation, generation):
                     # fetched before a rebalance: read again from the committed offsets
-                    log.info("a fetch of generation %d given up in generation %d: %d records read again",
-                             fetch.generation, generation, len(fetch.records))
+                    log.info("a fetch of generation %d given up (the consumer's generation: %d, revoked up to %d): "
+                             "%d records read again", fetch.generation, generation, runtime.revoked_generation,
+                             len(fetch.records))
                     continue
                 if runtime.book is None:
                     # Records of the new assignment can come before faust's recovery callback:

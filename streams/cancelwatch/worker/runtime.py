@@ -208,6 +208,7 @@ class Runtime:
         self.alerts: dict[tuple[str, str], dict] = {}   # seller -> {AlertKey: alerting.Firing}
         self.adopted: set[tuple[str, str]] = set()      # sellers whose restored alerts this worker has not sent yet
         self.revoked_generation = -1    # the consumer generation whose partitions were revoked last
+        self.assignment_started = time.monotonic()   # when the last rebalance began (monotonic s)
         self.sweep_due = False          # partitions caught up since the last sweep of stray alerts
         self.evaluated_bucket: int | None = None
         self.last_full_end = 0.0
@@ -278,6 +279,7 @@ class Runtime:
         (`stale_fetch`)."""
         self.epoch += 1
         self.revoked_generation = max(self.revoked_generation, generation)
+        self.assignment_started = time.monotonic()
         if self.sender is not None:
             self.sender.forget(alert.key for firing in self.alerts.values() for alert in firing.values())
         self.alerts = {}

@@ -21,9 +21,21 @@ Local keys (`local`, the order index) go into the same write batch but never
 to the changelog: they are derived from the changelogged ones and rebuilt
 after every recovery.
 
+A worker whose process stood still long enough for its consumer-group session
+to expire (SIGSTOP, a paused VM, a machine starved of CPU: every thread stops,
+the heartbeat's too) has lost its partitions without knowing it: other workers
+own them and have restored their state. Its writes must not reach their
+changelog then: a bucket written from its old view would replace the newer one
+the owner wrote, and the next restore would read the older. `StallWatch` sees
+such a stall, and the store is fenced (`fence`): a commit after a stall in the
+current assignment writes nothing, and `on_fenced` voids the assignment (the
+worker rejoins its group; the events are read again by whoever owns them).
+
 `Failpoints` lets the tests stop the worker hard at each gap
-(`CANCELWATCH_FAILPOINT`), so every crash point is hit deterministically, or
-make the agent give up one fetch unapplied (`drop-fetch`).
+(`CANCELWATCH_FAILPOINT`), so every crash point is hit deterministically, make
+it stand still (SIGSTOP to itself) before a commit's changelog
+(`pause-before-changelog`), or make the agent give up one fetch unapplied
+(`drop-fetch`).
 """
 
 from __future__ import annotations
@@ -31,13 +43,60 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
+import threading
+import time
 from typing import Callable, Iterator, MutableMapping
 
 
 log = logging.getLogger("cancelwatch.worker")
 
 FAILPOINT_EXIT_CODE = 70
+PAUSE_FAILPOINT = "pause-before-changelog"
 _MISSING = object()
+
+
+class StallWatch:
+    """Notices when the whole process stood still: a thread of its own ticks every `tick`
+    seconds and records when a tick came `limit` seconds or more after the one before. A
+    busy event loop is no stall (this thread, like the consumer's heartbeat, runs on)."""
+
+    def __init__(self, limit_seconds: float, tick_seconds: float = 0.25,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.limit = limit_seconds
+        self.tick = tick_seconds
+        self.clock = clock
+        self.last = clock()
+        self.stalled_at = float("-inf")     # monotonic time the last stall ended
+        self.stalled_for = 0.0
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> "StallWatch":
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="cancelwatch-stall-watch", daemon=True)
+            self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(self.tick)
+            self.observe(self.clock())
+
+    def observe(self, now: float) -> None:
+        gap = now - self.last
+        if gap >= self.limit:
+            self.stalled_at, self.stalled_for = now, gap
+        self.last = now
+
+    def stalled_since(self, since: float) -> float | None:
+        """How long the process stood still after `since` (monotonic), or None: a stall that
+        ended after it, or one going on now (this thread has not ticked since it resumed)."""
+        now = self.clock()
+        if now - self.last >= self.limit:
+            return now - self.last
+        if self.stalled_at >= since:
+            return self.stalled_for
+        return None
 
 
 class Failpoints:
@@ -66,6 +125,11 @@ class Failpoints:
         self.commits += 1
 
     def reach(self, name: str) -> None:
+        if name == self.name == PAUSE_FAILPOINT and self.commits == self.at:
+            log.error("failpoint %s reached at commit %d: the process stops (SIGSTOP) until it is continued",
+                      name, self.commits)
+            os.kill(os.getpid(), signal.SIGSTOP)
+            return
         if name == self.name and self.commits >= self.at:
             log.error("failpoint %s reached at commit %d: exiting hard", name, self.commits)
             logging.shutdown()
@@ -86,10 +150,14 @@ class TableStore(MutableMapping):
     """Staged, logged, then written: see the module's docstring."""
 
     def __init__(self, table, partition_of: Callable[[bytes], int],
-                 failpoints: Failpoints | None = None) -> None:
+                 failpoints: Failpoints | None = None,
+                 fence: Callable[[], str | None] | None = None,
+                 on_fenced: Callable[[str], None] | None = None) -> None:
         self.table = table
         self.partition_of = partition_of
         self.failpoints = failpoints or Failpoints()
+        self.fence = fence              # why writes must not go out now (None: they may)
+        self.on_fenced = on_fenced      # told why, after a commit was given up
         self._staged: dict[int, _Staged] = {}
         self._writing: dict[int, _Staged] = {}      # being committed: still visible to reads
         self.lock = asyncio.Lock()
@@ -161,6 +229,14 @@ class TableStore(MutableMapping):
             self._writing, self._staged = self._staged, {}
             try:
                 self.failpoints.commit_started()
+                self.failpoints.reach(PAUSE_FAILPOINT)
+                fenced = self.fence() if self.fence is not None else None
+                if fenced is not None:
+                    log.warning("a commit of %d partitions' writes given up, none written: %s",
+                                len(self._writing), fenced)
+                    if self.on_fenced is not None:
+                        self.on_fenced(fenced)
+                    return
                 offsets = await self._send_changelog(self._writing)
                 self.failpoints.reach("after-changelog")
                 self._write_local(self._writing, offsets)

@@ -47,7 +47,7 @@ from tests.delivery.test_alertmanager import alertmanager  # noqa: F401 - the fi
 from tests.worker.test_faults import assert_exact, takeover_statuses
 from tests.worker.test_worker import (expected_answers, publish, simulated_stream, strip_listing,
                                      worker_answers)
-from tests.workers import Topics, WorkerProcess
+from tests.workers import Topics, WorkerProcess, process_stopped
 
 pytestmark = pytest.mark.stack
 
@@ -435,17 +435,6 @@ def test_a_worker_stopped_hard_at_a_commit_gap_is_exact_after_takeover_restart_a
                 f"data dir and a restart on an empty one")
 
 
-def process_stopped(worker: WorkerProcess) -> bool:
-    """Whether every thread of the worker's process is stopped (SIGSTOP)."""
-    states = []
-    for stat in Path(f"/proc/{worker.process.pid}/task").glob("*/stat"):
-        try:
-            states.append(stat.read_text().rsplit(")", 1)[1].split()[0])
-        except (OSError, IndexError):
-            continue
-    return bool(states) and all(state in "Tt" for state in states)
-
-
 def test_a_worker_that_stood_still_past_its_session_writes_nothing_of_partitions_it_lost(replay, fleet):
     """A worker stands still (SIGSTOP at fail point `pause-before-changelog` of its second commit)
     with a group's writes in hand. Its session expires and a second worker takes every partition
@@ -458,7 +447,7 @@ def test_a_worker_that_stood_still_past_its_session_writes_nothing_of_partitions
     stalled = fleet(topics, "stalled", env={"CANCELWATCH_FAILPOINT": "pause-before-changelog",
                                             "CANCELWATCH_FAILPOINT_AT": str(FAILPOINT_AT)})
     try:
-        wait_for(lambda: process_stopped(stalled), f"the worker standing still at its commit {FAILPOINT_AT}",
+        wait_for(lambda: process_stopped(stalled.process.pid), f"the worker standing still at its commit {FAILPOINT_AT}",
                  seconds=60)
         owner = fleet(topics, "owner")
         owner.wait_ready()

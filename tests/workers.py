@@ -48,6 +48,18 @@ def cluster_ports(nodes: int, step: int) -> tuple[int, int] | None:
     return None
 
 
+def process_stopped(pid: int) -> bool:
+    """Whether every thread of process `pid` is stopped (SIGSTOP): the signal only asks, and
+    on a busy machine a process can still run for a moment after kill() returns."""
+    states = []
+    for stat in Path(f"/proc/{pid}/task").glob("*/stat"):
+        try:
+            states.append(stat.read_text().rsplit(")", 1)[1].split()[0])
+        except (OSError, IndexError):
+            continue
+    return bool(states) and all(state in "Tt" for state in states)
+
+
 class Topics:
     """Unique topic names and consumer group for one test, as worker settings."""
 

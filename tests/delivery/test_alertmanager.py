@@ -23,6 +23,7 @@ import requests
 
 from cancelwatch import names
 from cancelwatch.delivery.alertmanager import Alert, AlertSender
+from tests.workers import process_stopped
 
 ALERTMANAGER_BINARY = "/usr/bin/prometheus-alertmanager"
 MINIMAL_CONFIG = """\
@@ -189,13 +190,7 @@ class LocalAlertmanager:
         os.kill(self.process.pid, signal.SIGSTOP)
         deadline = time.monotonic() + WAIT_SECONDS
         while time.monotonic() < deadline:
-            states = []
-            for stat in Path(f"/proc/{self.process.pid}/task").glob("*/stat"):
-                try:
-                    states.append(stat.read_text().rsplit(")", 1)[1].split()[0])
-                except (OSError, IndexError):
-                    continue
-            if states and all(state in "Tt" for state in states):
+            if process_stopped(self.process.pid):
                 return
             time.sleep(0.01)
         pytest.fail(f"Alertmanager (pid {self.process.pid}) did not stop within {WAIT_SECONDS}s of SIGSTOP")

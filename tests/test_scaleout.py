@@ -17,6 +17,10 @@ Alertmanager of their own. The fault tests record their figures in docs/faults.j
   data dir the crash left, then on an empty one; exact every time.
 - A fetch given up unapplied (`drop-fetch`) on partitions without a committed offset:
   its records are read again, never committed past.
+- Rebalances with the old worker alive: a fetch held across a revocation (`hold-fetch`) is
+  not applied; a worker stopped past its session with a commit in hand
+  (`pause-before-changelog`) writes nothing when continued; an alert a previous owner sends
+  after the handover is resolved by the owner within two re-send periods.
 - SIGKILLs during a replay, then the data dir deleted: everything restored from Kafka.
 - A late order and its cancel, a purchase date either side of a bucket boundary, and
   seller ids holding the worker's key separator or starting like its clock keys.
@@ -474,6 +478,45 @@ def test_a_worker_that_stood_still_past_its_session_writes_nothing_of_partitions
         checked=f"{replay.sent:,} messages sent; the continued worker gave its commit up (none written) and "
                 "rejoined; both workers exact after sharing the partitions again, and a third exact from the "
                 "changelog alone (empty data dir)")
+
+
+def test_a_fetch_taken_before_a_rebalance_and_looked_at_after_the_revocation_is_not_applied(replay, fleet):
+    """The agent holds its second fetch (fail point `hold-fetch`) until a second worker joins and
+    the first one's partitions are revoked. In the gap before the next assignment the consumer's
+    generation still reads the old one: applied then, the fetch would rebuild state from every
+    partition the worker had (others' already) and decide their sellers' alerts. It is given up
+    and read again; both workers are exact, and a third from the changelog alone."""
+    started = time.monotonic()
+    topics = replay.group("hold-fetch")
+    held = fleet(topics, "held", env={"CANCELWATCH_FAILPOINT": "hold-fetch", "CANCELWATCH_FAILPOINT_AT": "2"})
+    wait_for(lambda: "failpoint hold-fetch reached" in held.log_path.read_text(errors="replace"),
+             f"the worker holding its second fetch; log {held.log_path}", seconds=60)
+    joined = fleet(topics, "joined")
+    joined.wait_ready()
+    spread_over([held, joined], topics, joined.partitions)
+
+    def after_failpoint() -> list[str]:
+        lines = held.log_path.read_text(errors="replace").splitlines()
+        start = next(index for index, line in enumerate(lines) if "failpoint hold-fetch reached" in line)
+        return [line for line in lines[start:] if "state rebuilt" in line or "a fetch of generation" in line]
+    seen = wait_for(after_failpoint, f"what the worker did with the held fetch; log {held.log_path}", seconds=30)
+    assert "given up" in seen[0] and "revoked up to" in seen[0], (
+        f"the held fetch was applied after its partitions were revoked: {seen[0]}\n{held.tail()}")
+    figures = [exact(held, replay.expected, timeout=90), exact(joined, replay.expected, timeout=30)]
+    held.stop()
+    joined.stop()
+    empty = fleet(topics, "empty")
+    empty.wait_ready()
+    figures.append(exact(empty, replay.expected, timeout=60))
+    faults_table.record_fault(
+        "held-fetch",
+        fault="the agent holds a fetch until a second worker joins and its partitions are revoked, then looks at "
+              "it in the gap before the next assignment",
+        injected=1, events=len(replay.stream), lost=sum(lost for lost, _ in figures),
+        double_counted=sum(double for _, double in figures), sellers=len(replay.expected),
+        seconds=time.monotonic() - started,
+        checked=f"{replay.sent:,} messages sent; the fetch given up unapplied ({seen[0].split('[INFO] ', 1)[-1].strip()}); "
+                "both workers exact, and a third exact from the changelog alone (empty data dir)")
 
 
 # The second fetch of a new consumer group that holds the only copy of its records (none applied

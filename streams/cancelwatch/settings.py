@@ -114,10 +114,12 @@ SETTINGS: tuple[Setting, ...] = (
             "makes the agent give up one fetch unapplied and unacknowledged, to prove such records are "
             "read again; `pause-before-changelog` makes the worker stop itself (SIGSTOP) before that "
             "commit's changelog, until it is continued, to prove a worker that stood still past its "
-            "session writes nothing."),
+            "session writes nothing; `hold-fetch` makes the agent hold one fetch until partitions are "
+            "revoked, to prove a fetch of a revoked assignment is not applied."),
     Setting("CANCELWATCH_FAILPOINT_AT", "1",
             "For tests only: which state commit (1 = the first that writes) reaches the fail point; for "
-            "`drop-fetch`, which fetch holding the only copy of its records is given up."),
+            "`drop-fetch`, which fetch holding the only copy of its records is given up; for `hold-fetch`, "
+            "which fetch the agent takes is held."),
 )
 
 _DEFAULTS = {setting.variable: setting.default for setting in SETTINGS}
@@ -201,7 +203,7 @@ class Settings:
         return {names.ORDERS_TOPIC: self.orders_topic, names.CANCELLATIONS_TOPIC: self.cancellations_topic}
 
 
-FAILPOINTS = ("after-changelog", "after-local-write", "before-commit", "drop-fetch", "pause-before-changelog")
+FAILPOINTS = ("after-changelog", "after-local-write", "before-commit", "drop-fetch", "pause-before-changelog", "hold-fetch")
 
 
 def _failpoint(env: Mapping[str, str]) -> str:

@@ -323,6 +323,10 @@ def build_app(settings: Settings, policy: policy_module.Policy,
                 taking = None
                 if failpoints.drops_fetch(app.consumer, fetch):
                     continue
+                if failpoints.holds_fetch():
+                    epoch = runtime.epoch
+                    while runtime.epoch == epoch and not app.should_stop:
+                        await asyncio.sleep(0.005)
                 generation = app.consumer_generation_id
                 runtime.drop_stale_group(generation)
                 if runtime.stale_fetch(fetch.generation, generation):

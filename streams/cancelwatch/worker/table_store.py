@@ -34,8 +34,8 @@ worker rejoins its group; the events are read again by whoever owns them).
 `Failpoints` lets the tests stop the worker hard at each gap
 (`CANCELWATCH_FAILPOINT`), so every crash point is hit deterministically, make
 it stand still (SIGSTOP to itself) before a commit's changelog
-(`pause-before-changelog`), or make the agent give up one fetch unapplied
-(`drop-fetch`).
+(`pause-before-changelog`), make the agent give up one fetch unapplied
+(`drop-fetch`), or hold one until partitions are revoked (`hold-fetch`).
 """
 
 from __future__ import annotations
@@ -53,6 +53,7 @@ log = logging.getLogger("cancelwatch.worker")
 
 FAILPOINT_EXIT_CODE = 70
 PAUSE_FAILPOINT = "pause-before-changelog"
+HOLD_FAILPOINT = "hold-fetch"
 _MISSING = object()
 
 
@@ -119,6 +120,18 @@ class Failpoints:
         if self.fetches != self.at:
             return False
         log.error("failpoint drop-fetch reached at fetch %d: giving it up unapplied", self.fetches)
+        return True
+
+    def holds_fetch(self) -> bool:
+        """`hold-fetch`: True for the `at`-th fetch the agent takes, which it then holds unapplied
+        until partitions are revoked, and only then goes on with: a fetch taken before a
+        rebalance and looked at in the gap before the next assignment, made certain."""
+        if self.name != HOLD_FAILPOINT:
+            return False
+        self.fetches += 1
+        if self.fetches != self.at:
+            return False
+        log.error("failpoint %s reached at fetch %d: held until partitions are revoked", self.name, self.fetches)
         return True
 
     def commit_started(self) -> None:

@@ -107,6 +107,15 @@ class Replay:
         _, expected = expected_answers(self.stream)
         self.expected = strip_listing(expected)
 
+    def record_fault(self, name: str, fault: str, figures: list[tuple[int, int]], started: float,
+                     checked: str) -> None:
+        """One injected fault of a test on this replay: `figures` (lost, double counted) of each
+        exact check; `checked` after the messages sent."""
+        faults_table.record_fault(
+            name, fault=fault, injected=1, events=len(self.stream), lost=sum(lost for lost, _ in figures),
+            double_counted=sum(double for _, double in figures), sellers=len(self.expected),
+            seconds=time.monotonic() - started, checked=f"{self.sent:,} messages sent; {checked}")
+
     def group(self, prefix: str) -> Topics:
         topics = Topics(prefix)
         topics.orders, topics.cancellations = self.source.orders, self.source.cancellations
@@ -427,14 +436,12 @@ def test_a_worker_stopped_hard_at_a_commit_gap_is_exact_after_takeover_restart_a
     assert statuses.get(404, 0) == 0, (
         f"sellers whose events are on Kafka were answered 404 (never seen) during the takeover: {dict(statuses)}; "
         f"log {second.log_path}")
-    faults_table.record_fault(
+    replay.record_fault(
         f"failpoint-{failpoint}",
         fault=f"worker stopped hard (exit {FAILPOINT_EXIT_CODE}) at fail point `{failpoint}` of its "
               f"commit {FAILPOINT_AT} during a replay",
-        injected=1, events=len(replay.stream), lost=sum(lost for lost, _ in figures),
-        double_counted=sum(double for _, double in figures), sellers=len(replay.expected),
-        seconds=time.monotonic() - started,
-        checked=f"{replay.sent:,} messages sent; exact after a takeover by a second worker with an empty data "
+        figures=figures, started=started,
+        checked=f"exact after a takeover by a second worker with an empty data "
                 f"dir ({statuses.get(503, 0)} answers 503 on the way, none 404), a restart on the crashed "
                 f"data dir and a restart on an empty one")
 
@@ -468,14 +475,12 @@ def test_a_worker_that_stood_still_past_its_session_writes_nothing_of_partitions
     empty = fleet(topics, "empty")
     empty.wait_ready()
     figures.append(exact(empty, replay.expected, timeout=60))
-    faults_table.record_fault(
+    replay.record_fault(
         "stalled-commit",
         fault=f"worker stopped (SIGSTOP) with commit {FAILPOINT_AT}'s writes in hand until its session expired and "
               "a second worker took over and applied the whole replay; then continued",
-        injected=1, events=len(replay.stream), lost=sum(lost for lost, _ in figures),
-        double_counted=sum(double for _, double in figures), sellers=len(replay.expected),
-        seconds=time.monotonic() - started,
-        checked=f"{replay.sent:,} messages sent; the continued worker gave its commit up (none written) and "
+        figures=figures, started=started,
+        checked="the continued worker gave its commit up (none written) and "
                 "rejoined; both workers exact after sharing the partitions again, and a third exact from the "
                 "changelog alone (empty data dir)")
 
@@ -508,14 +513,12 @@ def test_a_fetch_taken_before_a_rebalance_and_looked_at_after_the_revocation_is_
     empty = fleet(topics, "empty")
     empty.wait_ready()
     figures.append(exact(empty, replay.expected, timeout=60))
-    faults_table.record_fault(
+    replay.record_fault(
         "held-fetch",
         fault="the agent holds a fetch until a second worker joins and its partitions are revoked, then looks at "
               "it in the gap before the next assignment",
-        injected=1, events=len(replay.stream), lost=sum(lost for lost, _ in figures),
-        double_counted=sum(double for _, double in figures), sellers=len(replay.expected),
-        seconds=time.monotonic() - started,
-        checked=f"{replay.sent:,} messages sent; the fetch given up unapplied ({seen[0].split('[INFO] ', 1)[-1].strip()}); "
+        figures=figures, started=started,
+        checked=f"the fetch given up unapplied ({seen[0].split('[INFO] ', 1)[-1].strip()}); "
                 "both workers exact, and a third exact from the changelog alone (empty data dir)")
 
 
@@ -548,15 +551,13 @@ def test_a_fetch_given_up_unapplied_is_read_again_and_never_committed_past(repla
     empty = fleet(topics, "empty")
     empty.wait_ready()
     figures.append(exact(empty, replay.expected, timeout=60))
-    faults_table.record_fault(
+    replay.record_fault(
         "dropped-fetch",
         fault=f"the agent gives up fetch {DROPPED_FETCH} of a new consumer group holding the only copy of its "
               "records, unapplied and unacknowledged (partitions without a committed offset), as a fetch lost "
               "to a rebalance",
-        injected=1, events=len(replay.stream), lost=sum(lost for lost, _ in figures),
-        double_counted=sum(double for _, double in figures), sellers=len(replay.expected),
-        seconds=time.monotonic() - started,
-        checked=f"{replay.sent:,} messages sent; the commit held at the records given up, which were read "
+        figures=figures, started=started,
+        checked="the commit held at the records given up, which were read "
                 "again; exact, then exact again from an empty data dir")
 
 

@@ -159,6 +159,17 @@ def exact(worker: WorkerProcess, expected: dict, timeout: float) -> tuple[int, i
                              + f"\nrecords not applied, per partition: {unread}") from None
 
 
+def exact_from_empty_data_dir(fleet, topics: Topics, expected: dict,
+                              *stopping: WorkerProcess) -> tuple[WorkerProcess, tuple[int, int]]:
+    """Stop `stopping`, then start a worker on an empty data dir: the changelog and the committed
+    offsets alone must make it exact. Returns it and its figures (lost, double counted)."""
+    for worker in stopping:
+        worker.stop()
+    empty = fleet(topics, "empty")
+    empty.wait_ready()
+    return empty, exact(empty, expected, timeout=60)
+
+
 def spread_over(workers: list[WorkerProcess], topics: Topics, partitions: int) -> list[set[int]]:
     """Wait until the workers hold every partition between them, each at least one; return
     each worker's partitions."""
@@ -427,11 +438,9 @@ def test_a_worker_stopped_hard_at_a_commit_gap_is_exact_after_takeover_restart_a
     restarted = fleet(topics, "first-restarted", data_dir=first.data_dir)
     restarted.wait_ready()
     figures.append(exact(restarted, replay.expected, timeout=60))
-    restarted.stop()
     # (b) and on an empty data dir: the changelog alone restores it
-    empty = fleet(topics, "empty")
-    empty.wait_ready()
-    figures.append(exact(empty, replay.expected, timeout=60))
+    empty, restored = exact_from_empty_data_dir(fleet, topics, replay.expected, restarted)
+    figures.append(restored)
     assert empty.metric("cancelwatch_dead_letters_total") == 0
     assert statuses.get(404, 0) == 0, (
         f"sellers whose events are on Kafka were answered 404 (never seen) during the takeover: {dict(statuses)}; "
@@ -470,11 +479,7 @@ def test_a_worker_that_stood_still_past_its_session_writes_nothing_of_partitions
              f"the stalled worker giving its commit up; log {stalled.log_path}", seconds=30)
     spread_over([stalled, owner], topics, owner.partitions)
     figures += [exact(stalled, replay.expected, timeout=90), exact(owner, replay.expected, timeout=30)]
-    stalled.stop()
-    owner.stop()
-    empty = fleet(topics, "empty")
-    empty.wait_ready()
-    figures.append(exact(empty, replay.expected, timeout=60))
+    figures.append(exact_from_empty_data_dir(fleet, topics, replay.expected, stalled, owner)[1])
     replay.record_fault(
         "stalled-commit",
         fault=f"worker stopped (SIGSTOP) with commit {FAILPOINT_AT}'s writes in hand until its session expired and "
@@ -508,11 +513,7 @@ def test_a_fetch_taken_before_a_rebalance_and_looked_at_after_the_revocation_is_
     assert "given up" in seen[0] and "revoked up to" in seen[0], (
         f"the held fetch was applied after its partitions were revoked: {seen[0]}\n{held.tail()}")
     figures = [exact(held, replay.expected, timeout=90), exact(joined, replay.expected, timeout=30)]
-    held.stop()
-    joined.stop()
-    empty = fleet(topics, "empty")
-    empty.wait_ready()
-    figures.append(exact(empty, replay.expected, timeout=60))
+    figures.append(exact_from_empty_data_dir(fleet, topics, replay.expected, held, joined)[1])
     replay.record_fault(
         "held-fetch",
         fault="the agent holds a fetch until a second worker joins and its partitions are revoked, then looks at "
@@ -546,11 +547,8 @@ def test_a_fetch_given_up_unapplied_is_read_again_and_never_committed_past(repla
     log = first.log_path.read_text(errors="replace")
     assert "failpoint drop-fetch reached" in log, f"the fetch was not given up:\n{first.tail()}"
     assert "reading them again" in log, f"the records given up were not read again:\n{first.tail()}"
-    first.stop()
     # committed offsets and the changelog agree: a worker with an empty data dir is exact too
-    empty = fleet(topics, "empty")
-    empty.wait_ready()
-    figures.append(exact(empty, replay.expected, timeout=60))
+    figures.append(exact_from_empty_data_dir(fleet, topics, replay.expected, first)[1])
     replay.record_fault(
         "dropped-fetch",
         fault=f"the agent gives up fetch {DROPPED_FETCH} of a new consumer group holding the only copy of its "

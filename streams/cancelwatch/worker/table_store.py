@@ -90,8 +90,8 @@ class StallWatch:
         self.last = now
 
     def stalled_since(self, since: float) -> float | None:
-        """How long the process stood still after `since` (monotonic), or None: a stall that
-        ended after it, or one going on now (this thread has not ticked since it resumed)."""
+        """How long the process stood still, for a stall that ended after `since` (monotonic) or
+        one going on now (this thread has not ticked since it resumed); None when there was none."""
         now = self.clock()
         if now - self.last >= self.limit:
             return now - self.last
@@ -101,7 +101,8 @@ class StallWatch:
 
 
 class Failpoints:
-    """Exit the process hard at a named point of the `at`-th commit that writes state."""
+    """Exit the process hard (or stop it: `pause-before-changelog`) at a named point of the `at`-th
+    commit that writes state; or give up (`drop-fetch`) or hold (`hold-fetch`) the `at`-th fetch."""
 
     def __init__(self, name: str = "", at: int = 1) -> None:
         self.name = name
